@@ -1,0 +1,80 @@
+//! Query requests and answers as they cross the REST API and NATS.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    #[default]
+    Desc,
+    Asc,
+}
+
+/// The body of `POST /api/v1/query` and the parameters of `GET /api/v1/search` and
+/// `/count`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryRequest {
+    #[serde(default)]
+    pub q: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub limit: Option<usize>,
+    pub order: Option<Order>,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchResponse {
+    pub events: Vec<Value>,
+    pub next_cursor: Option<String>,
+    pub partial: bool,
+    pub missing_shards: Vec<u32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CountResponse {
+    pub count: u64,
+    pub partial: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamInfo {
+    pub name: String,
+    pub events: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShardInfo {
+    pub shard: u32,
+    pub replicas: Vec<String>,
+    pub primary: Option<String>,
+    pub applied_seq: u64,
+    pub events: u64,
+    /// Shard-log messages not yet applied, as last seen by the shard actor.
+    pub pending: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub node: String,
+    pub state: String,
+    pub roles: Vec<String>,
+    pub http: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClusterInfo {
+    pub cluster: String,
+    pub shard_count: u32,
+    pub replicas: u32,
+    pub members: Vec<MemberInfo>,
+    pub shards: Vec<ShardInfo>,
+    pub ingest: Value,
+}

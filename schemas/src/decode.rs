@@ -1,0 +1,322 @@
+//! Turning a published payload into events.
+//!
+//! Accepted: a JSON object, a JSON array of objects (a batch), NDJSON, a MessagePack map
+//! or array of maps (by `Content-Type: application/msgpack` or detected), or a plain
+//! text line that becomes the message. A payload is decoded whole or not at all: one
+//! bad event makes the whole payload a dead letter, so a batch is atomic.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use crate::event::{normalize_level, Event};
+use crate::time::{from_unix_integer, from_unix_number, parse_rfc3339};
+
+/// Why a payload could not be made into events. The `Display` text is what lands in the
+/// dead letter's `Gossamer-Error` header.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty payload")]
+    Empty,
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("invalid MessagePack: {0}")]
+    MsgPack(String),
+    #[error("payload is neither UTF-8 text, JSON nor MessagePack")]
+    NotText,
+    #[error("event {index}: {reason}")]
+    Event { index: usize, reason: String },
+    #[error("invalid stream name {0:?}: expected dot-separated tokens of [A-Za-z0-9_-]")]
+    Stream(String),
+}
+
+/// What makes assigned ids deterministic: the same message redelivered gets the same
+/// ids, so it is stored once. `ms` is the message's publish time (also the receive time
+/// used when an event has no `ts`), `seq` its position in the input stream.
+#[derive(Debug, Clone, Copy)]
+pub struct IdSeed {
+    pub received_ns: i64,
+    pub seq: u64,
+}
+
+impl IdSeed {
+    /// A UUIDv7 whose time is the receive time and whose random part is derived from the
+    /// sequence and the event's index in the payload.
+    pub fn id_for(&self, index: usize) -> Uuid {
+        let mut key = [0u8; 16];
+        key[..8].copy_from_slice(&self.seq.to_be_bytes());
+        key[8..].copy_from_slice(&(index as u64).to_be_bytes());
+        let h = xxhash_rust::xxh3::xxh3_128(&key).to_be_bytes();
+        let mut rand = [0u8; 10];
+        rand.copy_from_slice(&h[..10]);
+        let ms = (self.received_ns.max(0) / 1_000_000) as u64;
+        uuid::Builder::from_unix_timestamp_millis(ms, &rand).into_uuid()
+    }
+}
+
+/// Decodes `payload` published on `stream`. `content_type` is the message's
+/// `Content-Type` header, if any.
+pub fn decode_payload(
+    stream: &str,
+    payload: &[u8],
+    content_type: Option<&str>,
+    seed: IdSeed,
+) -> Result<Vec<Event>, DecodeError> {
+    if !crate::event::is_valid_stream(stream) {
+        return Err(DecodeError::Stream(stream.to_string()));
+    }
+    let values = decode_values(payload, content_type)?;
+    values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            event_from_value(stream, v, seed, i).map_err(|reason| DecodeError::Event { index: i, reason })
+        })
+        .collect()
+}
+
+fn is_msgpack_content_type(ct: &str) -> bool {
+    let ct = ct.trim().to_ascii_lowercase();
+    ct.starts_with("application/msgpack") || ct.starts_with("application/x-msgpack")
+}
+
+/// True when the first byte opens a MessagePack map or array and cannot open text.
+fn looks_like_msgpack(b: u8) -> bool {
+    matches!(b, 0x80..=0x9f | 0xdc..=0xdf)
+}
+
+/// The payload as a list of JSON values, one per event (objects, or strings for
+/// message-only events).
+fn decode_values(payload: &[u8], content_type: Option<&str>) -> Result<Vec<Value>, DecodeError> {
+    if payload.iter().all(|b| b.is_ascii_whitespace()) {
+        return Err(DecodeError::Empty);
+    }
+    if content_type.is_some_and(is_msgpack_content_type) {
+        return decode_msgpack(payload);
+    }
+    let text = match std::str::from_utf8(payload) {
+        Ok(t) => t,
+        Err(_) if looks_like_msgpack(payload[0]) => return decode_msgpack(payload),
+        Err(_) => return Err(DecodeError::NotText),
+    };
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('{') {
+        return decode_json_stream(trimmed);
+    }
+    if opens_json_array(trimmed) {
+        let v: Value = serde_json::from_str(trimmed).map_err(|e| DecodeError::Json(e.to_string()))?;
+        return match v {
+            Value::Array(items) if items.is_empty() => Err(DecodeError::Empty),
+            Value::Array(items) => Ok(items),
+            _ => unreachable!("a text opening with '[' parses to an array"),
+        };
+    }
+    if looks_like_msgpack(payload[0]) {
+        return decode_msgpack(payload);
+    }
+    let line = text.trim_end_matches(['\n', '\r']);
+    Ok(vec![Value::String(line.to_string())])
+}
+
+/// `[` followed by `{`, `"` or `]` is a JSON array; `[INFO] started` is a text line.
+fn opens_json_array(text: &str) -> bool {
+    let mut rest = text.strip_prefix('[').map(str::trim_start);
+    matches!(rest.as_mut().and_then(|r| r.chars().next()), Some('{' | '"' | ']'))
+}
+
+/// One JSON object, or several separated by whitespace (NDJSON).
+fn decode_json_stream(text: &str) -> Result<Vec<Value>, DecodeError> {
+    let mut out = Vec::new();
+    for v in serde_json::Deserializer::from_str(text).into_iter::<Value>() {
+        let v = v.map_err(|e| DecodeError::Json(e.to_string()))?;
+        out.push(v);
+    }
+    Ok(out)
+}
+
+fn decode_msgpack(payload: &[u8]) -> Result<Vec<Value>, DecodeError> {
+    let mut rest: &[u8] = payload;
+    let v: Value = serde::Deserialize::deserialize(&mut rmp_serde::Deserializer::new(&mut rest))
+        .map_err(|e| DecodeError::MsgPack(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(DecodeError::MsgPack(format!("{} trailing bytes after the value", rest.len())));
+    }
+    match v {
+        Value::Array(items) if items.is_empty() => Err(DecodeError::Empty),
+        Value::Array(items) => Ok(items),
+        Value::Object(_) => Ok(vec![v]),
+        other => Err(DecodeError::MsgPack(format!("expected a map or an array of maps, found {}", kind(&other)))),
+    }
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+const TS_KEYS: [&str; 4] = ["ts", "timestamp", "time", "@timestamp"];
+const LEVEL_KEYS: [&str; 3] = ["level", "severity", "lvl"];
+const MESSAGE_KEYS: [&str; 3] = ["message", "msg", "log"];
+
+fn take_first(obj: &mut Map<String, Value>, keys: &[&str]) -> Option<(String, Value)> {
+    keys.iter().find_map(|k| obj.remove(*k).map(|v| (k.to_string(), v)))
+}
+
+fn event_from_value(stream: &str, v: Value, seed: IdSeed, index: usize) -> Result<Event, String> {
+    let mut obj = match v {
+        Value::Object(o) => o,
+        Value::String(s) => {
+            let mut o = Map::new();
+            o.insert("message".into(), Value::String(s));
+            o
+        }
+        other => return Err(format!("expected an object, found {}", kind(&other))),
+    };
+    let id = match obj.remove("id") {
+        None | Some(Value::Null) => seed.id_for(index),
+        Some(Value::String(s)) => Uuid::parse_str(&s).map_err(|_| format!("`id` {s:?} is not a UUID"))?,
+        Some(other) => return Err(format!("`id` must be a UUID string, found {}", kind(&other))),
+    };
+    let ts = match take_first(&mut obj, &TS_KEYS) {
+        None | Some((_, Value::Null)) => seed.received_ns,
+        Some((_, Value::String(s))) => match s.trim().parse::<i64>() {
+            Ok(n) => from_unix_integer(n),
+            Err(_) => parse_rfc3339(&s).ok_or_else(|| format!("timestamp {s:?} is neither RFC 3339 nor a Unix number"))?,
+        },
+        Some((k, Value::Number(n))) => match n.as_i64() {
+            Some(i) => from_unix_integer(i),
+            None => n
+                .as_f64()
+                .and_then(from_unix_number)
+                .ok_or_else(|| format!("`{k}` {n} is out of range"))?,
+        },
+        Some((k, other)) => return Err(format!("`{k}` must be a string or a number, found {}", kind(&other))),
+    };
+    let level = match take_first(&mut obj, &LEVEL_KEYS) {
+        None | Some((_, Value::Null)) => "info".to_string(),
+        Some((_, Value::String(s))) => normalize_level(&s),
+        Some((_, Value::Number(n))) => normalize_level(&n.to_string()),
+        Some((k, other)) => return Err(format!("`{k}` must be a string or a number, found {}", kind(&other))),
+    };
+    let message = match take_first(&mut obj, &MESSAGE_KEYS) {
+        None | Some((_, Value::Null)) => String::new(),
+        Some((_, Value::String(s))) => s,
+        Some((_, other)) => other.to_string(),
+    };
+    let labels = match obj.remove("labels") {
+        None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Object(l)) => l
+            .into_iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k, s)),
+                Value::Number(n) => Ok((k, n.to_string())),
+                Value::Bool(b) => Ok((k, b.to_string())),
+                other => Err(format!("label `{k}` must be a string, found {}", kind(&other))),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => return Err(format!("`labels` must be an object, found {}", kind(&other))),
+    };
+    let mut fields = match obj.remove("fields") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(f)) => f,
+        Some(other) => return Err(format!("`fields` must be an object, found {}", kind(&other))),
+    };
+    // The subject names the stream; any other top-level key is a field.
+    obj.remove("stream");
+    for (k, v) in obj {
+        fields.entry(k).or_insert(v);
+    }
+    Ok(Event { id, ts, stream: stream.to_string(), level, message, labels, fields })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEED: IdSeed = IdSeed { received_ns: 1_780_000_000_000_000_000, seq: 7 };
+
+    fn one(payload: &[u8]) -> Event {
+        let mut v = decode_payload("app.api", payload, None, SEED).unwrap();
+        assert_eq!(v.len(), 1);
+        v.remove(0)
+    }
+
+    #[test]
+    fn json_object_is_normalised() {
+        let e = one(br#"{"id":"0193a9c2-7d4e-7b1a-9f3e-2c4d5e6f7a8b","ts":"2026-11-25T10:00:00Z","level":"WARNING","msg":"disk low","labels":{"host":"a","port":8080},"fields":{"free":12},"extra":true}"#);
+        assert_eq!(e.id.to_string(), "0193a9c2-7d4e-7b1a-9f3e-2c4d5e6f7a8b");
+        assert_eq!(crate::time::format_rfc3339(e.ts), "2026-11-25T10:00:00.000000000Z");
+        assert_eq!(e.level, "warn");
+        assert_eq!(e.message, "disk low");
+        assert_eq!(e.labels["port"], "8080");
+        assert_eq!(e.fields["free"], 12);
+        assert_eq!(e.fields["extra"], true);
+        assert_eq!(e.stream, "app.api");
+    }
+
+    #[test]
+    fn missing_id_and_ts_are_assigned_deterministically() {
+        let a = one(b"plain text line\n");
+        let b = one(b"plain text line\n");
+        assert_eq!(a.id, b.id, "a redelivered message gets the same ids");
+        assert_eq!(a.id.get_version_num(), 7);
+        assert_eq!(a.ts, SEED.received_ns);
+        assert_eq!(a.message, "plain text line");
+        assert_eq!(a.level, "info");
+    }
+
+    #[test]
+    fn batches_ndjson_and_arrays() {
+        let nd = decode_payload("s", b"{\"message\":\"a\"}\n{\"message\":\"b\"}\n", None, SEED).unwrap();
+        assert_eq!(nd.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_ne!(nd[0].id, nd[1].id);
+        let arr = decode_payload("s", br#"[{"message":"a","ts":1780000000123},"b"]"#, None, SEED).unwrap();
+        assert_eq!(arr.len(), 2);
+        assert_eq!(arr[0].ts, 1_780_000_000_123_000_000);
+        assert_eq!(arr[1].message, "b");
+    }
+
+    #[test]
+    fn text_that_opens_with_a_bracket_is_text() {
+        assert_eq!(one(b"[INFO] server started").message, "[INFO] server started");
+    }
+
+    #[test]
+    fn msgpack_maps_and_arrays_are_detected_or_declared() {
+        let v = serde_json::json!({"message": "from msgpack", "level": 3, "labels": {"k": "v"}});
+        let bytes = rmp_serde::to_vec_named(&v).unwrap();
+        let e = one(&bytes);
+        assert_eq!((e.message.as_str(), e.level.as_str()), ("from msgpack", "error"));
+        let arr = rmp_serde::to_vec_named(&serde_json::json!([v, v])).unwrap();
+        assert_eq!(decode_payload("s", &arr, Some("application/msgpack"), SEED).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn malformed_payloads_say_why() {
+        let err = |p: &[u8]| decode_payload("s", p, None, SEED).unwrap_err().to_string();
+        assert!(err(b"{\"message\": ").starts_with("invalid JSON"), "{}", err(b"{\"message\": "));
+        assert!(err(b"{\"a\":1}\n{oops}").starts_with("invalid JSON"));
+        assert_eq!(err(b"  \n"), "empty payload");
+        assert_eq!(err(&[0xff, 0xfe, 0x00]), "payload is neither UTF-8 text, JSON nor MessagePack");
+        assert!(err(&[0x82, 0xa1]).starts_with("invalid MessagePack"));
+        assert!(err(br#"{"id":"nope"}"#).contains("is not a UUID"));
+        assert!(err(br#"{"ts":"yesterday"}"#).contains("neither RFC 3339"));
+        assert!(err(br#"[{"message":"ok"}, 5]"#).starts_with("event 1: expected an object"));
+        assert!(err(br#"{"labels":{"a":{"b":1}}}"#).contains("label `a` must be a string"));
+        let bad_stream = decode_payload("a..b", b"x", None, SEED).unwrap_err();
+        assert!(matches!(bad_stream, DecodeError::Stream(_)));
+    }
+
+    #[test]
+    fn syslog_numeric_levels() {
+        assert_eq!(one(br#"{"level":0}"#).level, "fatal");
+        assert_eq!(one(br#"{"severity":"7"}"#).level, "debug");
+    }
+}

@@ -1,0 +1,62 @@
+//! NATS subject and stream names. Everything internal lives under
+//! `gossamer.<cluster>.`; producers publish to `logs.<stream>`.
+
+/// The stream that captures what producers publish.
+pub const LOGS_STREAM: &str = "LOGS";
+pub const LOGS_SUBJECTS: &str = "logs.>";
+pub const LOGS_PREFIX: &str = "logs.";
+
+/// Header naming why a payload was dead-lettered.
+pub const HEADER_ERROR: &str = "Gossamer-Error";
+/// Header carrying the subject the dead letter was published on.
+pub const HEADER_SUBJECT: &str = "Gossamer-Subject";
+
+#[derive(Debug, Clone)]
+pub struct Subjects {
+    pub cluster: String,
+}
+
+impl Subjects {
+    pub fn new(cluster: &str) -> Self {
+        Self { cluster: cluster.to_string() }
+    }
+
+    fn suffix(&self, base: &str) -> String {
+        if self.cluster == "default" {
+            base.to_string()
+        } else {
+            format!("{base}_{}", self.cluster.replace(['.', '*', '>', ' '], "_"))
+        }
+    }
+
+    /// The shard log stream (`SHARDS`, or `SHARDS_<cluster>`).
+    pub fn shards_stream(&self) -> String {
+        self.suffix("SHARDS")
+    }
+
+    /// The dead-letter stream (`DEADLETTER`, or `DEADLETTER_<cluster>`).
+    pub fn deadletter_stream(&self) -> String {
+        self.suffix("DEADLETTER")
+    }
+
+    pub fn shard(&self, shard: u32) -> String {
+        format!("gossamer.{}.shard.{shard}", self.cluster)
+    }
+
+    pub fn shards_wildcard(&self) -> String {
+        format!("gossamer.{}.shard.*", self.cluster)
+    }
+
+    pub fn deadletter(&self) -> String {
+        format!("gossamer.{}.deadletter", self.cluster)
+    }
+
+    pub fn api_query(&self) -> String {
+        format!("gossamer.{}.api.query", self.cluster)
+    }
+}
+
+/// The stream named by a `logs.<stream>` subject.
+pub fn stream_of_subject(subject: &str) -> Option<&str> {
+    subject.strip_prefix(LOGS_PREFIX)
+}

@@ -1,0 +1,152 @@
+//! One configuration for a node: defaults, then a JSON file, then `GOSSAMER_*`
+//! environment variables, then command-line flags (applied by the binary, last).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+/// Every role a node can run.
+pub const ALL_ROLES: [&str; 6] = ["ingest", "shard", "index", "backup", "queue", "admin"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// NATS server URL.
+    pub nats: String,
+    /// Where sled data lives.
+    pub data: PathBuf,
+    /// HTTP listen address of the REST API; port 0 picks a free port.
+    pub http: String,
+    pub node_id: String,
+    pub cluster: String,
+    /// Number of logical shards, fixed when the cluster is created.
+    pub shards: u32,
+    pub replicas: u32,
+    pub roles: Vec<String>,
+    /// Cap on the LOGS stream; publishers get an error past it.
+    pub logs_max_bytes: i64,
+    /// How long SHARDS keeps batches, in seconds.
+    pub shards_max_age_secs: u64,
+    /// Largest number of LOGS messages the ingest actor turns into one round of
+    /// shard batches.
+    pub ingest_batch: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            nats: "nats://127.0.0.1:4222".into(),
+            data: PathBuf::from("gossamer-data"),
+            http: "127.0.0.1:8080".into(),
+            node_id: "node-1".into(),
+            cluster: "default".into(),
+            shards: 64,
+            replicas: 1,
+            roles: ALL_ROLES.iter().map(|r| r.to_string()).collect(),
+            logs_max_bytes: 8 << 30,
+            shards_max_age_secs: 24 * 3600,
+            ingest_batch: 2000,
+        }
+    }
+}
+
+impl Config {
+    /// A node for tests: everything local, few shards, data in `data`.
+    pub fn for_test(nats: &str, data: PathBuf) -> Self {
+        Self {
+            nats: nats.into(),
+            data,
+            http: "127.0.0.1:0".into(),
+            shards: 8,
+            logs_max_bytes: 256 << 20,
+            ..Self::default()
+        }
+    }
+
+    /// Defaults, overlaid with the JSON file (if given) and `GOSSAMER_*` variables.
+    pub fn load(file: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let mut cfg = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config file {}", path.display()))?;
+                serde_json::from_str(&text).with_context(|| format!("parsing config file {}", path.display()))?
+            }
+            None => Self::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        Ok(cfg)
+    }
+
+    fn apply_env(&mut self, get: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        if let Some(v) = get("GOSSAMER_NATS") {
+            self.nats = v;
+        }
+        if let Some(v) = get("GOSSAMER_DATA") {
+            self.data = v.into();
+        }
+        if let Some(v) = get("GOSSAMER_HTTP") {
+            self.http = v;
+        }
+        if let Some(v) = get("GOSSAMER_NODE_ID") {
+            self.node_id = v;
+        }
+        if let Some(v) = get("GOSSAMER_CLUSTER") {
+            self.cluster = v;
+        }
+        if let Some(v) = get("GOSSAMER_SHARDS") {
+            self.shards = v.parse().context("GOSSAMER_SHARDS must be a number")?;
+        }
+        Ok(())
+    }
+
+    /// Checks what flags and files cannot express in their types.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.shards == 0 || self.shards > 4096 {
+            bail!("shards must be between 1 and 4096, got {}", self.shards);
+        }
+        if self.replicas == 0 {
+            bail!("replicas must be at least 1");
+        }
+        let token_ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !token_ok(&self.cluster) {
+            bail!("cluster name {:?} must be letters, digits, '_' or '-'", self.cluster);
+        }
+        if !token_ok(&self.node_id) {
+            bail!("node id {:?} must be letters, digits, '_' or '-'", self.node_id);
+        }
+        for r in &self.roles {
+            if !ALL_ROLES.contains(&r.as_str()) {
+                bail!("unknown role {r:?}; roles are {}", ALL_ROLES.join(","));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_defaults() {
+        let mut c = Config::default();
+        c.apply_env(|k| (k == "GOSSAMER_SHARDS").then(|| "16".to_string())).unwrap();
+        assert_eq!(c.shards, 16);
+        assert!(c.apply_env(|k| (k == "GOSSAMER_SHARDS").then(|| "many".to_string())).is_err());
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let mut c = Config::default();
+        c.roles.push("teapot".into());
+        assert!(c.validate().unwrap_err().to_string().contains("teapot"));
+        let c = Config { shards: 0, ..Config::default() };
+        assert!(c.validate().unwrap_err().to_string().contains("shards"));
+        Config::default().validate().unwrap();
+    }
+}

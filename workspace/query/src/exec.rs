@@ -1,0 +1,300 @@
+//! Running a parsed query over shard stores: newest- or oldest-first search with a
+//! cursor, counts, and get by id.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::ops::ControlFlow;
+
+use gossamer_schemas::api::Order;
+use gossamer_schemas::Event;
+use gossamer_storage::ShardStore;
+use uuid::Uuid;
+
+use crate::ast::{Expr, Matcher};
+use crate::timerange::TimeRange;
+use crate::QueryError;
+
+/// Largest page a search returns.
+pub const MAX_LIMIT: usize = 10_000;
+pub const DEFAULT_LIMIT: usize = 100;
+
+/// Where the previous page ended: events strictly past `(ts, id)` in the page order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub ts: i64,
+    pub id: Uuid,
+}
+
+impl Cursor {
+    pub fn encode(&self) -> String {
+        format!("{}_{}", self.ts, self.id.simple())
+    }
+
+    pub fn decode(s: &str) -> Result<Self, QueryError> {
+        let bad = || QueryError::BadRequest(format!("invalid cursor {s:?}: pass back a `next_cursor` unchanged"));
+        let (ts, id) = s.split_once('_').ok_or_else(bad)?;
+        Ok(Self { ts: ts.parse().map_err(|_| bad())?, id: Uuid::parse_str(id).map_err(|_| bad())? })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchParams {
+    pub expr: Expr,
+    pub range: TimeRange,
+    pub order: Order,
+    pub limit: usize,
+    pub cursor: Option<Cursor>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchPage {
+    pub events: Vec<Event>,
+    /// Set when more events match past this page.
+    pub next_cursor: Option<String>,
+}
+
+/// An event ordered by `(ts, id)`.
+struct Keyed(Event);
+
+impl Keyed {
+    fn key(&self) -> (i64, Uuid) {
+        (self.0.ts, self.0.id)
+    }
+}
+impl PartialEq for Keyed {
+    fn eq(&self, o: &Self) -> bool {
+        self.key() == o.key()
+    }
+}
+impl Eq for Keyed {}
+impl PartialOrd for Keyed {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Keyed {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&o.key())
+    }
+}
+
+/// The best `k` events seen so far in page order: the newest for `Desc`, the oldest for
+/// `Asc`.
+enum TopK {
+    Newest(BinaryHeap<Reverse<Keyed>>, usize),
+    Oldest(BinaryHeap<Keyed>, usize),
+}
+
+impl TopK {
+    fn new(order: Order, k: usize) -> Self {
+        match order {
+            Order::Desc => TopK::Newest(BinaryHeap::with_capacity(k + 1), k),
+            Order::Asc => TopK::Oldest(BinaryHeap::with_capacity(k + 1), k),
+        }
+    }
+
+    fn push(&mut self, e: Event) {
+        match self {
+            TopK::Newest(h, k) => {
+                h.push(Reverse(Keyed(e)));
+                if h.len() > *k {
+                    h.pop();
+                }
+            }
+            TopK::Oldest(h, k) => {
+                h.push(Keyed(e));
+                if h.len() > *k {
+                    h.pop();
+                }
+            }
+        }
+    }
+
+    /// True when no event of a block with these time bounds can enter the page.
+    fn excludes(&self, min_ts: i64, max_ts: i64) -> bool {
+        match self {
+            TopK::Newest(h, k) => h.len() == *k && h.peek().is_some_and(|w| max_ts < w.0 .0.ts),
+            TopK::Oldest(h, k) => h.len() == *k && h.peek().is_some_and(|w| min_ts > w.0.ts),
+        }
+    }
+
+    fn into_sorted(self) -> Vec<Event> {
+        match self {
+            TopK::Newest(h, _) => h.into_sorted_vec().into_iter().map(|r| r.0 .0).collect(),
+            TopK::Oldest(h, _) => h.into_sorted_vec().into_iter().map(|k| k.0).collect(),
+        }
+    }
+}
+
+fn past_cursor(order: Order, cursor: Option<Cursor>, e: &Event) -> bool {
+    match (cursor, order) {
+        (None, _) => true,
+        (Some(c), Order::Desc) => (e.ts, e.id) < (c.ts, c.id),
+        (Some(c), Order::Asc) => (e.ts, e.id) > (c.ts, c.id),
+    }
+}
+
+/// One page of matching events over `shards`.
+pub fn search(shards: &[ShardStore], p: &SearchParams) -> Result<SearchPage, QueryError> {
+    let limit = p.limit.clamp(1, MAX_LIMIT);
+    // One more than the page, to know whether a next page exists.
+    let mut top = TopK::new(p.order, limit + 1);
+    let mut range = p.range;
+    if let Some(c) = p.cursor {
+        match p.order {
+            Order::Desc => range.to = range.to.min(c.ts.saturating_add(1)),
+            Order::Asc => range.from = range.from.max(c.ts),
+        }
+    }
+    for s in shards {
+        let mut failed = None;
+        s.for_each_block(range.from, range.to, p.order == Order::Desc, |meta, decode| {
+            if top.excludes(meta.min_ts, meta.max_ts) {
+                return ControlFlow::Continue(());
+            }
+            match decode() {
+                Ok(events) => {
+                    for e in events {
+                        if range.contains(e.ts) && past_cursor(p.order, p.cursor, &e) && p.expr.matches(&e) {
+                            top.push(e);
+                        }
+                    }
+                    ControlFlow::Continue(())
+                }
+                Err(err) => {
+                    failed = Some(err);
+                    ControlFlow::Break(())
+                }
+            }
+        })?;
+        if let Some(err) = failed {
+            return Err(err.into());
+        }
+    }
+    // In page order: the newest first for `Desc`, the oldest first for `Asc`.
+    let mut events = top.into_sorted();
+    let next_cursor = if events.len() > limit {
+        events.truncate(limit);
+        events.last().map(|e| Cursor { ts: e.ts, id: e.id }.encode())
+    } else {
+        None
+    };
+    Ok(SearchPage { events, next_cursor })
+}
+
+/// How many events match.
+pub fn count(shards: &[ShardStore], expr: &Expr, range: TimeRange) -> Result<u64, QueryError> {
+    if matches!(expr, Expr::All) && range == TimeRange::default() {
+        let mut n = 0;
+        for s in shards {
+            n += s.event_count()?;
+        }
+        return Ok(n);
+    }
+    let mut n = 0u64;
+    for s in shards {
+        let mut failed = None;
+        s.for_each_block(range.from, range.to, false, |meta, decode| {
+            if matches!(expr, Expr::All) && meta.min_ts >= range.from && meta.max_ts < range.to {
+                n += u64::from(meta.count);
+                return ControlFlow::Continue(());
+            }
+            match decode() {
+                Ok(events) => {
+                    n += events
+                        .iter()
+                        .filter(|e| range.contains(e.ts) && expr.eval(&mut Matcher::new(e)))
+                        .count() as u64;
+                    ControlFlow::Continue(())
+                }
+                Err(err) => {
+                    failed = Some(err);
+                    ControlFlow::Break(())
+                }
+            }
+        })?;
+        if let Some(err) = failed {
+            return Err(err.into());
+        }
+    }
+    Ok(n)
+}
+
+/// The event with this id, from whichever shard holds it.
+pub fn get_by_id(shards: &[ShardStore], id: &Uuid) -> Result<Option<Event>, QueryError> {
+    for s in shards {
+        if let Some(e) = s.get(id)? {
+            return Ok(Some(e));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse;
+    use gossamer_schemas::ShardCommand;
+    use gossamer_storage::Store;
+
+    fn events(n: u128) -> Vec<Event> {
+        (0..n)
+            .map(|i| Event {
+                id: Uuid::from_u128(i + 1),
+                // Several events share a timestamp, so paging must break ties by id.
+                ts: (i / 3) as i64,
+                stream: if i % 2 == 0 { "even".into() } else { "odd".into() },
+                level: "info".into(),
+                message: format!("event number {i}"),
+                labels: Default::default(),
+                fields: Default::default(),
+            })
+            .collect()
+    }
+
+    fn stores(dir: &std::path::Path, evs: &[Event]) -> Vec<ShardStore> {
+        let store = Store::open(dir).unwrap();
+        let shards: Vec<ShardStore> = (0..3).map(|i| store.shard(i).unwrap()).collect();
+        for (i, chunk) in evs.chunks(7).enumerate() {
+            let s = &shards[i % 3];
+            let seq = s.applied_seq().unwrap() + 1;
+            s.apply(&[(seq, ShardCommand::Insert { events: chunk.to_vec() })]).unwrap();
+        }
+        shards
+    }
+
+    #[test]
+    fn paging_with_the_cursor_returns_every_match_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let evs = events(100);
+        let shards = stores(dir.path(), &evs);
+        for order in [Order::Desc, Order::Asc] {
+            let mut p = SearchParams {
+                expr: parse("stream:even").unwrap(),
+                range: TimeRange::default(),
+                order,
+                limit: 7,
+                cursor: None,
+            };
+            let mut got = Vec::new();
+            loop {
+                let page = search(&shards, &p).unwrap();
+                got.extend(page.events.iter().map(|e| (e.ts, e.id)));
+                match page.next_cursor {
+                    Some(c) => p.cursor = Some(Cursor::decode(&c).unwrap()),
+                    None => break,
+                }
+            }
+            let mut want: Vec<(i64, Uuid)> = evs.iter().filter(|e| e.stream == "even").map(|e| (e.ts, e.id)).collect();
+            want.sort();
+            if order == Order::Desc {
+                want.reverse();
+            }
+            assert_eq!(got, want, "{order:?}");
+        }
+        let range = TimeRange { from: 10, to: 20 };
+        assert_eq!(count(&shards, &Expr::All, range).unwrap(), 30);
+        assert_eq!(count(&shards, &parse("number 5*").unwrap(), TimeRange::default()).unwrap(), 11);
+        assert_eq!(get_by_id(&shards, &Uuid::from_u128(50)).unwrap().unwrap().message, "event number 49");
+    }
+}

@@ -1,0 +1,214 @@
+//! The shard actor: applies one shard's log (its subject of the SHARDS stream) into the
+//! shard's sled tree, through its own durable consumer. A batch is acked only after the
+//! batch and its sequence are flushed together, so a crash redelivers and the applied
+//! sequence makes the redelivery a no-op. The consumer always resumes after the
+//! sequence sled holds: sled is a view, the log is the truth, and a tree that lost data
+//! replays it from the log.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use anyhow::{Context as _, Result};
+use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy, AckKind};
+use futures::stream::FuturesUnordered;
+use futures::{StreamExt, TryStreamExt};
+use gossamer_schemas::subjects::Subjects;
+use gossamer_schemas::ShardCommand;
+use gossamer_storage::ShardStore;
+use serde::Serialize;
+use tracing::{debug, error, warn};
+
+/// Shard-log messages applied in one sled write.
+const APPLY_BATCH: usize = 256;
+
+/// What a shard actor reports.
+#[derive(Debug, Clone, Default, Serialize, MessageResponse)]
+pub struct ShardState {
+    pub shard: u32,
+    pub applied_seq: u64,
+    pub events: u64,
+    /// Shard-log messages not yet delivered to this actor, as of its last batch.
+    pub pending: u64,
+    /// Messages that could not be decoded (skipped, and logged).
+    pub undecodable: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Message)]
+#[rtype(result = "ShardState")]
+pub struct GetState;
+
+pub struct ShardActor {
+    js: jetstream::Context,
+    stream: String,
+    subjects: Subjects,
+    node: String,
+    store: ShardStore,
+    state: Arc<Mutex<ShardState>>,
+}
+
+impl ShardActor {
+    /// `stream` is the SHARDS stream's name; `node` names the durable consumer, so every
+    /// replica of a shard has its own.
+    pub fn new(js: jetstream::Context, stream: String, cluster: &str, node: &str, store: ShardStore) -> Self {
+        let state = ShardState {
+            shard: store.shard(),
+            applied_seq: store.applied_seq().unwrap_or(0),
+            events: store.event_count().unwrap_or(0),
+            ..Default::default()
+        };
+        Self {
+            js,
+            stream,
+            subjects: Subjects::new(cluster),
+            node: node.to_string(),
+            store,
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+
+    fn start_loop(&self, ctx: &mut Context<Self>) {
+        let run = Runner {
+            js: self.js.clone(),
+            stream: self.stream.clone(),
+            subject: self.subjects.shard(self.store.shard()),
+            durable: format!("shard-{}-{}", self.store.shard(), self.node),
+            store: self.store.clone(),
+            state: self.state.clone(),
+        };
+        let state = self.state.clone();
+        ctx.spawn(
+            async move {
+                if let Err(e) = run.run().await {
+                    warn!(shard = run.store.shard(), error = format!("{e:#}"), "shard-loop-failed");
+                    state.lock().unwrap().last_error = Some(format!("{e:#}"));
+                }
+            }
+            .into_actor(self)
+            .map(|_, _, ctx| {
+                ctx.run_later(Duration::from_secs(1), |act, ctx| act.start_loop(ctx));
+            }),
+        );
+    }
+}
+
+impl Actor for ShardActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        debug!(shard = self.store.shard(), "shard-started");
+        self.start_loop(ctx);
+    }
+}
+
+impl Handler<GetState> for ShardActor {
+    type Result = ShardState;
+
+    fn handle(&mut self, _: GetState, _: &mut Self::Context) -> ShardState {
+        self.state.lock().unwrap().clone()
+    }
+}
+
+struct Runner {
+    js: jetstream::Context,
+    stream: String,
+    subject: String,
+    durable: String,
+    store: ShardStore,
+    state: Arc<Mutex<ShardState>>,
+}
+
+impl Runner {
+    async fn run(&self) -> Result<()> {
+        let shard = self.store.shard();
+        let store = self.store.clone();
+        let applied = tokio::task::spawn_blocking(move || store.applied_seq()).await??;
+        let stream = self.js.get_stream(&self.stream).await.context("opening the SHARDS stream")?;
+        // Keep the durable consumer when it is not ahead of sled; otherwise (sled lost
+        // data, or was replaced) start it again right after what sled holds.
+        if let Ok(info) = stream.consumer_info(&self.durable).await {
+            if info.ack_floor.stream_sequence > applied || info.config.filter_subject != self.subject {
+                warn!(shard, applied, acked = info.ack_floor.stream_sequence, "shard-consumer-reset");
+                stream.delete_consumer(&self.durable).await.context("resetting the shard consumer")?;
+            }
+        }
+        let consumer: jetstream::consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                &self.durable,
+                pull::Config {
+                    durable_name: Some(self.durable.clone()),
+                    ack_policy: AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(60),
+                    max_ack_pending: (APPLY_BATCH * 4) as i64,
+                    filter_subject: self.subject.clone(),
+                    deliver_policy: if applied == 0 {
+                        DeliverPolicy::All
+                    } else {
+                        DeliverPolicy::ByStartSequence { start_sequence: applied + 1 }
+                    },
+                    ..Default::default()
+                },
+            )
+            .await
+            .context("creating the shard consumer")?;
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(APPLY_BATCH)
+            .messages()
+            .await
+            .context("pulling from SHARDS")?
+            .ready_chunks(APPLY_BATCH);
+        debug!(shard, applied, "shard-applying");
+        while let Some(chunk) = messages.next().await {
+            let msgs = chunk.into_iter().collect::<Result<Vec<_>, _>>().context("receiving from SHARDS")?;
+            if let Err(e) = self.apply(&msgs).await {
+                for m in &msgs {
+                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                }
+                return Err(e);
+            }
+        }
+        anyhow::bail!("the SHARDS message stream ended")
+    }
+
+    async fn apply(&self, msgs: &[jetstream::Message]) -> Result<()> {
+        let shard = self.store.shard();
+        let mut commands = Vec::with_capacity(msgs.len());
+        let mut undecodable = 0;
+        let mut pending = 0;
+        for m in msgs {
+            let info = m.info().map_err(|e| anyhow::anyhow!("reading message info: {e}"))?;
+            pending = info.pending;
+            match ShardCommand::decode(&m.payload) {
+                Ok(cmd) => commands.push((info.stream_sequence, cmd)),
+                Err(e) => {
+                    // Written by ingest; one that cannot be read can never be applied.
+                    error!(shard, seq = info.stream_sequence, error = %e, "shard-batch-undecodable");
+                    undecodable += 1;
+                }
+            }
+        }
+        let store = self.store.clone();
+        let outcome = tokio::task::spawn_blocking(move || store.apply(&commands))
+            .await?
+            .context("applying to sled")?;
+        msgs.iter()
+            .map(|m| m.ack())
+            .collect::<FuturesUnordered<_>>()
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| anyhow::anyhow!("acking shard batches: {e}"))?;
+        let store = self.store.clone();
+        let (applied_seq, events) =
+            tokio::task::spawn_blocking(move || Ok::<_, anyhow::Error>((store.applied_seq()?, store.event_count()?)))
+                .await??;
+        debug!(shard, seq = applied_seq, stored = outcome.stored, duplicates = outcome.duplicates, "batch-applied");
+        let mut st = self.state.lock().unwrap();
+        st.applied_seq = applied_seq;
+        st.events = events;
+        st.pending = pending;
+        st.undecodable += undecodable;
+        Ok(())
+    }
+}

@@ -1,0 +1,276 @@
+//! Command-line parsing and the commands' entry points.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+use gossamer_config::Config;
+
+#[derive(Parser)]
+#[command(name = "gossamer", version, about = "A distributed, real-time log and event store on NATS")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Everything local: a nats-server child (unless --nats is given) and a node.
+    Up(UpArgs),
+    /// Run a node against an existing NATS server.
+    Node(NodeArgs),
+    /// Publish NDJSON or plain lines from a file or stdin to `logs.<stream>`.
+    Publish(PublishCmd),
+    /// Search (or count) events on a node.
+    Query(QueryCmd),
+    /// Measure Gossamer on this machine.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// Number of nodes (one for now: clustering is not built yet).
+    #[arg(long, default_value_t = 1)]
+    nodes: u32,
+    /// Data directory: sled files and the nats-server's JetStream storage.
+    #[arg(long, default_value = "gossamer-data")]
+    data: PathBuf,
+    /// HTTP address of the REST API and console.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: String,
+    /// Use this NATS server instead of starting one.
+    #[arg(long)]
+    nats: Option<String>,
+    /// Port for the nats-server child (0 picks a free port).
+    #[arg(long, default_value_t = 4222)]
+    nats_port: u16,
+    /// Number of logical shards (fixed when the data directory is created).
+    #[arg(long)]
+    shards: Option<u32>,
+}
+
+#[derive(Args)]
+struct NodeArgs {
+    /// A JSON config file; flags override it, and `GOSSAMER_*` variables override it too.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    nats: Option<String>,
+    #[arg(long)]
+    data: Option<PathBuf>,
+    #[arg(long)]
+    http: Option<String>,
+    #[arg(long)]
+    node_id: Option<String>,
+    #[arg(long)]
+    cluster: Option<String>,
+    #[arg(long)]
+    shards: Option<u32>,
+    #[arg(long)]
+    replicas: Option<u32>,
+    /// Comma-separated roles: ingest,shard,index,backup,queue,admin (all by default).
+    #[arg(long, value_delimiter = ',')]
+    roles: Option<Vec<String>>,
+}
+
+#[derive(Args)]
+struct PublishCmd {
+    #[arg(long, env = "GOSSAMER_NATS", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// Stream name: events go to `logs.<stream>`.
+    #[arg(long)]
+    stream: String,
+    /// Events per NATS message.
+    #[arg(long, default_value_t = 500)]
+    batch: usize,
+    /// Do not draw the progress bar.
+    #[arg(long)]
+    quiet: bool,
+    /// NDJSON or plain-text file; `-` or nothing reads stdin.
+    file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct QueryCmd {
+    #[arg(long, env = "GOSSAMER_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    #[arg(long)]
+    from: Option<String>,
+    #[arg(long)]
+    to: Option<String>,
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// desc (newest first) or asc.
+    #[arg(long, default_value = "desc")]
+    order: String,
+    /// Print only the number of matching events.
+    #[arg(long)]
+    count: bool,
+    /// Print events as JSON lines.
+    #[arg(long)]
+    json: bool,
+    /// The query, in the text syntax (empty matches everything).
+    #[arg(default_value = "")]
+    query: String,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let quiet_default = matches!(cli.command, Command::Publish(_) | Command::Query(_));
+    init_tracing(if quiet_default { "warn" } else { "info" });
+    let result = match cli.command {
+        Command::Up(a) => up(a),
+        Command::Node(a) => node(a),
+        Command::Publish(a) => publish(a),
+        Command::Query(a) => {
+            let args = crate::client::QueryArgs {
+                server: a.server,
+                q: a.query,
+                from: a.from,
+                to: a.to,
+                limit: a.limit,
+                order: a.order,
+                count: a.count,
+                json: a.json,
+            };
+            crate::client::query(args, &mut std::io::stdout().lock())
+        }
+        Command::Bench(a) => crate::bench::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gossamer: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GOSSAMER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},sled=warn")));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let term = async {
+        match term.as_mut() {
+            Some(t) => {
+                t.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+fn print_ready(cfg: &Config, addr: std::net::SocketAddr) {
+    println!("Gossamer node {} is up.", cfg.node_id);
+    println!("  REST API and console: http://{addr}/");
+    println!("  NATS: {}", cfg.nats);
+    println!("  publish:  gossamer publish --nats {} --stream myapp FILE   (or any NATS client: publish JSON to logs.myapp)", cfg.nats);
+    println!("  query:    gossamer query --server http://{addr} 'level:error'");
+    println!("Press Ctrl-C to stop.");
+}
+
+fn run_node_blocking(cfg: Config) -> Result<()> {
+    let system = actix_rt::System::new();
+    let result = system.block_on(async move {
+        let shown = cfg.clone();
+        crate::node::run(cfg, shutdown_signal(), move |addr| print_ready(&shown, addr)).await
+    });
+    result
+}
+
+fn node(a: NodeArgs) -> Result<()> {
+    let mut cfg = Config::load(a.config.as_deref())?;
+    if let Some(v) = a.nats {
+        cfg.nats = v;
+    }
+    if let Some(v) = a.data {
+        cfg.data = v;
+    }
+    if let Some(v) = a.http {
+        cfg.http = v;
+    }
+    if let Some(v) = a.node_id {
+        cfg.node_id = v;
+    }
+    if let Some(v) = a.cluster {
+        cfg.cluster = v;
+    }
+    if let Some(v) = a.shards {
+        cfg.shards = v;
+    }
+    if let Some(v) = a.replicas {
+        cfg.replicas = v;
+    }
+    if let Some(v) = a.roles {
+        cfg.roles = v;
+    }
+    run_node_blocking(cfg)
+}
+
+fn up(a: UpArgs) -> Result<()> {
+    if a.nodes != 1 {
+        bail!("--nodes {} is not available yet: this version runs one node (clustering is a later release)", a.nodes);
+    }
+    let mut cfg = Config::load(None)?;
+    cfg.data = a.data.clone();
+    cfg.http = a.http;
+    if let Some(s) = a.shards {
+        cfg.shards = s;
+    }
+    let _server = match a.nats {
+        Some(url) => {
+            cfg.nats = url;
+            None
+        }
+        None => {
+            let port = if a.nats_port != 0 && crate::nats_server::port_in_use(a.nats_port) {
+                let p = crate::nats_server::free_port()?;
+                eprintln!("port {} is taken; starting nats-server on port {p}", a.nats_port);
+                p
+            } else {
+                a.nats_port
+            };
+            let server = crate::nats_server::NatsServer::start(&a.data.join("nats"), port)?;
+            cfg.nats = server.url();
+            Some(server)
+        }
+    };
+    run_node_blocking(cfg)
+    // `_server` drops here: nats-server is stopped after the node.
+}
+
+fn publish(a: PublishCmd) -> Result<()> {
+    let args = crate::client::PublishArgs {
+        nats: a.nats,
+        stream: a.stream,
+        input: a.file,
+        batch: a.batch.max(1),
+        progress: !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let report = rt.block_on(crate::client::publish(args))?;
+    eprintln!(
+        "published {} events in {} messages in {:.1} s ({:.0} events/s)",
+        report.events,
+        report.messages,
+        report.seconds,
+        report.events as f64 / report.seconds.max(1e-9)
+    );
+    if report.invalid_lines > 0 {
+        eprintln!(
+            "{} lines were not valid JSON: each was sent alone and lands in the dead-letter stream with its reason",
+            report.invalid_lines
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! The client commands: `gossamer publish` (NDJSON or plain lines onto NATS, with a
+//! progress bar) and `gossamer query` (against a node's REST API).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::Value;
+
+/// Largest message `publish` builds (NATS refuses more than its max payload, 1 MiB by
+/// default).
+const MAX_MESSAGE_BYTES: usize = 512 * 1024;
+/// Messages waiting for their JetStream ack at once.
+const IN_FLIGHT: usize = 64;
+
+pub struct PublishArgs {
+    pub nats: String,
+    pub stream: String,
+    pub input: Option<PathBuf>,
+    pub batch: usize,
+    pub progress: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct PublishReport {
+    pub events: u64,
+    pub messages: u64,
+    /// Lines that looked like JSON but did not parse: each was sent alone, so it lands
+    /// in the dead-letter stream with its reason without taking a batch with it.
+    pub invalid_lines: u64,
+    pub seconds: f64,
+}
+
+/// Publishes the lines of a file (or stdin) to `logs.<stream>` with JetStream acks:
+/// JSON lines as they are, other lines as `{"message": line}`, in NDJSON batches.
+pub async fn publish(args: PublishArgs) -> Result<PublishReport> {
+    if !gossamer_schemas::event::is_valid_stream(&args.stream) {
+        bail!("invalid stream name {:?}: use dot-separated tokens of [A-Za-z0-9_-]", args.stream);
+    }
+    let (reader, total): (Box<dyn Read + Send>, Option<u64>) = match &args.input {
+        Some(p) if p.as_os_str() != "-" => {
+            let f = std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?;
+            let len = f.metadata().map(|m| m.len()).ok();
+            (Box::new(f), len)
+        }
+        _ => (Box::new(std::io::stdin()), None),
+    };
+    let bar = if !args.progress {
+        ProgressBar::hidden()
+    } else if let Some(total) = total {
+        let b = ProgressBar::new(total);
+        b.set_style(
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {msg} ({eta} left)")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        ProgressBar::new_spinner()
+    };
+    let client = gossamer_bus::connect(&args.nats, std::time::Duration::from_secs(10)).await?;
+    let js = async_nats::jetstream::new(client.clone());
+    let subject = format!("logs.{}", args.stream);
+    let start = Instant::now();
+    let mut report = PublishReport::default();
+    let mut acks = FuturesUnordered::new();
+    let mut buf = String::new();
+    let mut in_buf = 0u64;
+
+    let mut lines = BufReader::new(reader);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = lines.read_line(&mut line).context("reading input")?;
+        if n == 0 {
+            break;
+        }
+        bar.inc(n as u64);
+        let text = line.trim_end_matches(['\n', '\r']);
+        if text.trim().is_empty() {
+            continue;
+        }
+        let as_json = text.trim_start().starts_with('{');
+        let valid = !as_json || serde_json::from_str::<serde_json::Map<String, Value>>(text).is_ok();
+        if !valid {
+            // Alone, so the dead letter holds just this line.
+            report.invalid_lines += 1;
+            send(&js, &subject, text.to_string(), &mut acks, &mut report, 1).await?;
+            continue;
+        }
+        let encoded;
+        let event = if as_json {
+            text
+        } else {
+            encoded = serde_json::json!({ "message": text }).to_string();
+            encoded.as_str()
+        };
+        if !buf.is_empty() && buf.len() + event.len() + 1 > MAX_MESSAGE_BYTES {
+            send(&js, &subject, std::mem::take(&mut buf), &mut acks, &mut report, in_buf).await?;
+            in_buf = 0;
+        }
+        buf.push_str(event);
+        buf.push('\n');
+        in_buf += 1;
+        if in_buf as usize >= args.batch {
+            send(&js, &subject, std::mem::take(&mut buf), &mut acks, &mut report, in_buf).await?;
+            in_buf = 0;
+        }
+        bar.set_message(format!("{} events", report.events + in_buf));
+    }
+    if in_buf > 0 {
+        send(&js, &subject, buf, &mut acks, &mut report, in_buf).await?;
+    }
+    while let Some(r) = acks.next().await {
+        r.context("the bus refused a message")?;
+    }
+    client.flush().await?;
+    bar.finish_and_clear();
+    report.seconds = start.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+type AckFuture = <async_nats::jetstream::context::PublishAckFuture as std::future::IntoFuture>::IntoFuture;
+
+async fn send(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    body: String,
+    acks: &mut FuturesUnordered<AckFuture>,
+    report: &mut PublishReport,
+    events: u64,
+) -> Result<()> {
+    while acks.len() >= IN_FLIGHT {
+        if let Some(r) = acks.next().await {
+            r.context("the bus refused a message")?;
+        }
+    }
+    let ack = js.publish(subject.to_string(), Bytes::from(body)).await.context("publishing")?;
+    acks.push(std::future::IntoFuture::into_future(ack));
+    report.messages += 1;
+    report.events += events;
+    Ok(())
+}
+
+pub struct QueryArgs {
+    pub server: String,
+    pub q: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub limit: usize,
+    pub order: String,
+    pub count: bool,
+    pub json: bool,
+}
+
+/// Runs a search or a count against a node and prints the answer.
+pub fn query(args: QueryArgs, out: &mut impl std::io::Write) -> Result<()> {
+    let base = args.server.trim_end_matches('/');
+    let path = if args.count { "count" } else { "search" };
+    let mut req = ureq::get(&format!("{base}/api/v1/{path}")).query("q", &args.q);
+    if let Some(f) = &args.from {
+        req = req.query("from", f);
+    }
+    if let Some(t) = &args.to {
+        req = req.query("to", t);
+    }
+    if !args.count {
+        req = req.query("limit", &args.limit.to_string()).query("order", &args.order);
+    }
+    let body: Value = match req.call() {
+        Ok(r) => r.into_json().context("reading the answer")?,
+        Err(ureq::Error::Status(code, r)) => {
+            let body: Value = r.into_json().unwrap_or_default();
+            bail!("{} ({code})", body["error"].as_str().unwrap_or("request failed"));
+        }
+        Err(e) => bail!("cannot reach {base}: {e}"),
+    };
+    if args.count {
+        writeln!(out, "{}", body["count"])?;
+        return Ok(());
+    }
+    for e in body["events"].as_array().into_iter().flatten() {
+        if args.json {
+            writeln!(out, "{e}")?;
+        } else {
+            writeln!(
+                out,
+                "{} {:5} {} {}",
+                e["ts"].as_str().unwrap_or(""),
+                e["level"].as_str().unwrap_or(""),
+                e["stream"].as_str().unwrap_or(""),
+                e["message"].as_str().unwrap_or("")
+            )?;
+        }
+    }
+    if let Some(c) = body["next_cursor"].as_str() {
+        if !args.json {
+            writeln!(out, "(more: --limit to see more; cursor {c})")?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! The REST API (§9): search, count, get by id, streams, cluster and health. Every
+//! error is `{"error": "..."}` with a 4xx or 5xx status.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix_web::dev::Server;
+use actix_web::http::StatusCode;
+use actix_web::{web, App, HttpResponse, HttpServer, ResponseError};
+use gossamer_query::exec::{Cursor, DEFAULT_LIMIT, MAX_LIMIT};
+use gossamer_query::{QueryError, SearchParams, TimeRange};
+use gossamer_schemas::api::{
+    ClusterInfo, CountResponse, ErrorBody, MemberInfo, Order, QueryRequest, SearchResponse, ShardInfo, StreamInfo,
+};
+use serde_json::json;
+
+use crate::node::NodeHandle;
+
+/// Largest request body accepted.
+const MAX_BODY: usize = 1 << 20;
+
+/// Errors at the HTTP boundary, each with its status.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::BadRequest(m) => ApiError::BadRequest(m),
+            QueryError::Storage(s) => ApiError::Internal(s.to_string()),
+        }
+    }
+}
+
+impl From<actix_web::error::BlockingError> for ApiError {
+    fn from(e: actix_web::error::BlockingError) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code()).json(ErrorBody { error: self.to_string() })
+    }
+}
+
+type Node = web::Data<Arc<NodeHandle>>;
+
+/// Binds the API on `addr` (port 0 picks a free one) and returns the server to await,
+/// with the address it got.
+pub fn bind(node: Arc<NodeHandle>, addr: &str) -> anyhow::Result<(Server, std::net::SocketAddr)> {
+    let data = web::Data::new(node);
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::JsonConfig::default().limit(MAX_BODY).error_handler(|err, _| {
+                let msg = format!("invalid JSON body: {err}");
+                actix_web::error::InternalError::from_response(err, ApiError::BadRequest(msg).error_response()).into()
+            }))
+            .app_data(web::QueryConfig::default().error_handler(|err, _| {
+                let msg = format!("invalid query parameters: {err}");
+                actix_web::error::InternalError::from_response(err, ApiError::BadRequest(msg).error_response()).into()
+            }))
+            .app_data(web::PathConfig::default().error_handler(|err, _| {
+                let msg = format!("invalid path: {err}");
+                actix_web::error::InternalError::from_response(err, ApiError::BadRequest(msg).error_response()).into()
+            }))
+            .route("/", web::get().to(console))
+            .service(
+                web::scope("/api/v1")
+                    .route("/health", web::get().to(health))
+                    .route("/cluster", web::get().to(cluster))
+                    .route("/search", web::get().to(search))
+                    .route("/count", web::get().to(count))
+                    .route("/query", web::post().to(query))
+                    .route("/events/{id}", web::get().to(get_event))
+                    .route("/streams", web::get().to(streams)),
+            )
+            .default_service(web::to(|| async { ApiError::NotFound("no such route".into()).error_response() }))
+    })
+    .workers(2)
+    .bind(addr)
+    .map_err(|e| anyhow::anyhow!("binding the HTTP API on {addr}: {e}"))?;
+    let bound = server.addrs()[0];
+    Ok((server.run(), bound))
+}
+
+async fn console() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("../static/index.html"))
+}
+
+async fn health(node: Node) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "status": "ok",
+        "node": node.cfg.node_id,
+        "cluster": node.cfg.cluster,
+        "version": env!("CARGO_PKG_VERSION"),
+    }))
+}
+
+fn parse_request(req: &QueryRequest) -> Result<SearchParams, ApiError> {
+    let expr = gossamer_query::parse(&req.q).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let range = TimeRange::parse(req.from.as_deref(), req.to.as_deref(), TimeRange::now()).map_err(ApiError::BadRequest)?;
+    let limit = req.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::BadRequest(format!("`limit` must be between 1 and {MAX_LIMIT}, got {limit}")));
+    }
+    let cursor = req.cursor.as_deref().filter(|c| !c.is_empty()).map(Cursor::decode).transpose()?;
+    Ok(SearchParams { expr, range, order: req.order.unwrap_or(Order::Desc), limit, cursor })
+}
+
+async fn run_search(node: Node, req: QueryRequest) -> Result<HttpResponse, ApiError> {
+    let params = parse_request(&req)?;
+    let page = web::block(move || gossamer_query::search(&node.shards, &params)).await??;
+    Ok(HttpResponse::Ok().json(SearchResponse {
+        events: page.events.iter().map(|e| e.to_json()).collect(),
+        next_cursor: page.next_cursor,
+        partial: false,
+        missing_shards: vec![],
+    }))
+}
+
+async fn run_count(node: Node, req: QueryRequest) -> Result<HttpResponse, ApiError> {
+    let params = parse_request(&req)?;
+    let n = web::block(move || gossamer_query::count(&node.shards, &params.expr, params.range)).await??;
+    Ok(HttpResponse::Ok().json(CountResponse { count: n, partial: false }))
+}
+
+async fn search(node: Node, req: web::Query<QueryRequest>) -> Result<HttpResponse, ApiError> {
+    run_search(node, req.into_inner()).await
+}
+
+async fn count(node: Node, req: web::Query<QueryRequest>) -> Result<HttpResponse, ApiError> {
+    run_count(node, req.into_inner()).await
+}
+
+/// `POST /api/v1/query`: the search parameters as a JSON body; `"count": true` asks
+/// for the count instead.
+async fn query(node: Node, body: web::Json<serde_json::Value>) -> Result<HttpResponse, ApiError> {
+    let mut body = body.into_inner();
+    let count = match body.as_object_mut().map(|o| o.remove("count")) {
+        None => return Err(ApiError::BadRequest("the query body must be a JSON object".into())),
+        Some(None) => false,
+        Some(Some(serde_json::Value::Bool(b))) => b,
+        Some(Some(_)) => return Err(ApiError::BadRequest("`count` must be true or false".into())),
+    };
+    let request: QueryRequest =
+        serde_json::from_value(body).map_err(|e| ApiError::BadRequest(format!("invalid query body: {e}")))?;
+    if count {
+        run_count(node, request).await
+    } else {
+        run_search(node, request).await
+    }
+}
+
+async fn get_event(node: Node, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::BadRequest(format!("{:?} is not a UUID", id.as_str())))?;
+    let found = web::block(move || gossamer_query::get_by_id(&node.shards, &id)).await??;
+    match found {
+        Some(e) => Ok(HttpResponse::Ok().json(e.to_json())),
+        None => Err(ApiError::NotFound(format!("no event with id {id}"))),
+    }
+}
+
+async fn streams(node: Node) -> Result<HttpResponse, ApiError> {
+    let totals = web::block(move || {
+        let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+        for s in &node.shards {
+            for (name, n) in s.stream_counts()? {
+                *totals.entry(name).or_default() += n;
+            }
+        }
+        Ok::<_, gossamer_storage::StorageError>(totals)
+    })
+    .await?
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let list: Vec<StreamInfo> = totals.into_iter().map(|(name, events)| StreamInfo { name, events }).collect();
+    Ok(HttpResponse::Ok().json(json!({ "streams": list })))
+}
+
+async fn cluster(node: Node) -> Result<HttpResponse, ApiError> {
+    let mut shards = Vec::with_capacity(node.shard_actors.len());
+    for addr in &node.shard_actors {
+        let st = addr.send(gossamer_shard::GetState).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        shards.push(ShardInfo {
+            shard: st.shard,
+            replicas: vec![node.cfg.node_id.clone()],
+            primary: Some(node.cfg.node_id.clone()),
+            applied_seq: st.applied_seq,
+            events: st.events,
+            pending: st.pending,
+        });
+    }
+    let ingest = match &node.ingest {
+        Some(a) => serde_json::to_value(a.send(gossamer_ingest::GetState).await.map_err(|e| ApiError::Internal(e.to_string()))?)
+            .unwrap_or_default(),
+        None => serde_json::Value::Null,
+    };
+    Ok(HttpResponse::Ok().json(ClusterInfo {
+        cluster: node.cfg.cluster.clone(),
+        shard_count: node.cfg.shards,
+        replicas: node.cfg.replicas,
+        members: vec![MemberInfo {
+            node: node.cfg.node_id.clone(),
+            state: "alive".into(),
+            roles: node.cfg.roles.clone(),
+            http: None,
+        }],
+        shards,
+        ingest,
+    }))
+}

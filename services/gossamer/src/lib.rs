@@ -1,0 +1,9 @@
+//! The Gossamer node and its command-line tools: `up`, `node`, `publish`, `query`,
+//! `bench`.
+
+pub mod bench;
+pub mod cli;
+pub mod client;
+pub mod http;
+pub mod nats_server;
+pub mod node;

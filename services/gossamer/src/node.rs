@@ -1,0 +1,84 @@
+//! Wiring a node: connect to NATS, create the streams, open sled, start the shard and
+//! ingest actors and the REST API, and run until told to stop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use anyhow::{Context as _, Result};
+use gossamer_config::Config;
+use gossamer_ingest::IngestActor;
+use gossamer_shard::ShardActor;
+use gossamer_storage::{ShardStore, Store};
+use tracing::info;
+
+/// Everything the REST API reads from a running node.
+pub struct NodeHandle {
+    pub cfg: Config,
+    pub store: Store,
+    pub shards: Vec<ShardStore>,
+    pub shard_actors: Vec<Addr<ShardActor>>,
+    pub ingest: Option<Addr<IngestActor>>,
+    pub nats: async_nats::Client,
+}
+
+/// How long a node waits for NATS at start.
+const NATS_WAIT: Duration = Duration::from_secs(120);
+
+/// Runs a node inside the current actix system until `shutdown` resolves. `on_ready`
+/// gets the bound HTTP address once the API is listening.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl FnOnce(SocketAddr)) -> Result<()> {
+    cfg.validate()?;
+    std::fs::create_dir_all(&cfg.data).with_context(|| format!("creating data directory {}", cfg.data.display()))?;
+    let nats = gossamer_bus::connect(&cfg.nats, NATS_WAIT).await?;
+    let js = async_nats::jetstream::new(nats.clone());
+    let names = gossamer_bus::ensure_streams(&js, &cfg).await?;
+
+    let sled_dir = cfg.data.join("sled");
+    let store = tokio::task::spawn_blocking(move || Store::open(&sled_dir))
+        .await?
+        .context("opening sled (the data directory may be in use by another node)")?;
+    let shard_count = cfg.shards;
+    let shards = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || (0..shard_count).map(|n| store.shard(n)).collect::<Result<Vec<_>, _>>())
+            .await??
+    };
+
+    let mut shard_actors = Vec::new();
+    if cfg.has_role("shard") {
+        for s in &shards {
+            let actor = ShardActor::new(js.clone(), names.shards.clone(), &cfg.cluster, &cfg.node_id, s.clone());
+            shard_actors.push(actor.start());
+        }
+    }
+    let ingest =
+        cfg.has_role("ingest").then(|| IngestActor::new(js.clone(), cfg.clone(), names.clone()).start());
+
+    let handle = Arc::new(NodeHandle {
+        cfg: cfg.clone(),
+        store: store.clone(),
+        shards,
+        shard_actors,
+        ingest,
+        nats: nats.clone(),
+    });
+    let (server, addr) = crate::http::bind(handle.clone(), &cfg.http)?;
+    let server_handle = server.handle();
+    let serving = actix_rt::spawn(server);
+    info!(node = %cfg.node_id, http = %addr, shards = cfg.shards, "node-ready");
+    on_ready(addr);
+
+    shutdown.await;
+    info!("node-stopping");
+    server_handle.stop(true).await;
+    let _ = serving.await;
+    // Acks sent but not yet written would be lost with the connection.
+    let _ = nats.flush().await;
+    let store = handle.store.clone();
+    tokio::task::spawn_blocking(move || store.flush()).await??;
+    info!("node-stopped");
+    Ok(())
+}

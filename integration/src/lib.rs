@@ -1,0 +1,248 @@
+//! The test sandbox: a real nats-server per test on a free port with temporary
+//! storage, and real `gossamer` node processes against it. Everything is killed and
+//! cleaned up on drop; waits are predicates with deadlines, never bare sleeps.
+
+pub mod loghub;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The nats-server binary: `$GOSSAMER_NATS_SERVER`, PATH, or Debian's /usr/sbin.
+pub fn nats_server_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("GOSSAMER_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/usr/local/bin"].iter().map(PathBuf::from))
+        .map(|d| d.join("nats-server"))
+        .find(|p| p.is_file())
+        .expect("nats-server not found: install it (apt-get install -y nats-server); the test command does")
+}
+
+/// The `gossamer` binary built beside this test (`cargo build --bin gossamer`), or
+/// `$GOSSAMER_BIN`.
+pub fn gossamer_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("GOSSAMER_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/gossamer
+    let bin = exe.parent().and_then(Path::parent).map(|d| d.join("gossamer")).expect("target directory");
+    assert!(bin.is_file(), "{} is missing: run `cargo build --bin gossamer` first (the test command does)", bin.display());
+    bin
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// A nats-server with JetStream on a free loopback port and storage in a temporary
+/// directory.
+pub struct Nats {
+    child: Child,
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+impl Nats {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir)
+    }
+
+    fn start_in(dir: tempfile::TempDir) -> Self {
+        let port = free_port();
+        let child = Command::new(nats_server_binary())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path().join("js"))
+            .arg("-l")
+            .arg(dir.path().join("nats.log"))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting nats-server");
+        let mut nats = Self { child, port, dir };
+        wait_for("nats-server to listen", Duration::from_secs(20), || {
+            if let Ok(Some(status)) = nats.child.try_wait() {
+                panic!("nats-server exited: {status}");
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        nats
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url()).await.expect("connecting to the test nats-server")
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `gossamer node` process.
+pub struct Node {
+    child: Option<Child>,
+    pub http: String,
+    pub data: PathBuf,
+    nats: String,
+    args: Vec<String>,
+}
+
+impl Node {
+    /// Starts a node with `data` as its data directory and waits until its API listens.
+    pub fn start(nats: &Nats, data: &Path, args: &[&str]) -> Self {
+        let mut node = Self {
+            child: None,
+            http: String::new(),
+            data: data.to_path_buf(),
+            nats: nats.url(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+        };
+        node.spawn();
+        node
+    }
+
+    fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.data).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.data.join("node.log")).unwrap();
+        let mut child = Command::new(gossamer_binary())
+            .args(["node", "--nats", &self.nats, "--http", "127.0.0.1:0", "--shards", "8"])
+            .arg("--data")
+            .arg(&self.data)
+            .args(&self.args)
+            .env("GOSSAMER_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("starting gossamer node");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("console: http://").nth(1) {
+                    let _ = tx.send(rest.trim_end_matches('/').to_string());
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| {
+            let log = std::fs::read_to_string(self.data.join("node.log")).unwrap_or_default();
+            panic!("the node did not report its HTTP address; its log:\n{log}")
+        });
+        self.http = format!("http://{addr}");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: no flush, no goodbye.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the same node again (after [`Node::kill9`]).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("node running");
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        c.wait().unwrap()
+    }
+
+    pub fn get(&self, path_and_query: &str) -> (u16, Value) {
+        http_get(&format!("{}{path_and_query}", self.http))
+    }
+
+    /// `GET /api/v1/count?q=...`, asserting success.
+    pub fn count(&self, q: &str) -> u64 {
+        let (status, body) = self.get(&format!("/api/v1/count?q={}", enc(q)));
+        assert_eq!(status, 200, "count {q:?}: {body}");
+        body["count"].as_u64().unwrap()
+    }
+
+    /// Waits until `count(q)` is `want`; panics showing the last count otherwise.
+    pub fn wait_count(&self, q: &str, want: u64, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = self.count(q);
+            if last == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "count {q:?} is {last}, want {want} (after {timeout:?})");
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Percent-encodes a query-string value.
+pub fn enc(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// GET returning the status and the JSON body (errors included).
+pub fn http_get(url: &str) -> (u16, Value) {
+    match ureq::get(url).call() {
+        Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
+        Err(e) => panic!("GET {url}: {e}"),
+    }
+}
+
+/// POST a raw body with a content type, returning the status and the JSON body.
+pub fn http_post(url: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
+    match ureq::post(url).set("Content-Type", content_type).send_bytes(body) {
+        Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
+        Err(e) => panic!("POST {url}: {e}"),
+    }
+}
+
+/// Publishes `body` to `subject` with JetStream and waits for the bus's ack.
+pub async fn js_publish(js: &async_nats::jetstream::Context, subject: &str, body: Vec<u8>) {
+    js.publish(subject.to_string(), body.into()).await.expect("publish").await.expect("JetStream ack");
+}

@@ -139,7 +139,9 @@ impl Runner {
                 pull::Config {
                     durable_name: Some("ingest".into()),
                     ack_policy: AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(30),
+                    // A round takes well under a second; a message held by a crashed node comes
+                    // back after this.
+                    ack_wait: Duration::from_secs(10),
                     max_ack_pending: (self.batch * 4) as i64,
                     filter_subject: LOGS_SUBJECTS.into(),
                     ..Default::default()

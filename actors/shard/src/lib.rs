@@ -125,13 +125,15 @@ impl Runner {
         let store = self.store.clone();
         let applied = tokio::task::spawn_blocking(move || store.applied_seq()).await??;
         let stream = self.js.get_stream(&self.stream).await.context("opening the SHARDS stream")?;
-        // Keep the durable consumer when it is not ahead of sled; otherwise (sled lost
-        // data, or was replaced) start it again right after what sled holds.
-        if let Ok(info) = stream.consumer_info(&self.durable).await {
-            if info.ack_floor.stream_sequence > applied || info.config.filter_subject != self.subject {
-                warn!(shard, applied, acked = info.ack_floor.stream_sequence, "shard-consumer-reset");
-                stream.delete_consumer(&self.durable).await.context("resetting the shard consumer")?;
-            }
+        // Start the durable consumer afresh right after what sled holds. Keeping the old
+        // one would be wrong: messages it had delivered to a previous incarnation come
+        // back only after their ack wait, out of order, behind sequences applied since,
+        // and the applied-sequence check would then skip them.
+        match stream.delete_consumer(&self.durable).await {
+            Ok(_) => debug!(shard, applied, "shard-consumer-reset"),
+            Err(e) if matches!(e.kind(), jetstream::stream::ConsumerErrorKind::JetStream(ref j)
+                if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND) => {}
+            Err(e) => return Err(anyhow::anyhow!("resetting the shard consumer: {e}")),
         }
         let consumer: jetstream::consumer::PullConsumer = stream
             .get_or_create_consumer(

@@ -1,0 +1,135 @@
+//! The loghub samples as events, and the ground truth computed from their CSVs by the
+//! tests' own reading of §9 (tokens, levels), independent of Gossamer's code.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde_json::{json, Map, Value};
+
+/// First event time; event `i` of a dataset is `T0 + i` ms (plus the dataset's offset).
+pub const T0_MS: i64 = 1_780_000_000_000;
+
+pub fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/loghub")
+}
+
+/// One CSV row, as the test sees it.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub id: uuid::Uuid,
+    pub ts_ms: i64,
+    pub level: Option<String>,
+    pub component: Option<String>,
+    pub content: String,
+    pub event_id: String,
+    pub other: BTreeMap<String, String>,
+}
+
+pub struct Dataset {
+    /// Lowercased name: the stream is `loghub.<name>`.
+    pub name: String,
+    pub rows: Vec<Row>,
+}
+
+impl Dataset {
+    pub fn stream(&self) -> String {
+        format!("loghub.{}", self.name)
+    }
+}
+
+/// All 16 samples, sorted by name; dataset `d` starts at `T0_MS + d * 10_000_000`.
+pub fn load() -> Vec<Dataset> {
+    let mut names: Vec<String> = std::fs::read_dir(dir())
+        .expect("integration/testdata/loghub")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .enumerate()
+        .map(|(d, name)| {
+            let path = dir().join(name).join(format!("{name}_2k.log_structured.csv"));
+            let mut rdr = csv::Reader::from_path(&path).unwrap();
+            let headers: Vec<String> = rdr.headers().unwrap().iter().map(String::from).collect();
+            let rows = rdr
+                .records()
+                .enumerate()
+                .map(|(i, rec)| {
+                    let rec = rec.unwrap();
+                    let mut cols: BTreeMap<String, String> =
+                        headers.iter().cloned().zip(rec.iter().map(String::from)).collect();
+                    cols.remove("EventTemplate");
+                    cols.remove("LineId");
+                    Row {
+                        id: uuid::Uuid::new_v4(),
+                        ts_ms: T0_MS + d as i64 * 10_000_000 + i as i64,
+                        level: cols.remove("Level"),
+                        component: cols.remove("Component"),
+                        content: cols.remove("Content").unwrap_or_default(),
+                        event_id: cols.remove("EventId").unwrap_or_default(),
+                        other: cols,
+                    }
+                })
+                .collect();
+            Dataset { name: name.to_lowercase(), rows }
+        })
+        .collect()
+}
+
+/// The event a row is published as: level and content as they are, the component and
+/// the template id as labels, the other columns as fields (numbers as numbers).
+pub fn event_json(ds: &Dataset, r: &Row) -> Value {
+    let mut labels = Map::new();
+    labels.insert("dataset".into(), json!(ds.name));
+    labels.insert("event_id".into(), json!(r.event_id));
+    if let Some(c) = &r.component {
+        labels.insert("component".into(), json!(c));
+    }
+    let fields: Map<String, Value> = r
+        .other
+        .iter()
+        .map(|(k, v)| (k.to_lowercase(), v.parse::<i64>().map(Value::from).unwrap_or_else(|_| json!(v))))
+        .collect();
+    let mut e = json!({
+        "id": r.id.to_string(),
+        "ts": r.ts_ms,
+        "message": r.content,
+        "labels": labels,
+        "fields": fields,
+    });
+    if let Some(l) = &r.level {
+        e["level"] = json!(l);
+    }
+    e
+}
+
+/// §9 tokens, written here apart from Gossamer's tokenizer: maximal runs of letters,
+/// digits and `_`, lowercased.
+pub fn tokens(s: &str) -> Vec<String> {
+    s.split(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .filter(|t| !t.is_empty())
+        .map(|t| t.to_lowercase())
+        .collect()
+}
+
+/// §9 level names, written here apart from Gossamer's table.
+pub fn level(raw: Option<&str>) -> String {
+    let Some(raw) = raw else { return "info".into() };
+    let l = raw.trim().to_lowercase();
+    let table: [(&str, &[&str]); 6] = [
+        ("trace", &["trace", "verbose", "v"]),
+        ("debug", &["debug", "d", "7"]),
+        ("info", &["info", "notice", "informational", "i", "5", "6"]),
+        ("warn", &["warn", "warning", "w", "4"]),
+        ("error", &["error", "err", "severe", "e", "3"]),
+        ("fatal", &["fatal", "critical", "crit", "alert", "emerg", "panic", "f", "0", "1", "2"]),
+    ];
+    table.iter().find(|(_, names)| names.contains(&l.as_str())).map(|(n, _)| n.to_string()).unwrap_or(l)
+}
+
+/// Quotes a value for the text syntax.
+pub fn quote(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}

@@ -1,0 +1,207 @@
+//! All 16 loghub samples published through NATS, and every count checked against the
+//! CSVs: stored events, levels, tokens, phrases, prefixes, labels, NOT and OR, globs,
+//! time ranges, paging and get by id.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
+
+use gossamer_integration::loghub::{self, event_json, level, quote, tokens, Dataset};
+use gossamer_integration::{enc, js_publish, Nats, Node};
+
+/// What a query should count, from the rows alone.
+fn expect(ds: &Dataset, pred: impl Fn(&loghub::Row) -> bool) -> u64 {
+    ds.rows.iter().filter(|r| pred(r)).count() as u64
+}
+
+fn has_phrase(toks: &[String], phrase: &[String]) -> bool {
+    toks.windows(phrase.len()).any(|w| w == phrase)
+}
+
+/// The queries checked for one dataset, with their expected counts.
+fn cases(ds: &Dataset) -> Vec<(String, u64)> {
+    let s = format!("stream:{}", ds.stream());
+    let mut out = vec![(s.clone(), ds.rows.len() as u64)];
+
+    let mut levels: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &ds.rows {
+        *levels.entry(level(r.level.as_deref())).or_default() += 1;
+    }
+    for (l, n) in levels {
+        out.push((format!("{s} level:{}", quote(&l)), n));
+    }
+
+    // The most common token that not every message has.
+    let mut df: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &ds.rows {
+        for t in tokens(&r.content).into_iter().collect::<HashSet<_>>() {
+            *df.entry(t).or_default() += 1;
+        }
+    }
+    let total = ds.rows.len() as u64;
+    let (word, _) = df.iter().filter(|(_, n)| **n < total).max_by_key(|(t, n)| (**n, std::cmp::Reverse((*t).clone()))).unwrap();
+    let word = word.clone();
+    let has_word = |r: &loghub::Row| tokens(&r.content).contains(&word);
+    out.push((format!("{s} {word}"), expect(ds, has_word)));
+    out.push((format!("{s} -{word}"), expect(ds, |r| !has_word(r))));
+    out.push((format!("{s} NOT {word}"), expect(ds, |r| !has_word(r))));
+
+    // A phrase: the first two tokens of the middle row's message.
+    let mid = ds.rows.iter().skip(ds.rows.len() / 2).find(|r| tokens(&r.content).len() >= 2).unwrap();
+    let phrase: Vec<String> = tokens(&mid.content)[..2].to_vec();
+    let has_p = |r: &loghub::Row| has_phrase(&tokens(&r.content), &phrase);
+    out.push((format!("{s} \"{}\"", phrase.join(" ")), expect(ds, has_p)));
+    out.push((format!("{s} ({word} OR \"{}\")", phrase.join(" ")), expect(ds, |r| has_word(r) || has_p(r))));
+
+    // A prefix of the chosen word.
+    let prefix: String = word.chars().take(3).collect();
+    out.push((
+        format!("{s} {prefix}*"),
+        expect(ds, |r| tokens(&r.content).iter().any(|t| t.starts_with(&prefix))),
+    ));
+
+    // Labels: the most common component (or template id), and a label glob-free
+    // inequality through NOT.
+    let (key, value) = match ds.rows.iter().filter_map(|r| r.component.clone()).fold(BTreeMap::new(), |mut m, c| {
+        *m.entry(c).or_insert(0u64) += 1;
+        m
+    }) {
+        m if !m.is_empty() => ("component", m.into_iter().max_by_key(|(_, n)| *n).unwrap().0),
+        _ => ("event_id", ds.rows[0].event_id.clone()),
+    };
+    let label_of = |r: &loghub::Row| if key == "component" { r.component.clone() } else { Some(r.event_id.clone()) };
+    out.push((format!("{s} {key}:{}", quote(&value)), expect(ds, |r| label_of(r).as_deref() == Some(&value))));
+    out.push((
+        format!("{s} {word} -{key}:{}", quote(&value)),
+        expect(ds, |r| has_word(r) && label_of(r).as_deref() != Some(&value)),
+    ));
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loghub_samples_are_stored_and_every_count_matches_the_csv() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats, data.path(), &[]);
+    let datasets = loghub::load();
+    assert_eq!(datasets.len(), 16);
+    let total: usize = datasets.iter().map(|d| d.rows.len()).sum();
+
+    let js = async_nats::jetstream::new(nats.client().await);
+    for ds in &datasets {
+        for chunk in ds.rows.chunks(250) {
+            let body: String = chunk.iter().map(|r| format!("{}\n", event_json(ds, r))).collect();
+            js_publish(&js, &format!("logs.{}", ds.stream()), body.into_bytes()).await;
+        }
+    }
+    let n = tokio::task::spawn_blocking(move || {
+        node.wait_count("", total as u64, Duration::from_secs(120));
+        node
+    })
+    .await
+    .unwrap();
+    let node = n;
+
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for ds in &datasets {
+        for (q, want) in cases(ds) {
+            let got = node.count(&q);
+            checked += 1;
+            if got != want {
+                failures.push(format!("{q:?}: got {got}, want {want}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {checked} counts differ from the CSV:\n{}", failures.len(), failures.join("\n"));
+
+    // Globs across streams.
+    assert_eq!(node.count("stream:loghub.*"), total as u64);
+    let h: u64 = datasets.iter().filter(|d| d.name.starts_with('h')).map(|d| d.rows.len() as u64).sum();
+    assert_eq!(node.count("stream:loghub.h*"), h);
+
+    // Streams and their counts.
+    let (status, body) = node.get("/api/v1/streams");
+    assert_eq!(status, 200);
+    let streams: BTreeMap<String, u64> = body["streams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_string(), s["events"].as_u64().unwrap()))
+        .collect();
+    let want: BTreeMap<String, u64> = datasets.iter().map(|d| (d.stream(), d.rows.len() as u64)).collect();
+    assert_eq!(streams, want);
+
+    // A time range: events [100, 600) of the HDFS sample.
+    let hdfs = datasets.iter().find(|d| d.name == "hdfs").unwrap();
+    let from = gossamer_integration_time(hdfs.rows[100].ts_ms);
+    let to = gossamer_integration_time(hdfs.rows[600].ts_ms);
+    let (status, body) = node.get(&format!("/api/v1/count?q=&from={}&to={}", enc(&from), enc(&to)));
+    assert_eq!((status, body["count"].as_u64()), (200, Some(500)), "{body}");
+
+    // Paging with the cursor returns every HDFS event once, newest first.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/api/v1/search?q={}&limit=300", enc(&format!("stream:{}", hdfs.stream())));
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={}", enc(c)));
+        }
+        let (status, body) = node.get(&path);
+        assert_eq!(status, 200, "{body}");
+        for e in body["events"].as_array().unwrap() {
+            seen.push((e["ts"].as_str().unwrap().to_string(), e["id"].as_str().unwrap().to_string()));
+        }
+        match body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), hdfs.rows.len());
+    assert!(seen.windows(2).all(|w| w[0] > w[1]), "pages are newest first, without repeats");
+    let ids: HashSet<String> = seen.iter().map(|(_, id)| id.clone()).collect();
+    let want_ids: HashSet<String> = hdfs.rows.iter().map(|r| r.id.to_string()).collect();
+    assert_eq!(ids, want_ids);
+
+    // Oldest first gives the first rows in order.
+    let (_, body) = node.get(&format!("/api/v1/search?q={}&order=asc&limit=3", enc("stream:loghub.hdfs")));
+    let first: Vec<&str> = body["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let want_first: Vec<String> = hdfs.rows[..3].iter().map(|r| r.id.to_string()).collect();
+    assert_eq!(first, want_first);
+
+    // Get by id returns the event as published, normalised.
+    for ds in datasets.iter().step_by(5) {
+        let r = &ds.rows[7];
+        let (status, e) = node.get(&format!("/api/v1/events/{}", r.id));
+        assert_eq!(status, 200);
+        assert_eq!(e["message"], r.content);
+        assert_eq!(e["stream"], ds.stream());
+        assert_eq!(e["level"], level(r.level.as_deref()));
+        assert_eq!(e["ts"], gossamer_integration_time(r.ts_ms));
+        assert_eq!(e["labels"]["dataset"], ds.name);
+    }
+}
+
+/// RFC 3339 with nanoseconds, as the API prints `ts`.
+fn gossamer_integration_time(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let nanos = (ms.rem_euclid(1000) * 1_000_000) as u32;
+    let dt = time_from_unix(secs);
+    format!("{dt}.{nanos:09}Z")
+}
+
+/// `YYYY-MM-DDTHH:MM:SS` for a Unix time (UTC), by the civil-from-days algorithm.
+fn time_from_unix(secs: i64) -> String {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}

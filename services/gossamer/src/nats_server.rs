@@ -12,14 +12,15 @@ use anyhow::{bail, Context, Result};
 const EXTRA_DIRS: [&str; 3] = ["/usr/sbin", "/usr/local/sbin", "/usr/local/bin"];
 
 pub const INSTALL_HINT: &str =
-    "nats-server was not found on PATH nor in /usr/sbin. Install it (Debian/Ubuntu: `sudo apt-get install -y nats-server`), \
+    "nats-server was not found ($GOSSAMER_NATS_SERVER, PATH, /usr/sbin). Install it (Debian/Ubuntu: `sudo apt-get install -y nats-server`), \
      or point Gossamer at a running server with --nats nats://HOST:PORT";
 
 /// The nats-server executable: `$GOSSAMER_NATS_SERVER`, PATH, then the usual sbin
 /// directories.
 pub fn find_binary() -> Option<PathBuf> {
     if let Some(p) = std::env::var_os("GOSSAMER_NATS_SERVER") {
-        return Some(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)

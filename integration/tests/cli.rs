@@ -1,0 +1,115 @@
+//! The `gossamer` command line as a user runs it: `up` with and without nats-server,
+//! `publish` with a progress-free pipe, `query` with good and bad queries.
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use gossamer_integration::{gossamer_binary, http_get, nats_server_binary, Nats, Node};
+
+#[test]
+fn up_without_nats_server_says_how_to_install_it() {
+    let data = tempfile::tempdir().unwrap();
+    let out = Command::new(gossamer_binary())
+        .args(["up", "--http", "127.0.0.1:0", "--nats-port", "0", "--data"])
+        .arg(data.path())
+        .env("GOSSAMER_NATS_SERVER", data.path().join("no-such-nats-server"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("apt-get install -y nats-server"), "{err}");
+}
+
+#[test]
+fn up_runs_everything_and_stops_cleanly_on_ctrl_c() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(gossamer_binary())
+        .args(["up", "--http", "127.0.0.1:0", "--nats-port", "0", "--shards", "4", "--data"])
+        .arg(data.path())
+        .env("GOSSAMER_NATS_SERVER", nats_server_binary())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut http, mut nats) = (None, None);
+    while http.is_none() || nats.is_none() {
+        let line = lines.next().expect("up printed its addresses").unwrap();
+        if let Some(a) = line.split("console: ").nth(1) {
+            http = Some(a.trim_end_matches('/').to_string());
+        }
+        if let Some(n) = line.strip_prefix("  NATS: ") {
+            nats = Some(n.to_string());
+        }
+    }
+    let (http, nats) = (http.unwrap(), nats.unwrap());
+    let (status, body) = http_get(&format!("{http}/api/v1/health"));
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, _) = http_get(&format!("{http}/"));
+    assert_eq!(status, 200, "the console page is served");
+
+    // Publish through the child nats-server and find the event.
+    let mut publish = Command::new(gossamer_binary())
+        .args(["publish", "--nats", &nats, "--stream", "up.test"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    publish.stdin.take().unwrap().write_all(b"hello from up\n").unwrap();
+    assert!(publish.wait().unwrap().success());
+    gossamer_integration::wait_for("the event", Duration::from_secs(30), || {
+        let (_, body) = http_get(&format!("{http}/api/v1/count?q=hello"));
+        (body["count"] == 1).then_some(())
+    });
+
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "up exits cleanly on Ctrl-C: {status}");
+    let port: u16 = nats.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the nats-server child is stopped");
+}
+
+#[test]
+fn publish_and_query_from_the_command_line() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats, data.path(), &[]);
+    let file = data.path().join("input.log");
+    std::fs::write(
+        &file,
+        "first plain line\n{\"level\":\"error\",\"message\":\"json line with error\",\"labels\":{\"svc\":\"api\"}}\n\n{\"broken json\nlast plain line\n",
+    )
+    .unwrap();
+    let out = Command::new(gossamer_binary())
+        .args(["publish", "--nats", &nats.url(), "--stream", "cli.file", "--batch", "2"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("published 4 events"), "{err}");
+    assert!(err.contains("1 lines were not valid JSON"), "{err}");
+    node.wait_count("stream:cli.file", 3, Duration::from_secs(30));
+
+    let query = |args: &[&str]| {
+        let out = Command::new(gossamer_binary()).args(["query", "--server", &node.http]).args(args).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, stdout, _) = query(&["--count", "stream:cli.file plain"]);
+    assert_eq!((code, stdout.trim()), (Some(0), "2"));
+    let (code, stdout, _) = query(&["--json", "svc:api level:error"]);
+    assert_eq!(code, Some(0));
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 1);
+    assert_eq!(lines[0]["message"], "json line with error");
+    let (code, stdout, _) = query(&["--order", "asc", "stream:cli.file"]);
+    assert_eq!(code, Some(0));
+    let msgs: Vec<&str> = stdout.lines().map(|l| l.splitn(4, ' ').nth(3).unwrap_or("").trim()).collect();
+    assert_eq!(msgs.len(), 3, "{stdout}");
+    let (code, _, stderr) = query(&["level:error latency_ms:>abc"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("column 24"), "{stderr}");
+}

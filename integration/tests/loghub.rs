@@ -179,6 +179,81 @@ async fn loghub_samples_are_stored_and_every_count_matches_the_csv() {
         assert_eq!(e["ts"], gossamer_integration_time(r.ts_ms));
         assert_eq!(e["labels"]["dataset"], ds.name);
     }
+
+    check_aggregations(&node, &datasets);
+}
+
+/// Aggregations over the loghub events equal what the CSVs give: counts by level and
+/// component, sum/min/max of the pid exactly, p95 within the sketch's 1% bound, and
+/// time buckets.
+fn check_aggregations(node: &Node, datasets: &[Dataset]) {
+    let agg = |params: &str| {
+        let (status, body) = node.get(&format!("/api/v1/aggregate?{params}"));
+        assert_eq!(status, 200, "{params}: {body}");
+        body["groups"].as_array().unwrap().clone()
+    };
+    for ds in datasets {
+        let q = enc(&format!("stream:{}", ds.stream()));
+        // Count by level.
+        let mut want: BTreeMap<String, u64> = BTreeMap::new();
+        for r in &ds.rows {
+            *want.entry(level(r.level.as_deref())).or_default() += 1;
+        }
+        let got: BTreeMap<String, u64> = agg(&format!("q={q}&fn=count&by=level"))
+            .iter()
+            .map(|g| (g["key"]["level"].as_str().unwrap().to_string(), g["value"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(got, want, "{}: count by level", ds.name);
+
+        // Count by component (null where the sample has none).
+        let mut want: BTreeMap<Option<String>, u64> = BTreeMap::new();
+        for r in &ds.rows {
+            *want.entry(r.component.clone()).or_default() += 1;
+        }
+        let got: BTreeMap<Option<String>, u64> = agg(&format!("q={q}&fn=count&by=component"))
+            .iter()
+            .map(|g| (g["key"]["component"].as_str().map(String::from), g["value"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(got, want, "{}: count by component", ds.name);
+
+        // Numeric aggregations of the pid, where the sample has one.
+        let mut pids: Vec<f64> = ds
+            .rows
+            .iter()
+            .filter_map(|r| r.other.iter().find(|(k, _)| k.eq_ignore_ascii_case("pid")).and_then(|(_, v)| v.parse::<i64>().ok()))
+            .map(|p| p as f64)
+            .collect();
+        if pids.is_empty() {
+            continue;
+        }
+        pids.sort_by(f64::total_cmp);
+        let one = |f: &str| agg(&format!("q={q}&fn={f}&field=pid"))[0]["value"].as_f64().unwrap();
+        assert_eq!(one("sum"), pids.iter().sum::<f64>(), "{}: sum", ds.name);
+        assert_eq!(one("min"), pids[0], "{}: min", ds.name);
+        assert_eq!(one("max"), *pids.last().unwrap(), "{}: max", ds.name);
+        let p95 = one("p95");
+        // Any rank definition lands between these two values; the sketch adds 1%.
+        let lo = pids[((0.95 * (pids.len() - 1) as f64).floor() as usize).saturating_sub(1)];
+        let hi = pids[((0.95 * pids.len() as f64).ceil() as usize).min(pids.len() - 1)];
+        assert!(p95 >= lo * 0.99 && p95 <= hi * 1.01, "{}: p95 {p95} outside [{lo}, {hi}] +-1%", ds.name);
+    }
+
+    // Time buckets: each sample spans two seconds, 1,000 events a second.
+    let groups = agg(&format!("q={}&fn=count&bucket=1s", enc("stream:loghub.hdfs")));
+    let counts: Vec<u64> = groups.iter().map(|g| g["value"].as_u64().unwrap()).collect();
+    assert_eq!(counts, vec![1000, 1000]);
+    let hdfs = datasets.iter().find(|d| d.name == "hdfs").unwrap();
+    assert_eq!(groups[0]["bucket"], gossamer_integration_time(hdfs.rows[0].ts_ms));
+    // And by dataset label across all streams.
+    let groups = agg("q=&fn=count&by=dataset");
+    assert_eq!(groups.len(), datasets.len());
+    assert!(groups.iter().all(|g| g["value"] == 2000));
+    // Bad aggregation requests.
+    for (params, text) in [("fn=median", "unknown `fn`"), ("fn=sum", "`field` is required"), ("fn=count&bucket=soon", "invalid `bucket`")] {
+        let (status, body) = node.get(&format!("/api/v1/aggregate?{params}"));
+        assert_eq!(status, 400, "{params}");
+        assert!(body["error"].as_str().unwrap().contains(text), "{params}: {body}");
+    }
 }
 
 /// RFC 3339 with nanoseconds, as the API prints `ts`.

@@ -25,6 +25,30 @@ pub struct QueryRequest {
     pub cursor: Option<String>,
 }
 
+/// The parameters of `GET /api/v1/aggregate` (and of `POST /api/v1/query` with `fn`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateRequest {
+    #[serde(default)]
+    pub q: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    /// count, sum, avg, min, max, p50, p90, p95, p99 (any pN).
+    #[serde(rename = "fn")]
+    pub func: String,
+    pub field: Option<String>,
+    /// Comma-separated group keys.
+    pub by: Option<String>,
+    /// Time bucket width: 30s, 1m, 1h, 1d.
+    pub bucket: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AggregateResponse {
+    pub groups: Vec<Value>,
+    pub partial: bool,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SearchResponse {
     pub events: Vec<Value>,

@@ -107,9 +107,21 @@ struct QueryCmd {
     /// Print only the number of matching events.
     #[arg(long)]
     count: bool,
-    /// Print events as JSON lines.
+    /// Print events (or groups) as JSON lines.
     #[arg(long)]
     json: bool,
+    /// Aggregate instead: count, sum, avg, min, max, p50, p90, p95, p99.
+    #[arg(long)]
+    agg: Option<String>,
+    /// The numeric field to aggregate.
+    #[arg(long)]
+    field: Option<String>,
+    /// Group by these labels (comma-separated; `stream` and `level` work too).
+    #[arg(long)]
+    by: Option<String>,
+    /// Time bucket width: 30s, 1m, 1h, 1d.
+    #[arg(long)]
+    bucket: Option<String>,
     /// The query, in the text syntax (empty matches everything).
     #[arg(default_value = "")]
     query: String,
@@ -133,6 +145,10 @@ pub fn main() -> ExitCode {
                 order: a.order,
                 count: a.count,
                 json: a.json,
+                agg: a.agg,
+                field: a.field,
+                by: a.by,
+                bucket: a.bucket,
             };
             crate::client::query(args, &mut std::io::stdout().lock())
         }

@@ -155,20 +155,37 @@ pub struct QueryArgs {
     pub order: String,
     pub count: bool,
     pub json: bool,
+    /// An aggregation function (count, sum, avg, min, max, pNN) instead of events.
+    pub agg: Option<String>,
+    pub field: Option<String>,
+    pub by: Option<String>,
+    pub bucket: Option<String>,
 }
 
 /// Runs a search or a count against a node and prints the answer.
 pub fn query(args: QueryArgs, out: &mut impl std::io::Write) -> Result<()> {
     let base = args.server.trim_end_matches('/');
-    let path = if args.count { "count" } else { "search" };
+    let path = match (&args.agg, args.count) {
+        (Some(_), _) => "aggregate",
+        (None, true) => "count",
+        (None, false) => "search",
+    };
     let mut req = ureq::get(&format!("{base}/api/v1/{path}")).query("q", &args.q);
+    if let Some(f) = &args.agg {
+        req = req.query("fn", f);
+        for (k, v) in [("field", &args.field), ("by", &args.by), ("bucket", &args.bucket)] {
+            if let Some(v) = v {
+                req = req.query(k, v);
+            }
+        }
+    }
     if let Some(f) = &args.from {
         req = req.query("from", f);
     }
     if let Some(t) = &args.to {
         req = req.query("to", t);
     }
-    if !args.count {
+    if !args.count && args.agg.is_none() {
         req = req.query("limit", &args.limit.to_string()).query("order", &args.order);
     }
     let body: Value = match req.call() {
@@ -179,8 +196,26 @@ pub fn query(args: QueryArgs, out: &mut impl std::io::Write) -> Result<()> {
         }
         Err(e) => bail!("cannot reach {base}: {e}"),
     };
-    if args.count {
+    if args.count && args.agg.is_none() {
         writeln!(out, "{}", body["count"])?;
+        return Ok(());
+    }
+    if args.agg.is_some() {
+        for g in body["groups"].as_array().into_iter().flatten() {
+            if args.json {
+                writeln!(out, "{g}")?;
+                continue;
+            }
+            let mut cols = Vec::new();
+            if let Some(b) = g["bucket"].as_str() {
+                cols.push(b.to_string());
+            }
+            for (k, v) in g["key"].as_object().into_iter().flatten() {
+                cols.push(format!("{k}={}", v.as_str().unwrap_or("-")));
+            }
+            cols.push(g["value"].to_string());
+            writeln!(out, "{}", cols.join("\t"))?;
+        }
         return Ok(());
     }
     for e in body["events"].as_array().into_iter().flatten() {

@@ -10,7 +10,7 @@ use actix_web::{web, App, HttpResponse, HttpServer, ResponseError};
 use gossamer_query::exec::{Cursor, DEFAULT_LIMIT, MAX_LIMIT};
 use gossamer_query::{QueryError, SearchParams, TimeRange};
 use gossamer_schemas::api::{
-    ClusterInfo, CountResponse, ErrorBody, MemberInfo, Order, QueryRequest, SearchResponse, ShardInfo, StreamInfo,
+    AggregateRequest, AggregateResponse, ClusterInfo, CountResponse, ErrorBody, MemberInfo, Order, QueryRequest, SearchResponse, ShardInfo, StreamInfo,
 };
 use serde_json::json;
 
@@ -87,6 +87,7 @@ pub fn bind(node: Arc<NodeHandle>, addr: &str) -> anyhow::Result<(Server, std::n
                     .route("/cluster", web::get().to(cluster))
                     .route("/search", web::get().to(search))
                     .route("/count", web::get().to(count))
+                    .route("/aggregate", web::get().to(aggregate))
                     .route("/query", web::post().to(query))
                     .route("/events/{id}", web::get().to(get_event))
                     .route("/streams", web::get().to(streams)),
@@ -149,8 +150,24 @@ async fn count(node: Node, req: web::Query<QueryRequest>) -> Result<HttpResponse
     run_count(node, req.into_inner()).await
 }
 
+async fn run_aggregate(node: Node, req: AggregateRequest) -> Result<HttpResponse, ApiError> {
+    let expr = gossamer_query::parse(&req.q).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let range = TimeRange::parse(req.from.as_deref(), req.to.as_deref(), TimeRange::now()).map_err(ApiError::BadRequest)?;
+    let spec = gossamer_query::AggSpec::parse(&req.func, req.field.as_deref(), req.by.as_deref(), req.bucket.as_deref())
+        .map_err(ApiError::BadRequest)?;
+    let groups = web::block(move || {
+        gossamer_query::aggregate(&node.shards, &expr, range, &spec).map(|a| a.finish(&spec))
+    })
+    .await??;
+    Ok(HttpResponse::Ok().json(AggregateResponse { groups, partial: false }))
+}
+
+async fn aggregate(node: Node, req: web::Query<AggregateRequest>) -> Result<HttpResponse, ApiError> {
+    run_aggregate(node, req.into_inner()).await
+}
+
 /// `POST /api/v1/query`: the search parameters as a JSON body; `"count": true` asks
-/// for the count instead.
+/// for the count instead, and `"fn"` (with `field`, `by`, `bucket`) for an aggregation.
 async fn query(node: Node, body: web::Json<serde_json::Value>) -> Result<HttpResponse, ApiError> {
     let mut body = body.into_inner();
     let count = match body.as_object_mut().map(|o| o.remove("count")) {
@@ -159,6 +176,11 @@ async fn query(node: Node, body: web::Json<serde_json::Value>) -> Result<HttpRes
         Some(Some(serde_json::Value::Bool(b))) => b,
         Some(Some(_)) => return Err(ApiError::BadRequest("`count` must be true or false".into())),
     };
+    if body.get("fn").is_some() {
+        let request: AggregateRequest =
+            serde_json::from_value(body).map_err(|e| ApiError::BadRequest(format!("invalid aggregation body: {e}")))?;
+        return run_aggregate(node, request).await;
+    }
     let request: QueryRequest =
         serde_json::from_value(body).map_err(|e| ApiError::BadRequest(format!("invalid query body: {e}")))?;
     if count {

@@ -1,11 +1,13 @@
 //! The query model: the §9 text syntax parsed into an expression, matched against
 //! events, and run over a node's shard stores (search with paging, count).
 
+pub mod agg;
 pub mod ast;
 pub mod exec;
 pub mod parse;
 pub mod timerange;
 
+pub use agg::{aggregate, AggFn, AggSpec, Aggregation};
 pub use ast::{CmpOp, Expr, Term, ValueOp};
 pub use exec::{count, get_by_id, search, SearchPage, SearchParams};
 pub use parse::{parse, ParseError};

@@ -1,7 +1,8 @@
 //! Shard storage in sled.
 //!
 //! One sled database per node, one tree per shard. A shard's tree holds:
-//! - `b` + seq (u64 BE): a block, the events one shard-log message added, compressed;
+//! - `b` + seq (u64 BE): a block, the events one apply call added (keyed by the last
+//!   sequence that added events), compressed;
 //!   the value starts with the block's min and max `ts` and its event count so time
 //!   ranges skip blocks without decompressing them;
 //! - `i` + event id (16 bytes): the seq of the block holding that event (dedupe, get);
@@ -143,6 +144,10 @@ impl ShardStore {
         let mut seen: HashSet<Uuid> = HashSet::new();
         let mut batch = sled::Batch::default();
         let mut outcome = Applied::default();
+        // Every new event of this call goes into one block, keyed by the last sequence
+        // that added events: fewer keys, and better compression than a block per message.
+        let mut fresh: Vec<Event> = Vec::new();
+        let mut block_seq = 0;
         for (seq, cmd) in commands {
             if *seq <= applied_seq {
                 outcome.replayed += 1;
@@ -150,26 +155,26 @@ impl ShardStore {
             }
             match cmd {
                 ShardCommand::Insert { events } => {
-                    let mut fresh = Vec::with_capacity(events.len());
                     for e in events {
                         if !seen.insert(e.id) || self.tree.contains_key(key(ID, e.id.as_bytes()))? {
                             outcome.duplicates += 1;
                         } else {
                             fresh.push(e.clone());
+                            block_seq = *seq;
                         }
-                    }
-                    if !fresh.is_empty() {
-                        for e in &fresh {
-                            batch.insert(key(ID, e.id.as_bytes()), &seq.to_be_bytes());
-                            *streams.entry(e.stream.clone()).or_default() += 1;
-                        }
-                        batch.insert(key(BLOCK, &seq.to_be_bytes()), encode_block(&fresh)?);
-                        count += fresh.len() as u64;
-                        outcome.stored += fresh.len() as u64;
                     }
                 }
             }
             applied_seq = *seq;
+        }
+        if !fresh.is_empty() {
+            for e in &fresh {
+                batch.insert(key(ID, e.id.as_bytes()), &block_seq.to_be_bytes());
+                *streams.entry(e.stream.clone()).or_default() += 1;
+            }
+            batch.insert(key(BLOCK, &block_seq.to_be_bytes()), encode_block(&fresh)?);
+            count += fresh.len() as u64;
+            outcome.stored += fresh.len() as u64;
         }
         for (name, added) in streams {
             let k = key(STREAM, name.as_bytes());

@@ -59,6 +59,21 @@ fn blocks_outside_the_time_range_are_skipped_without_decoding() {
     assert_eq!(seen, vec![2]);
 }
 
+/// Reopens the store. sled's background flusher can keep the file lock for a moment
+/// after the last handle is dropped, so wait for the lock with a deadline.
+fn reopen_store(path: &std::path::Path) -> Store {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match Store::open(path) {
+            Ok(s) => return s,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::yield_now();
+            }
+            Err(e) => panic!("reopening the store: {e}"),
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
     /// Random batches (with repeated ids and replayed sequences) and reopens, checked
@@ -82,7 +97,7 @@ proptest! {
             store.shard(1).unwrap().apply(&[(seq, ShardCommand::Insert { events })]).unwrap();
             if reopen {
                 drop(store);
-                store = Store::open(dir.path()).unwrap();
+                store = reopen_store(dir.path());
             }
         }
         let s = store.shard(1).unwrap();

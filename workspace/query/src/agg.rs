@@ -1,0 +1,333 @@
+//! Aggregations: count, sum, avg, min, max and percentiles of a numeric field, grouped by
+//! labels (or `stream`, `level`, a field) and/or time buckets. Each shard builds partial
+//! aggregates that merge exactly (count, sum, min, max) or within the sketch's bound
+//! (percentiles: DDSketch with 1% relative accuracy).
+
+use std::collections::BTreeMap;
+use std::ops::ControlFlow;
+
+use gossamer_schemas::time::format_rfc3339;
+use gossamer_schemas::Event;
+use gossamer_storage::ShardStore;
+use serde_json::{Map, Value};
+use sketches_ddsketch::{Config as SketchConfig, DDSketch};
+
+use crate::ast::{number_of, Expr, Matcher};
+use crate::timerange::TimeRange;
+use crate::QueryError;
+
+/// Relative accuracy of percentiles: a reported pXX is within 1% of a value whose rank
+/// is the requested one.
+pub const PERCENTILE_RELATIVE_ERROR: f64 = 0.01;
+/// Most groups one aggregation may produce.
+pub const MAX_GROUPS: usize = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AggFn {
+    Count,
+    Sum,
+    Avg,
+    Min,
+    Max,
+    /// A quantile in (0, 1).
+    Quantile(f64),
+}
+
+impl AggFn {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "count" => AggFn::Count,
+            "sum" => AggFn::Sum,
+            "avg" => AggFn::Avg,
+            "min" => AggFn::Min,
+            "max" => AggFn::Max,
+            _ => match s.strip_prefix('p').and_then(|p| p.parse::<f64>().ok()) {
+                Some(p) if p > 0.0 && p < 100.0 => AggFn::Quantile(p / 100.0),
+                _ => return Err(format!("unknown `fn` {s:?}: use count, sum, avg, min, max or p1..p99 (p50, p95, p99.9)")),
+            },
+        })
+    }
+}
+
+/// What to compute.
+#[derive(Debug, Clone)]
+pub struct AggSpec {
+    pub func: AggFn,
+    /// The numeric field (required unless `func` is count).
+    pub field: Option<String>,
+    /// Group keys: label names, or `stream`, `level`, or a field name.
+    pub by: Vec<String>,
+    /// Time bucket width in nanoseconds.
+    pub bucket_ns: Option<i64>,
+}
+
+impl AggSpec {
+    /// Checks the spec from its request parameters.
+    pub fn parse(func: &str, field: Option<&str>, by: Option<&str>, bucket: Option<&str>) -> Result<Self, String> {
+        let func = AggFn::parse(func)?;
+        let field = field.map(str::trim).filter(|f| !f.is_empty()).map(String::from);
+        if func != AggFn::Count && field.is_none() {
+            return Err("`field` is required for every `fn` but count".into());
+        }
+        let by: Vec<String> =
+            by.unwrap_or("").split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+        let bucket_ns = match bucket.map(str::trim).filter(|b| !b.is_empty()) {
+            None => None,
+            Some(b) => Some(parse_duration(b).ok_or_else(|| format!("invalid `bucket` {b:?}: use a duration like 30s, 1m, 1h, 1d"))?),
+        };
+        Ok(Self { func, field, by, bucket_ns })
+    }
+}
+
+/// `30s`, `1m`, `2h`, `1d`, `1w` in nanoseconds.
+pub fn parse_duration(s: &str) -> Option<i64> {
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = s.split_at(split);
+    let n: i64 = n.parse().ok().filter(|n| *n > 0)?;
+    let mult: i64 = match unit {
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        "d" => 86_400_000_000_000,
+        "w" => 604_800_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// The partial aggregate of one group.
+#[derive(Clone)]
+pub struct Partial {
+    /// Events in the group.
+    pub events: u64,
+    /// Events with a numeric value of the field.
+    pub n: u64,
+    pub sum: f64,
+    pub min: f64,
+    pub max: f64,
+    pub sketch: Option<DDSketch>,
+}
+
+impl Partial {
+    fn new(func: AggFn) -> Self {
+        Self {
+            events: 0,
+            n: 0,
+            sum: 0.0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
+            sketch: matches!(func, AggFn::Quantile(_)).then(|| DDSketch::new(SketchConfig::defaults())),
+        }
+    }
+
+    fn add(&mut self, v: Option<f64>) {
+        self.events += 1;
+        if let Some(v) = v {
+            self.n += 1;
+            self.sum += v;
+            self.min = self.min.min(v);
+            self.max = self.max.max(v);
+            if let Some(s) = &mut self.sketch {
+                s.add(v);
+            }
+        }
+    }
+
+    fn merge(&mut self, o: &Partial) {
+        self.events += o.events;
+        self.n += o.n;
+        self.sum += o.sum;
+        self.min = self.min.min(o.min);
+        self.max = self.max.max(o.max);
+        if let (Some(a), Some(b)) = (&mut self.sketch, &o.sketch) {
+            // Same configuration on both sides, so merging cannot fail.
+            let _ = a.merge(b);
+        }
+    }
+
+    fn value(&self, func: AggFn) -> Option<Value> {
+        if func == AggFn::Count {
+            return Some(Value::from(self.events));
+        }
+        if self.n == 0 {
+            return None;
+        }
+        let v = match func {
+            AggFn::Count => unreachable!(),
+            AggFn::Sum => self.sum,
+            AggFn::Avg => self.sum / self.n as f64,
+            AggFn::Min => self.min,
+            AggFn::Max => self.max,
+            AggFn::Quantile(q) => self.sketch.as_ref()?.quantile(q).ok()??,
+        };
+        serde_json::Number::from_f64(v).map(Value::Number)
+    }
+}
+
+type GroupKey = (Option<i64>, Vec<Option<String>>);
+
+/// Partial aggregates by group; merge several (one per shard, one per node) then finish.
+#[derive(Default, Clone)]
+pub struct Aggregation {
+    pub groups: BTreeMap<GroupKey, Partial>,
+}
+
+fn group_value(e: &Event, key: &str) -> Option<String> {
+    match key {
+        "stream" => Some(e.stream.clone()),
+        "level" => Some(e.level.clone()),
+        _ => e.labels.get(key).cloned().or_else(|| match e.field(key)? {
+            Value::String(s) => Some(s.clone()),
+            Value::Null => None,
+            other => Some(other.to_string()),
+        }),
+    }
+}
+
+impl Aggregation {
+    pub fn add(&mut self, spec: &AggSpec, e: &Event) -> Result<(), QueryError> {
+        let bucket = spec.bucket_ns.map(|w| e.ts.div_euclid(w) * w);
+        let key = (bucket, spec.by.iter().map(|k| group_value(e, k)).collect());
+        let v = spec.field.as_deref().and_then(|f| e.field(f).and_then(number_of));
+        if !self.groups.contains_key(&key) && self.groups.len() >= MAX_GROUPS {
+            return Err(QueryError::BadRequest(format!(
+                "the aggregation has more than {MAX_GROUPS} groups: narrow the query, group by fewer labels or widen the bucket"
+            )));
+        }
+        self.groups.entry(key).or_insert_with(|| Partial::new(spec.func)).add(v);
+        Ok(())
+    }
+
+    pub fn merge(&mut self, other: Aggregation) {
+        for (k, p) in other.groups {
+            match self.groups.get_mut(&k) {
+                Some(mine) => mine.merge(&p),
+                None => {
+                    self.groups.insert(k, p);
+                }
+            }
+        }
+    }
+
+    /// The §9 answer: `[{"key":{...},"bucket":"<RFC 3339>"|null,"value":N}]`, by bucket
+    /// then key. Groups without a numeric value of the field are left out (except for
+    /// count).
+    pub fn finish(&self, spec: &AggSpec) -> Vec<Value> {
+        self.groups
+            .iter()
+            .filter_map(|((bucket, key), p)| {
+                let value = p.value(spec.func)?;
+                let key: Map<String, Value> = spec
+                    .by
+                    .iter()
+                    .zip(key)
+                    .map(|(k, v)| (k.clone(), v.clone().map(Value::String).unwrap_or(Value::Null)))
+                    .collect();
+                Some(serde_json::json!({
+                    "key": key,
+                    "bucket": bucket.map(format_rfc3339),
+                    "value": value,
+                }))
+            })
+            .collect()
+    }
+}
+
+/// Aggregates the events matching `expr` in `range` over `shards`.
+pub fn aggregate(shards: &[ShardStore], expr: &Expr, range: TimeRange, spec: &AggSpec) -> Result<Aggregation, QueryError> {
+    let mut total = Aggregation::default();
+    for s in shards {
+        let mut part = Aggregation::default();
+        let mut failed: Option<QueryError> = None;
+        s.for_each_block(range.from, range.to, false, |_, decode| {
+            let events = match decode() {
+                Ok(ev) => ev,
+                Err(e) => {
+                    failed = Some(e.into());
+                    return ControlFlow::Break(());
+                }
+            };
+            for e in &events {
+                if range.contains(e.ts) && expr.eval(&mut Matcher::new(e)) {
+                    if let Err(err) = part.add(spec, e) {
+                        failed = Some(err);
+                        return ControlFlow::Break(());
+                    }
+                }
+            }
+            ControlFlow::Continue(())
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        total.merge(part);
+        if total.groups.len() > MAX_GROUPS {
+            return Err(QueryError::BadRequest(format!("the aggregation has more than {MAX_GROUPS} groups")));
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gossamer_schemas::ShardCommand;
+    use gossamer_storage::Store;
+
+    fn event(i: i64) -> Event {
+        let mut fields = Map::new();
+        fields.insert("latency_ms".into(), Value::from(i % 100 + 1));
+        Event {
+            id: uuid::Uuid::from_u128(i as u128 + 1),
+            ts: i * 1_000_000_000,
+            stream: "s".into(),
+            level: if i % 3 == 0 { "error".into() } else { "info".into() },
+            message: String::new(),
+            labels: [("host".to_string(), format!("h{}", i % 2))].into(),
+            fields,
+        }
+    }
+
+    #[test]
+    fn groups_by_label_and_bucket_and_merges_across_shards() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let shards: Vec<ShardStore> = (0..4).map(|n| store.shard(n).unwrap()).collect();
+        let events: Vec<Event> = (0..600).map(event).collect();
+        for (i, chunk) in events.chunks(50).enumerate() {
+            shards[i % 4].apply(&[(i as u64 + 1, ShardCommand::Insert { events: chunk.to_vec() })]).unwrap();
+        }
+        let spec = AggSpec::parse("count", None, Some("host,level"), Some("5m")).unwrap();
+        let out = aggregate(&shards, &Expr::All, TimeRange::default(), &spec).unwrap().finish(&spec);
+        // 600 s = two 5-minute buckets, two hosts, two levels.
+        assert_eq!(out.len(), 8);
+        let total: u64 = out.iter().map(|g| g["value"].as_u64().unwrap()).sum();
+        assert_eq!(total, 600);
+        assert_eq!(out[0]["bucket"], "1970-01-01T00:00:00.000000000Z");
+
+        let spec = AggSpec::parse("p50", Some("latency_ms"), None, None).unwrap();
+        let p50 = aggregate(&shards, &Expr::All, TimeRange::default(), &spec).unwrap().finish(&spec)[0]["value"]
+            .as_f64()
+            .unwrap();
+        assert!((p50 - 50.0).abs() <= 50.0 * PERCENTILE_RELATIVE_ERROR + 1.0, "{p50}");
+        for (f, want) in [("sum", 600.0 * 50.5), ("avg", 50.5), ("min", 1.0), ("max", 100.0)] {
+            let spec = AggSpec::parse(f, Some("latency_ms"), None, None).unwrap();
+            let v = aggregate(&shards, &Expr::All, TimeRange::default(), &spec).unwrap().finish(&spec)[0]["value"]
+                .as_f64()
+                .unwrap();
+            assert_eq!(v, want, "{f}");
+        }
+    }
+
+    #[test]
+    fn bad_specs_say_what_is_wrong() {
+        assert!(AggSpec::parse("median", None, None, None).unwrap_err().contains("unknown `fn`"));
+        assert!(AggSpec::parse("sum", None, None, None).unwrap_err().contains("`field` is required"));
+        assert!(AggSpec::parse("count", None, None, Some("5x")).unwrap_err().contains("invalid `bucket`"));
+        match AggSpec::parse("p99.9", Some("x"), None, None).unwrap().func {
+            AggFn::Quantile(q) => assert!((q - 0.999).abs() < 1e-12),
+            other => panic!("{other:?}"),
+        }
+    }
+}

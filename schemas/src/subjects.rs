@@ -51,6 +51,20 @@ impl Subjects {
         format!("gossamer.{}.deadletter", self.cluster)
     }
 
+    /// Requests to store events, answered once they are in the shard log.
+    pub fn ingest(&self, stream: &str) -> String {
+        format!("gossamer.{}.ingest.{stream}", self.cluster)
+    }
+
+    pub fn ingest_wildcard(&self) -> String {
+        format!("gossamer.{}.ingest.>", self.cluster)
+    }
+
+    /// The queue group every ingest actor of the cluster joins.
+    pub fn ingest_queue_group(&self) -> String {
+        format!("gossamer-{}-ingest", self.cluster)
+    }
+
     pub fn api_query(&self) -> String {
         format!("gossamer.{}.api.query", self.cluster)
     }

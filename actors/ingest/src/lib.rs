@@ -19,7 +19,7 @@ use futures::stream::FuturesUnordered;
 use futures::{StreamExt, TryStreamExt};
 use gossamer_bus::StreamNames;
 use gossamer_config::Config;
-use gossamer_schemas::subjects::{stream_of_subject, Subjects, HEADER_ERROR, HEADER_SUBJECT, LOGS_SUBJECTS};
+use gossamer_schemas::subjects::{Subjects, HEADER_ERROR, HEADER_SUBJECT, LOGS_PREFIX, LOGS_SUBJECTS};
 use gossamer_schemas::{decode_payload, shard_for, Event, IdSeed, ShardCommand};
 use serde::Serialize;
 use tracing::{info, warn};
@@ -36,6 +36,7 @@ struct Counters {
     events: AtomicU64,
     dead_letters: AtomicU64,
     batches: AtomicU64,
+    requests: AtomicU64,
 }
 
 /// The ingest actor's observable state.
@@ -49,6 +50,8 @@ pub struct IngestState {
     pub dead_letters: u64,
     /// Shard batches published.
     pub batches: u64,
+    /// Ingest requests answered (the request/reply path).
+    pub requests: u64,
     pub last_error: Option<String>,
 }
 
@@ -57,6 +60,7 @@ pub struct IngestState {
 pub struct GetState;
 
 pub struct IngestActor {
+    client: async_nats::Client,
     js: jetstream::Context,
     cfg: Config,
     names: StreamNames,
@@ -64,12 +68,22 @@ pub struct IngestActor {
     last_error: Arc<Mutex<Option<String>>>,
 }
 
+/// The actor's two ways in.
+#[derive(Debug, Clone, Copy)]
+enum Path {
+    /// Pulling what producers published on `logs.>` from LOGS.
+    Logs,
+    /// Answering requests on `gossamer.<cluster>.ingest.>`.
+    Requests,
+}
+
 impl IngestActor {
-    pub fn new(js: jetstream::Context, cfg: Config, names: StreamNames) -> Self {
-        Self { js, cfg, names, counters: Arc::default(), last_error: Arc::default() }
+    pub fn new(client: async_nats::Client, cfg: Config, names: StreamNames) -> Self {
+        let js = jetstream::new(client.clone());
+        Self { client, js, cfg, names, counters: Arc::default(), last_error: Arc::default() }
     }
 
-    fn start_loop(&self, ctx: &mut Context<Self>) {
+    fn start_loop(&self, ctx: &mut Context<Self>, path: Path) {
         let run = Runner {
             js: self.js.clone(),
             subjects: Subjects::new(&self.cfg.cluster),
@@ -78,20 +92,25 @@ impl IngestActor {
             names: self.names.clone(),
             counters: self.counters.clone(),
         };
+        let client = self.client.clone();
         let last_error = self.last_error.clone();
         ctx.spawn(
             async move {
-                let err = run.run().await.err();
-                if let Some(e) = &err {
-                    warn!(error = format!("{e:#}"), "ingest-loop-failed");
+                let result = match path {
+                    Path::Logs => run.run().await,
+                    Path::Requests => run.serve_requests(client).await,
+                };
+                if let Err(e) = result {
+                    warn!(?path, error = format!("{e:#}"), "ingest-loop-failed");
                     *last_error.lock().unwrap() = Some(format!("{e:#}"));
                 }
             }
             .into_actor(self)
-            .map(|_, _, ctx| {
-                // The loop only ends on an error (the bus went away, a stream was
-                // deleted): start again after a pause; unacked messages are redelivered.
-                ctx.run_later(Duration::from_secs(1), |act, ctx| act.start_loop(ctx));
+            .map(move |_, _, ctx| {
+                // A loop only ends on an error (the bus went away, a stream was deleted):
+                // start again after a pause; unacked messages are redelivered, unanswered
+                // requests are retried by their producers.
+                ctx.run_later(Duration::from_secs(1), move |act, ctx| act.start_loop(ctx, path));
             }),
         );
     }
@@ -102,7 +121,8 @@ impl Actor for IngestActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         info!(shards = self.cfg.shards, "ingest-started");
-        self.start_loop(ctx);
+        self.start_loop(ctx, Path::Logs);
+        self.start_loop(ctx, Path::Requests);
     }
 }
 
@@ -116,6 +136,7 @@ impl Handler<GetState> for IngestActor {
             events: c.events.load(Ordering::Relaxed),
             dead_letters: c.dead_letters.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
+            requests: c.requests.load(Ordering::Relaxed),
             last_error: self.last_error.lock().unwrap().clone(),
         }
     }
@@ -174,68 +195,128 @@ impl Runner {
         anyhow::bail!("the LOGS message stream ended")
     }
 
-    /// One round: decode, dead-letter what is bad, publish shard batches, ack.
+    /// One round from LOGS: decode, dead-letter what is bad, publish shard batches, and
+    /// ack the messages once all of that has the bus's ack.
     async fn round(&self, msgs: &[jetstream::Message]) -> Result<()> {
-        let mut per_shard: HashMap<u32, Vec<Event>> = HashMap::new();
-        let mut pending = FuturesUnordered::new();
-        let mut dead = 0u64;
+        let mut inputs = Vec::with_capacity(msgs.len());
         for m in msgs {
             let info = m.info().map_err(|e| anyhow::anyhow!("reading message info: {e}"))?;
-            let seed = IdSeed { received_ns: info.published.unix_timestamp_nanos() as i64, seq: info.stream_sequence };
-            let stream = stream_of_subject(m.subject.as_str()).unwrap_or_default();
-            let content_type = m.headers.as_ref().and_then(|h| h.get("Content-Type")).map(|v| v.as_str());
-            match decode_payload(stream, &m.payload, content_type, seed) {
-                Ok(events) => {
-                    for e in events {
-                        per_shard.entry(shard_for(&e.stream, &e.id, self.shards)).or_default().push(e);
-                    }
-                }
-                Err(reason) => {
-                    dead += 1;
-                    let mut headers = HeaderMap::new();
-                    headers.insert(HEADER_ERROR, reason.to_string().as_str());
-                    headers.insert(HEADER_SUBJECT, m.subject.as_str());
-                    headers.insert("Nats-Msg-Id", format!("dl-{}", info.stream_sequence).as_str());
-                    let ack = self
-                        .js
-                        .publish_with_headers(self.subjects.deadletter(), headers, m.payload.clone())
-                        .await
-                        .context("publishing a dead letter")?;
-                    pending.push(std::future::IntoFuture::into_future(ack));
-                }
-            }
+            inputs.push(Input {
+                subject: m.subject.to_string(),
+                stream_offset: LOGS_PREFIX.len(),
+                payload: m.payload.clone(),
+                content_type: content_type(m.headers.as_ref()),
+                seed: IdSeed { received_ns: info.published.unix_timestamp_nanos() as i64, seq: info.stream_sequence },
+                dead_letter_id: format!("dl-{}", info.stream_sequence),
+            });
         }
-        let mut events = 0u64;
-        let mut batches = 0u64;
-        for (shard, evs) in per_shard {
-            events += evs.len() as u64;
-            for chunk in split_for_wire(evs)? {
-                batches += 1;
-                let mut headers = HeaderMap::new();
-                headers.insert("Nats-Msg-Id", batch_id(shard, &chunk.1).as_str());
-                let ack = self
-                    .js
-                    .publish_with_headers(self.subjects.shard(shard), headers, chunk.0.into())
-                    .await
-                    .context("publishing a shard batch")?;
-                pending.push(std::future::IntoFuture::into_future(ack));
-            }
-        }
-        while let Some(ack) = pending.next().await {
-            ack.context("the bus refused a shard batch or a dead letter")?;
-        }
+        self.ingest(inputs).await?;
         msgs.iter()
             .map(|m| m.ack())
             .collect::<FuturesUnordered<_>>()
             .try_collect::<Vec<_>>()
             .await
             .map_err(|e| anyhow::anyhow!("acking LOGS messages: {e}"))?;
-        let c = &self.counters;
-        c.messages.fetch_add(msgs.len() as u64, Ordering::Relaxed);
-        c.events.fetch_add(events, Ordering::Relaxed);
-        c.dead_letters.fetch_add(dead, Ordering::Relaxed);
-        c.batches.fetch_add(batches, Ordering::Relaxed);
+        self.counters.messages.fetch_add(msgs.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Decodes and routes `inputs` on the blocking pool, then publishes their shard
+    /// batches and dead letters and waits for every ack. Returns each input's outcome.
+    async fn ingest(&self, inputs: Vec<Input>) -> Result<Vec<Outcome>> {
+        let shards = self.shards;
+        let prepared = tokio::task::spawn_blocking(move || prepare(inputs, shards)).await??;
+        let mut pending = FuturesUnordered::new();
+        for (i, reason) in prepared.dead.iter() {
+            let input = &prepared.inputs[*i];
+            let mut headers = HeaderMap::new();
+            headers.insert(HEADER_ERROR, reason.as_str());
+            headers.insert(HEADER_SUBJECT, input.subject.as_str());
+            headers.insert("Nats-Msg-Id", input.dead_letter_id.as_str());
+            let ack = self
+                .js
+                .publish_with_headers(self.subjects.deadletter(), headers, input.payload.clone())
+                .await
+                .context("publishing a dead letter")?;
+            pending.push(std::future::IntoFuture::into_future(ack));
+        }
+        let batches = prepared.batches.len() as u64;
+        for (shard, bytes, msg_id) in prepared.batches {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", msg_id.as_str());
+            let ack = self
+                .js
+                .publish_with_headers(self.subjects.shard(shard), headers, bytes.into())
+                .await
+                .context("publishing a shard batch")?;
+            pending.push(std::future::IntoFuture::into_future(ack));
+        }
+        while let Some(ack) = pending.next().await {
+            ack.context("the bus refused a shard batch or a dead letter")?;
+        }
+        let c = &self.counters;
+        c.events.fetch_add(prepared.events, Ordering::Relaxed);
+        c.dead_letters.fetch_add(prepared.dead.len() as u64, Ordering::Relaxed);
+        c.batches.fetch_add(batches, Ordering::Relaxed);
+        Ok(prepared.outcomes)
+    }
+
+    /// The request/reply path: requests on `gossamer.<cluster>.ingest.<stream>` (a queue
+    /// group shared by every ingest actor) are batched, stored in SHARDS, and only then
+    /// answered `{"accepted":N}`, or `{"error":...,"dead_lettered":1}` for a payload
+    /// that cannot be made into events (dead-lettered whole, like on `logs.>`).
+    async fn serve_requests(&self, client: async_nats::Client) -> Result<()> {
+        let subject = self.subjects.ingest_wildcard();
+        let prefix_len = subject.len() - 1;
+        let mut sub = client
+            .queue_subscribe(subject.clone(), self.subjects.ingest_queue_group())
+            .await
+            .context("subscribing to ingest requests")?
+            .ready_chunks(self.batch);
+        info!(subject = %subject, "ingest-requests-served");
+        while let Some(msgs) = sub.next().await {
+            let mut inputs = Vec::with_capacity(msgs.len());
+            let mut replies = Vec::with_capacity(msgs.len());
+            for m in msgs {
+                let Some(reply) = m.reply.clone() else {
+                    // Without a reply subject the producer cannot learn the outcome, and
+                    // would not retry: refuse rather than guess.
+                    warn!(subject = %m.subject, "ingest-request-without-reply");
+                    continue;
+                };
+                let seq = rand_seq();
+                inputs.push(Input {
+                    subject: m.subject.to_string(),
+                    stream_offset: prefix_len,
+                    payload: m.payload.clone(),
+                    content_type: content_type(m.headers.as_ref()),
+                    seed: IdSeed { received_ns: gossamer_schemas::time::now_ns(), seq },
+                    dead_letter_id: format!("dl-req-{seq:016x}"),
+                });
+                replies.push(reply);
+            }
+            if inputs.is_empty() {
+                continue;
+            }
+            let n = inputs.len() as u64;
+            let outcomes = match self.ingest(inputs).await {
+                Ok(o) => o,
+                Err(e) => {
+                    // Nothing is answered: each producer times out and retries.
+                    warn!(error = format!("{e:#}"), "ingest-request-round-failed");
+                    continue;
+                }
+            };
+            for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                let body = match outcome {
+                    Outcome::Accepted(n) => serde_json::json!({ "accepted": n }),
+                    Outcome::DeadLettered(reason) => serde_json::json!({ "error": reason, "dead_lettered": 1 }),
+                };
+                client.publish(reply, body.to_string().into()).await.context("replying to an ingest request")?;
+            }
+            self.counters.requests.fetch_add(n, Ordering::Relaxed);
+        }
+        anyhow::bail!("the ingest request subscription ended")
     }
 
     /// LOGS uses limits retention, so acked messages stay until purged: drop
@@ -254,6 +335,75 @@ impl Runner {
             }
         }
     }
+}
+
+/// One payload to ingest, from LOGS or from a request.
+struct Input {
+    subject: String,
+    /// Where the stream name starts in `subject`.
+    stream_offset: usize,
+    payload: bytes::Bytes,
+    content_type: Option<String>,
+    seed: IdSeed,
+    dead_letter_id: String,
+}
+
+/// What became of one input.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Accepted(usize),
+    DeadLettered(String),
+}
+
+/// The CPU part of a round.
+struct Prepared {
+    inputs: Vec<Input>,
+    outcomes: Vec<Outcome>,
+    /// (input index, reason)
+    dead: Vec<(usize, String)>,
+    /// (shard, encoded command, Nats-Msg-Id)
+    batches: Vec<(u32, Vec<u8>, String)>,
+    events: u64,
+}
+
+fn prepare(inputs: Vec<Input>, shards: u32) -> Result<Prepared> {
+    let mut per_shard: HashMap<u32, Vec<Event>> = HashMap::new();
+    let mut outcomes = Vec::with_capacity(inputs.len());
+    let mut dead = Vec::new();
+    let mut events = 0u64;
+    for (i, input) in inputs.iter().enumerate() {
+        let stream = input.subject.get(input.stream_offset..).unwrap_or_default();
+        match decode_payload(stream, &input.payload, input.content_type.as_deref(), input.seed) {
+            Ok(evs) => {
+                outcomes.push(Outcome::Accepted(evs.len()));
+                events += evs.len() as u64;
+                for e in evs {
+                    per_shard.entry(shard_for(&e.stream, &e.id, shards)).or_default().push(e);
+                }
+            }
+            Err(reason) => {
+                outcomes.push(Outcome::DeadLettered(reason.to_string()));
+                dead.push((i, reason.to_string()));
+            }
+        }
+    }
+    let mut batches = Vec::new();
+    for (shard, evs) in per_shard {
+        for (bytes, ids) in split_for_wire(evs)? {
+            batches.push((shard, bytes, batch_id(shard, &ids)));
+        }
+    }
+    Ok(Prepared { inputs, outcomes, dead, batches, events })
+}
+
+fn content_type(headers: Option<&HeaderMap>) -> Option<String> {
+    headers.and_then(|h| h.get("Content-Type")).map(|v| v.as_str().to_string())
+}
+
+/// A random number for the ids of a request's events that carry none.
+fn rand_seq() -> u64 {
+    let id = uuid::Uuid::new_v4();
+    u64::from_le_bytes(id.as_bytes()[..8].try_into().unwrap())
 }
 
 /// Encodes events as shard-log messages no larger than [`MAX_BATCH_BYTES`], splitting

@@ -47,18 +47,30 @@ pub struct IngestBench {
     json: Option<PathBuf>,
 }
 
+/// One way in, measured from the first publish until everything is queryable.
+#[derive(Debug, Serialize)]
+struct PathFigures {
+    events_per_s: f64,
+    /// Versus the raw rate of one event per message.
+    ratio_to_raw_single: f64,
+    seconds: f64,
+    /// CPU seconds used meanwhile.
+    node_cpu_s: f64,
+    nats_server_cpu_s: f64,
+}
+
 #[derive(Debug, Serialize)]
 struct IngestFigures {
     events: usize,
     messages: usize,
+    events_per_message: usize,
     ndjson_bytes: u64,
+    /// The same messages, published raw with JetStream acks.
     raw_jetstream_events_per_s: f64,
     /// The same events published one per message: the bus's per-message rate.
     raw_jetstream_single_events_per_s: f64,
-    gossamer_events_per_s: f64,
-    ratio: f64,
-    publish_seconds: f64,
-    queryable_seconds: f64,
+    request_reply: PathFigures,
+    logs: PathFigures,
     sled_bytes: u64,
     sled_bytes_per_event: f64,
     ndjson_bytes_per_event: f64,
@@ -70,21 +82,21 @@ pub fn run(args: BenchArgs) -> Result<()> {
     }
 }
 
-/// One message per `batch` events, with the subject it goes to (without the prefix).
-fn payloads(dir: &Path, events: usize, batch: usize) -> Result<(Vec<(String, Bytes)>, u64)> {
-    let datasets = load_loghub(dir)?;
+/// One message per `batch` events, with the stream it goes to; every call makes fresh
+/// ids. Returns the messages and their NDJSON bytes.
+fn payloads(datasets: &[(String, Vec<Row>)], events: usize, batch: usize, prefix: &str) -> (Vec<(String, Bytes)>, u64) {
     let mut per_ds: Vec<Vec<String>> = vec![Vec::new(); datasets.len()];
     let t0: i64 = 1_780_000_000_000_000_000;
     for i in 0..events {
         let d = i % datasets.len();
-        let (name, rows) = &datasets[d];
+        let (_, rows) = &datasets[d];
         let row = &rows[(i / datasets.len()) % rows.len()];
         let line = serde_json::json!({
             "id": uuid::Uuid::new_v4().to_string(),
             "ts": t0 + i as i64 * 1_000_000,
             "level": row.level,
             "message": row.message,
-            "labels": {"dataset": name, "component": row.component},
+            "labels": {"dataset": datasets[d].0, "component": row.component},
             "fields": {"event_id": row.event_id, "latency_ms": 1 + (i * 7919) % 2000},
         });
         per_ds[d].push(line.to_string());
@@ -96,12 +108,12 @@ fn payloads(dir: &Path, events: usize, batch: usize) -> Result<(Vec<(String, Byt
             let mut body = chunk.join("\n");
             body.push('\n');
             bytes += body.len() as u64;
-            out.push((format!("loghub.{}", datasets[d].0), Bytes::from(body)));
+            out.push((format!("{prefix}loghub.{}", datasets[d].0), Bytes::from(body)));
         }
     }
     // Interleave streams the way many producers would.
     out.sort_by_key(|(s, b)| xxhash_rust::xxh3::xxh3_64(&[s.as_bytes(), &b[..64.min(b.len())]].concat()));
-    Ok((out, bytes))
+    (out, bytes)
 }
 
 pub struct Row {
@@ -163,6 +175,32 @@ async fn publish_all(js: &async_nats::jetstream::Context, prefix: &str, msgs: &[
     Ok(start.elapsed().as_secs_f64())
 }
 
+/// Sends every message as an ingest request and checks each answer.
+async fn request_all(client: &async_nats::Client, prefix: &str, msgs: &[(String, Bytes)], in_flight: usize) -> Result<()> {
+    let mut replies = FuturesUnordered::new();
+    for (stream, body) in msgs {
+        while replies.len() >= in_flight {
+            if let Some(r) = replies.next().await {
+                check_reply(r)?;
+            }
+        }
+        replies.push(client.request(format!("{prefix}{stream}"), body.clone()));
+    }
+    while let Some(r) = replies.next().await {
+        check_reply(r)?;
+    }
+    Ok(())
+}
+
+fn check_reply(r: Result<async_nats::Message, async_nats::RequestError>) -> Result<()> {
+    let reply = r.map_err(|e| anyhow::anyhow!("ingest request: {e}"))?;
+    let v: serde_json::Value = serde_json::from_slice(&reply.payload)?;
+    if v["accepted"].as_u64().is_none() {
+        bail!("ingest refused a batch: {v}");
+    }
+    Ok(())
+}
+
 fn dir_size(p: &Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(p) else { return 0 };
     rd.filter_map(|e| e.ok())
@@ -174,18 +212,96 @@ fn dir_size(p: &Path) -> u64 {
         .sum()
 }
 
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the command name: state is field 3, utime 14 and stime 15 (1-based).
+    let ticks: f64 = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// A `gossamer node` child process of this binary.
+struct NodeProcess {
+    child: std::process::Child,
+    http: String,
+}
+
+impl NodeProcess {
+    fn start(nats: &str, data: &Path, shards: u32) -> Result<Self> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe()?)
+            .args(["node", "--nats", nats, "--http", "127.0.0.1:0", "--shards", &shards.to_string(), "--data"])
+            .arg(data)
+            .env("GOSSAMER_LOG", "warn")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .context("starting a node")?;
+        let stdout = child.stdout.take().context("node stdout")?;
+        let mut http = None;
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line?;
+            if let Some(a) = line.split("console: ").nth(1) {
+                http = Some(a.trim_end_matches('/').to_string());
+                break;
+            }
+        }
+        let http = http.context("the node exited before listening")?;
+        Ok(Self { child, http })
+    }
+
+    /// Events stored in streams whose name starts with `prefix`.
+    fn stored(&self, prefix: &str) -> Result<u64> {
+        let v: serde_json::Value = ureq::get(&format!("{}/api/v1/streams", self.http)).call()?.into_json()?;
+        Ok(v["streams"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+            .filter_map(|s| s["events"].as_u64())
+            .sum())
+    }
+
+    fn stop(mut self) -> Result<()> {
+        // SAFETY: signalling our own child.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+/// Waits until `want` events of streams under `prefix` are stored.
+async fn wait_stored(node: &NodeProcess, prefix: &str, want: u64, start: Instant) -> Result<()> {
+    loop {
+        let n = tokio::task::block_in_place(|| node.stored(prefix))?;
+        if n >= want {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(1800) {
+            bail!("only {n} of {want} events queryable after 30 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn ingest(a: IngestBench) -> Result<()> {
-    eprintln!("generating {} events from {} ...", a.events, a.dataset.display());
-    let (msgs, ndjson_bytes) = payloads(&a.dataset, a.events, a.batch)?;
+    let datasets = load_loghub(&a.dataset)?;
     let tmp = tempfile::tempdir()?;
     let server = crate::nats_server::NatsServer::start(&tmp.path().join("nats"), 0)?;
-    let mut cfg = gossamer_config::Config::for_test(&server.url(), tmp.path().join("node"));
-    cfg.shards = a.shards;
-    cfg.logs_max_bytes = 16 << 30;
-    let system = actix_rt::System::new();
-    let figures = system.block_on(async move {
-        let client = gossamer_bus::connect(&cfg.nats, Duration::from_secs(10)).await?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let nats_pid = server.pid();
+    let url = server.url();
+    let figures = rt.block_on(async {
+        let client = gossamer_bus::connect(&url, Duration::from_secs(10)).await?;
         let js = async_nats::jetstream::new(client.clone());
+        eprintln!("generating {} events from {} ...", a.events, a.dataset.display());
+        let (msgs, ndjson_bytes) = payloads(&datasets, a.events, a.batch, "");
 
         eprintln!("raw JetStream publish of {} messages ...", msgs.len());
         js.create_stream(async_nats::jetstream::stream::Config {
@@ -210,75 +326,68 @@ fn ingest(a: IngestBench) -> Result<()> {
         let single_s = publish_all(&js, "bench.raw.", &singles, 4096).await?;
         drop(singles);
         js.delete_stream("BENCH_RAW").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let raw_single = a.events as f64 / single_s;
 
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let node_cfg = cfg.clone();
-        let node = actix_rt::spawn(async move {
-            crate::node::run(node_cfg, async { let _ = stop_rx.await; }, move |addr| {
-                let _ = ready_tx.send(addr);
-            })
-            .await
-        });
-        let addr = ready_rx.await.context("the node did not start")?;
-        eprintln!("publishing through logs.> to a node at {addr} ...");
+        let node = NodeProcess::start(&url, &tmp.path().join("node"), a.shards)?;
+        let node_pid = node.child.id();
+        let measure = |seconds: f64, cpu0: (f64, f64)| PathFigures {
+            events_per_s: a.events as f64 / seconds,
+            ratio_to_raw_single: a.events as f64 / seconds / raw_single,
+            seconds,
+            node_cpu_s: cpu_seconds(node_pid) - cpu0.0,
+            nats_server_cpu_s: cpu_seconds(nats_pid) - cpu0.1,
+        };
+
+        eprintln!("request/reply path: {} requests to gossamer.default.ingest.rr.* ...", msgs.len());
+        let (rr_msgs, _) = payloads(&datasets, a.events, a.batch, "rr.");
+        let cpu0 = (cpu_seconds(node_pid), cpu_seconds(nats_pid));
         let start = Instant::now();
-        let publish_s = publish_all(&js, "logs.", &msgs, a.in_flight).await?;
-        let url = format!("http://{addr}/api/v1/count");
-        let want = a.events as u64;
-        loop {
-            let url = url.clone();
-            let n = tokio::task::spawn_blocking(move || -> Result<u64> {
-                let v: serde_json::Value = ureq::get(&url).call()?.into_json()?;
-                Ok(v["count"].as_u64().unwrap_or(0))
-            })
-            .await??;
-            if n >= want {
-                break;
-            }
-            if start.elapsed() > Duration::from_secs(1800) {
-                bail!("only {n} of {want} events queryable after 30 minutes");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let queryable_s = start.elapsed().as_secs_f64();
-        let _ = stop_tx.send(());
-        node.await??;
-        let sled_bytes = dir_size(&cfg.data.join("sled"));
-        let raw = a.events as f64 / raw_s;
-        let ours = a.events as f64 / queryable_s;
+        request_all(&client, "gossamer.default.ingest.", &rr_msgs, a.in_flight).await?;
+        wait_stored(&node, "rr.", a.events as u64, start).await?;
+        let request_reply = measure(start.elapsed().as_secs_f64(), cpu0);
+        drop(rr_msgs);
+
+        eprintln!("logs.> path: {} JetStream publishes to logs.js.* ...", msgs.len());
+        let (js_msgs, _) = payloads(&datasets, a.events, a.batch, "js.");
+        let cpu0 = (cpu_seconds(node_pid), cpu_seconds(nats_pid));
+        let start = Instant::now();
+        publish_all(&js, "logs.", &js_msgs, a.in_flight).await?;
+        wait_stored(&node, "js.", a.events as u64, start).await?;
+        let logs = measure(start.elapsed().as_secs_f64(), cpu0);
+
+        node.stop()?;
+        let sled_bytes = dir_size(&tmp.path().join("node").join("sled"));
+        let stored = 2 * a.events;
         Ok::<_, anyhow::Error>(IngestFigures {
             events: a.events,
             messages: msgs.len(),
+            events_per_message: a.batch,
             ndjson_bytes,
-            raw_jetstream_events_per_s: raw,
-            raw_jetstream_single_events_per_s: a.events as f64 / single_s,
-            gossamer_events_per_s: ours,
-            ratio: ours / raw,
-            publish_seconds: publish_s,
-            queryable_seconds: queryable_s,
+            raw_jetstream_events_per_s: a.events as f64 / raw_s,
+            raw_jetstream_single_events_per_s: raw_single,
+            request_reply,
+            logs,
             sled_bytes,
-            sled_bytes_per_event: sled_bytes as f64 / a.events as f64,
+            sled_bytes_per_event: sled_bytes as f64 / stored as f64,
             ndjson_bytes_per_event: ndjson_bytes as f64 / a.events as f64,
         })
     })?;
     drop(server);
-    println!("events                      {}", figures.events);
-    println!("messages ({} events each)   {}", a.batch, figures.messages);
-    println!("raw JetStream publish       {:>10.0} events/s  (same messages)", figures.raw_jetstream_events_per_s);
-    println!("raw JetStream publish       {:>10.0} events/s  (one event per message)", figures.raw_jetstream_single_events_per_s);
+    let f = &figures;
+    println!("events {}, {} messages of {} events", f.events, f.messages, f.events_per_message);
+    println!("raw JetStream publish, same messages      {:>10.0} events/s", f.raw_jetstream_events_per_s);
+    println!("raw JetStream publish, one per message    {:>10.0} events/s", f.raw_jetstream_single_events_per_s);
+    for (name, p) in [("request/reply -> queryable", &f.request_reply), ("logs.> -> queryable       ", &f.logs)] {
+        println!(
+            "{name}                {:>10.0} events/s  {:.2} x raw  (node {:.1} CPU-s, nats-server {:.1} CPU-s in {:.1} s)",
+            p.events_per_s, p.ratio_to_raw_single, p.node_cpu_s, p.nats_server_cpu_s, p.seconds
+        );
+    }
     println!(
-        "gossamer publish->queryable {:>10.0} events/s  ({:.2} x raw same messages, {:.2} x raw one per message)",
-        figures.gossamer_events_per_s,
-        figures.ratio,
-        figures.gossamer_events_per_s / figures.raw_jetstream_single_events_per_s
-    );
-    println!("  publish took {:.1} s, queryable after {:.1} s", figures.publish_seconds, figures.queryable_seconds);
-    println!(
-        "sled on disk                {:>10.1} bytes/event  (NDJSON {:.1} bytes/event, {:.2} x)",
-        figures.sled_bytes_per_event,
-        figures.ndjson_bytes_per_event,
-        figures.sled_bytes_per_event / figures.ndjson_bytes_per_event
+        "sled on disk {:.1} bytes/event (NDJSON {:.1} bytes/event, {:.2} x)",
+        f.sled_bytes_per_event,
+        f.ndjson_bytes_per_event,
+        f.sled_bytes_per_event / f.ndjson_bytes_per_event
     );
     if let Some(path) = a.json {
         std::fs::write(&path, serde_json::to_vec_pretty(&figures)?)?;

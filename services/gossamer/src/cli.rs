@@ -72,12 +72,22 @@ struct NodeArgs {
     /// Comma-separated roles: ingest,shard,index,backup,queue,admin (all by default).
     #[arg(long, value_delimiter = ',')]
     roles: Option<Vec<String>>,
+    /// Byte cap of the LOGS stream when this node creates it; publishers get an error
+    /// past it.
+    #[arg(long)]
+    logs_max_bytes: Option<i64>,
 }
 
 #[derive(Args)]
 struct PublishCmd {
     #[arg(long, env = "GOSSAMER_NATS", default_value = "nats://127.0.0.1:4222")]
     nats: String,
+    #[arg(long, env = "GOSSAMER_CLUSTER", default_value = "default")]
+    cluster: String,
+    /// Publish to `logs.<stream>` with JetStream (buffered even while no node runs)
+    /// instead of asking the ingest actors directly (the default, and the fastest).
+    #[arg(long)]
+    jetstream: bool,
     /// Stream name: events go to `logs.<stream>`.
     #[arg(long)]
     stream: String,
@@ -230,6 +240,9 @@ fn node(a: NodeArgs) -> Result<()> {
     if let Some(v) = a.roles {
         cfg.roles = v;
     }
+    if let Some(v) = a.logs_max_bytes {
+        cfg.logs_max_bytes = v;
+    }
     run_node_blocking(cfg)
 }
 
@@ -268,6 +281,8 @@ fn up(a: UpArgs) -> Result<()> {
 fn publish(a: PublishCmd) -> Result<()> {
     let args = crate::client::PublishArgs {
         nats: a.nats,
+        cluster: a.cluster,
+        jetstream: a.jetstream,
         stream: a.stream,
         input: a.file,
         batch: a.batch.max(1),
@@ -282,6 +297,13 @@ fn publish(a: PublishCmd) -> Result<()> {
         report.seconds,
         report.events as f64 / report.seconds.max(1e-9)
     );
+    if !report.rejected.is_empty() {
+        eprintln!(
+            "{} messages were refused and dead-lettered, first because: {}",
+            report.rejected.len(),
+            report.rejected[0]
+        );
+    }
     if report.invalid_lines > 0 {
         eprintln!(
             "{} lines were not valid JSON: each was sent alone and lands in the dead-letter stream with its reason",

@@ -20,6 +20,10 @@ const IN_FLIGHT: usize = 64;
 
 pub struct PublishArgs {
     pub nats: String,
+    pub cluster: String,
+    /// Publish to `logs.<stream>` with JetStream acks instead of requesting
+    /// `gossamer.<cluster>.ingest.<stream>`.
+    pub jetstream: bool,
     pub stream: String,
     pub input: Option<PathBuf>,
     pub batch: usize,
@@ -33,11 +37,16 @@ pub struct PublishReport {
     /// Lines that looked like JSON but did not parse: each was sent alone, so it lands
     /// in the dead-letter stream with its reason without taking a batch with it.
     pub invalid_lines: u64,
+    /// Messages Gossamer answered with an error (request path): dead-lettered.
+    pub rejected: Vec<String>,
     pub seconds: f64,
 }
 
-/// Publishes the lines of a file (or stdin) to `logs.<stream>` with JetStream acks:
-/// JSON lines as they are, other lines as `{"message": line}`, in NDJSON batches.
+/// Publishes the lines of a file (or stdin): JSON lines as they are, other lines as
+/// `{"message": line}`, in NDJSON batches, each event given an id when it has none so a
+/// retried message stores nothing twice. By default each batch is a request to the
+/// ingest actors, answered once stored (retried on time-out); with `jetstream`, a
+/// JetStream publish to `logs.<stream>`, acked once buffered.
 pub async fn publish(args: PublishArgs) -> Result<PublishReport> {
     if !gossamer_schemas::event::is_valid_stream(&args.stream) {
         bail!("invalid stream name {:?}: use dot-separated tokens of [A-Za-z0-9_-]", args.stream);
@@ -63,8 +72,16 @@ pub async fn publish(args: PublishArgs) -> Result<PublishReport> {
         ProgressBar::new_spinner()
     };
     let client = gossamer_bus::connect(&args.nats, std::time::Duration::from_secs(10)).await?;
-    let js = async_nats::jetstream::new(client.clone());
-    let subject = format!("logs.{}", args.stream);
+    let sink = if args.jetstream {
+        Sink::JetStream(async_nats::jetstream::new(client.clone()))
+    } else {
+        Sink::Request(client.clone())
+    };
+    let subject = if args.jetstream {
+        format!("logs.{}", args.stream)
+    } else {
+        gossamer_schemas::subjects::Subjects::new(&args.cluster).ingest(&args.stream)
+    };
     let start = Instant::now();
     let mut report = PublishReport::default();
     let mut acks = FuturesUnordered::new();
@@ -84,39 +101,42 @@ pub async fn publish(args: PublishArgs) -> Result<PublishReport> {
         if text.trim().is_empty() {
             continue;
         }
-        let as_json = text.trim_start().starts_with('{');
-        let valid = !as_json || serde_json::from_str::<serde_json::Map<String, Value>>(text).is_ok();
-        if !valid {
-            // Alone, so the dead letter holds just this line.
-            report.invalid_lines += 1;
-            send(&js, &subject, text.to_string(), &mut acks, &mut report, 1).await?;
-            continue;
-        }
-        let encoded;
-        let event = if as_json {
-            text
+        let object = if text.trim_start().starts_with('{') {
+            match serde_json::from_str::<serde_json::Map<String, Value>>(text) {
+                Ok(o) => o,
+                Err(_) => {
+                    // Alone, so the dead letter holds just this line.
+                    report.invalid_lines += 1;
+                    send(&sink, &subject, text.to_string(), &mut acks, &mut report, 1).await?;
+                    continue;
+                }
+            }
         } else {
-            encoded = serde_json::json!({ "message": text }).to_string();
-            encoded.as_str()
+            let mut o = serde_json::Map::new();
+            o.insert("message".into(), Value::String(text.to_string()));
+            o
         };
+        let event = with_id(object);
         if !buf.is_empty() && buf.len() + event.len() + 1 > MAX_MESSAGE_BYTES {
-            send(&js, &subject, std::mem::take(&mut buf), &mut acks, &mut report, in_buf).await?;
+            send(&sink, &subject, std::mem::take(&mut buf), &mut acks, &mut report, in_buf).await?;
             in_buf = 0;
         }
-        buf.push_str(event);
+        buf.push_str(&event);
         buf.push('\n');
         in_buf += 1;
         if in_buf as usize >= args.batch {
-            send(&js, &subject, std::mem::take(&mut buf), &mut acks, &mut report, in_buf).await?;
+            send(&sink, &subject, std::mem::take(&mut buf), &mut acks, &mut report, in_buf).await?;
             in_buf = 0;
         }
         bar.set_message(format!("{} events", report.events + in_buf));
     }
     if in_buf > 0 {
-        send(&js, &subject, buf, &mut acks, &mut report, in_buf).await?;
+        send(&sink, &subject, buf, &mut acks, &mut report, in_buf).await?;
     }
     while let Some(r) = acks.next().await {
-        r.context("the bus refused a message")?;
+        if let Some(rejected) = r? {
+            report.rejected.push(rejected);
+        }
     }
     client.flush().await?;
     bar.finish_and_clear();
@@ -124,23 +144,73 @@ pub async fn publish(args: PublishArgs) -> Result<PublishReport> {
     Ok(report)
 }
 
-type AckFuture = <async_nats::jetstream::context::PublishAckFuture as std::future::IntoFuture>::IntoFuture;
+/// Where `publish` sends its messages.
+enum Sink {
+    JetStream(async_nats::jetstream::Context),
+    Request(async_nats::Client),
+}
 
+/// How many times a request is sent before `publish` gives up on it.
+const REQUEST_ATTEMPTS: usize = 5;
+
+type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<String>>> + Send>>;
+
+/// The JSON of `o`, with a fresh UUIDv7 `id` when it has none.
+fn with_id(mut o: serde_json::Map<String, Value>) -> String {
+    if !o.contains_key("id") {
+        o.insert("id".into(), Value::String(uuid::Uuid::now_v7().to_string()));
+    }
+    Value::Object(o).to_string()
+}
+
+/// Sends one message; its future resolves to `Some(reason)` when Gossamer refused it.
 async fn send(
-    js: &async_nats::jetstream::Context,
+    sink: &Sink,
     subject: &str,
     body: String,
-    acks: &mut FuturesUnordered<AckFuture>,
+    acks: &mut FuturesUnordered<Pending>,
     report: &mut PublishReport,
     events: u64,
 ) -> Result<()> {
     while acks.len() >= IN_FLIGHT {
         if let Some(r) = acks.next().await {
-            r.context("the bus refused a message")?;
+            if let Some(rejected) = r? {
+                report.rejected.push(rejected);
+            }
         }
     }
-    let ack = js.publish(subject.to_string(), Bytes::from(body)).await.context("publishing")?;
-    acks.push(std::future::IntoFuture::into_future(ack));
+    let body = Bytes::from(body);
+    let fut: Pending = match sink {
+        Sink::JetStream(js) => {
+            let ack = js.publish(subject.to_string(), body).await.context("publishing")?;
+            Box::pin(async move {
+                ack.await.context("the bus refused a message")?;
+                Ok(None)
+            })
+        }
+        Sink::Request(client) => {
+            let (client, subject) = (client.clone(), subject.to_string());
+            Box::pin(async move {
+                let mut last = None;
+                for _ in 0..REQUEST_ATTEMPTS {
+                    match client.request(subject.clone(), body.clone()).await {
+                        Ok(reply) => {
+                            let v: Value = serde_json::from_slice(&reply.payload).context("reading an ingest reply")?;
+                            return Ok(v["error"].as_str().map(String::from));
+                        }
+                        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                            bail!("no Gossamer ingest actor answers on {subject}: is a node running against this NATS?")
+                        }
+                        // Timed out: the batch may or may not be stored; its ids make the
+                        // retry safe.
+                        Err(e) => last = Some(e),
+                    }
+                }
+                bail!("no answer to an ingest request after {REQUEST_ATTEMPTS} attempts: {}", last.map(|e| e.to_string()).unwrap_or_default())
+            })
+        }
+    };
+    acks.push(fut);
     report.messages += 1;
     report.events += events;
     Ok(())

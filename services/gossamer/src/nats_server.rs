@@ -40,6 +40,10 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts nats-server on 127.0.0.1:`port` (0 picks a free port) with JetStream
     /// storage in `store_dir`, logging to `store_dir/nats-server.log`, and waits until
     /// it accepts connections.

@@ -55,7 +55,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         }
     }
     let ingest =
-        cfg.has_role("ingest").then(|| IngestActor::new(js.clone(), cfg.clone(), names.clone()).start());
+        cfg.has_role("ingest").then(|| IngestActor::new(nats.clone(), cfg.clone(), names.clone()).start());
 
     let handle = Arc::new(NodeHandle {
         cfg: cfg.clone(),

@@ -1,5 +1,8 @@
 //! Commands in a shard's log (the `SHARDS` stream). Every replica applies the same
-//! commands in the same order. On the wire: MessagePack, compressed with zstd.
+//! commands in the same order. On the wire: MessagePack, compressed with zstd, behind
+//! the uncompressed length (u32 LE) so decompression allocates once.
+
+use std::cell::RefCell;
 
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +16,8 @@ pub enum ShardCommand {
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
+    #[error("corrupt frame: {0}")]
+    Frame(String),
     #[error("compression: {0}")]
     Compression(#[from] std::io::Error),
     #[error("encoding: {0}")]
@@ -24,27 +29,76 @@ pub enum CodecError {
 /// zstd level for shard-log messages: fast, and most of the gain.
 const LEVEL: i32 = 1;
 
+/// Largest uncompressed frame accepted: bigger lengths mean a corrupt frame.
+const MAX_RAW: usize = 256 << 20;
+
+thread_local! {
+    // zstd contexts are costly to make (hundreds of KiB, zeroed): keep one per thread.
+    static COMPRESSORS: RefCell<Vec<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(Vec::new()) };
+    static DECOMPRESSOR: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+}
+
+/// `raw` as a frame: its length (u32 LE), then zstd at `level`.
+pub fn compress(raw: &[u8], level: i32) -> Result<Vec<u8>, CodecError> {
+    if raw.len() > MAX_RAW {
+        return Err(CodecError::Frame(format!("{} bytes is over the {MAX_RAW}-byte frame limit", raw.len())));
+    }
+    let body = COMPRESSORS.with(|c| -> Result<Vec<u8>, CodecError> {
+        let mut c = c.borrow_mut();
+        let i = match c.iter().position(|(l, _)| *l == level) {
+            Some(i) => i,
+            None => {
+                c.push((level, zstd::bulk::Compressor::new(level)?));
+                c.len() - 1
+            }
+        };
+        Ok(c[i].1.compress(raw)?)
+    })?;
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(raw.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// The bytes of a frame made by [`compress`].
+pub fn decompress(frame: &[u8]) -> Result<Vec<u8>, CodecError> {
+    let (len, body) = frame
+        .split_first_chunk::<4>()
+        .ok_or_else(|| CodecError::Frame("shorter than its length prefix".into()))?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if len > MAX_RAW {
+        return Err(CodecError::Frame(format!("declares {len} bytes, over the {MAX_RAW}-byte limit")));
+    }
+    let raw = DECOMPRESSOR.with(|d| -> Result<Vec<u8>, CodecError> {
+        let mut d = d.borrow_mut();
+        if d.is_none() {
+            *d = Some(zstd::bulk::Decompressor::new()?);
+        }
+        Ok(d.as_mut().expect("just set").decompress(body, len)?)
+    })?;
+    if raw.len() != len {
+        return Err(CodecError::Frame(format!("declares {len} bytes, holds {}", raw.len())));
+    }
+    Ok(raw)
+}
+
 impl ShardCommand {
     pub fn encode(&self) -> Result<Vec<u8>, CodecError> {
-        let raw = rmp_serde::to_vec(self)?;
-        Ok(zstd::bulk::compress(&raw, LEVEL)?)
+        compress(&rmp_serde::to_vec(self)?, LEVEL)
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
-        let raw = zstd::stream::decode_all(bytes)?;
-        Ok(rmp_serde::from_slice(&raw)?)
+        Ok(rmp_serde::from_slice(&decompress(bytes)?)?)
     }
 }
 
 /// A list of events as stored in one block: MessagePack, zstd-compressed.
 pub fn encode_events(events: &[Event], level: i32) -> Result<Vec<u8>, CodecError> {
-    let raw = rmp_serde::to_vec(events)?;
-    Ok(zstd::bulk::compress(&raw, level)?)
+    compress(&rmp_serde::to_vec(events)?, level)
 }
 
 pub fn decode_events(bytes: &[u8]) -> Result<Vec<Event>, CodecError> {
-    let raw = zstd::stream::decode_all(bytes)?;
-    Ok(rmp_serde::from_slice(&raw)?)
+    Ok(rmp_serde::from_slice(&decompress(bytes)?)?)
 }
 
 #[cfg(test)]

@@ -176,25 +176,32 @@ impl Runner {
 
     async fn apply(&self, msgs: &[jetstream::Message]) -> Result<()> {
         let shard = self.store.shard();
-        let mut commands = Vec::with_capacity(msgs.len());
-        let mut undecodable = 0;
+        let mut frames = Vec::with_capacity(msgs.len());
         let mut pending = 0;
         for m in msgs {
             let info = m.info().map_err(|e| anyhow::anyhow!("reading message info: {e}"))?;
             pending = info.pending;
-            match ShardCommand::decode(&m.payload) {
-                Ok(cmd) => commands.push((info.stream_sequence, cmd)),
-                Err(e) => {
-                    // Written by ingest; one that cannot be read can never be applied.
-                    error!(shard, seq = info.stream_sequence, error = %e, "shard-batch-undecodable");
-                    undecodable += 1;
-                }
-            }
+            frames.push((info.stream_sequence, m.payload.clone()));
         }
         let store = self.store.clone();
-        let outcome = tokio::task::spawn_blocking(move || store.apply(&commands))
-            .await?
-            .context("applying to sled")?;
+        // Decoding and the sled write both run on the blocking pool.
+        let (outcome, undecodable) = tokio::task::spawn_blocking(move || {
+            let mut commands = Vec::with_capacity(frames.len());
+            let mut undecodable = 0;
+            for (seq, payload) in frames {
+                match ShardCommand::decode(&payload) {
+                    Ok(cmd) => commands.push((seq, cmd)),
+                    Err(e) => {
+                        // Written by ingest; one that cannot be read can never be applied.
+                        error!(shard, seq, error = %e, "shard-batch-undecodable");
+                        undecodable += 1;
+                    }
+                }
+            }
+            store.apply(&commands).map(|o| (o, undecodable))
+        })
+        .await?
+        .context("applying to sled")?;
         msgs.iter()
             .map(|m| m.ack())
             .collect::<FuturesUnordered<_>>()

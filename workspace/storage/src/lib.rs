@@ -16,6 +16,8 @@
 use std::collections::{BTreeMap, HashSet};
 use std::ops::ControlFlow;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use gossamer_schemas::batch::{decode_events, encode_events, CodecError};
 use gossamer_schemas::{Event, ShardCommand};
@@ -46,17 +48,28 @@ pub type Result<T> = std::result::Result<T, StorageError>;
 #[derive(Clone)]
 pub struct Store {
     db: sled::Db,
+    gate: Arc<FlushGate>,
+}
+
+/// Group commit: shards that wrote while a flush ran share the next one, instead of
+/// each paying its own fsync.
+#[derive(Default)]
+struct FlushGate {
+    /// Writes completed so far.
+    written: AtomicU64,
+    /// The count of writes the last finished flush covered.
+    flushed: Mutex<u64>,
 }
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self> {
         let db = sled::Config::new().path(path).cache_capacity(128 << 20).open()?;
-        Ok(Self { db })
+        Ok(Self { db, gate: Arc::default() })
     }
 
     pub fn shard(&self, shard: u32) -> Result<ShardStore> {
         let tree = self.db.open_tree(format!("shard-{shard}"))?;
-        Ok(ShardStore { shard, tree, db: self.db.clone() })
+        Ok(ShardStore { shard, tree, db: self.db.clone(), gate: self.gate.clone() })
     }
 
     pub fn flush(&self) -> Result<()> {
@@ -97,6 +110,7 @@ pub struct ShardStore {
     shard: u32,
     tree: sled::Tree,
     db: sled::Db,
+    gate: Arc<FlushGate>,
 }
 
 fn u64_of(v: Option<sled::IVec>) -> u64 {
@@ -184,8 +198,22 @@ impl ShardStore {
         batch.insert(COUNT, &count.to_be_bytes());
         batch.insert(APPLIED, &applied_seq.to_be_bytes());
         self.tree.apply_batch(batch)?;
-        self.db.flush()?;
+        self.make_durable()?;
         Ok(outcome)
+    }
+
+    /// Returns once a flush that started after this thread's last write has finished.
+    fn make_durable(&self) -> Result<()> {
+        let mine = self.gate.written.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut flushed = self.gate.flushed.lock().unwrap_or_else(|p| p.into_inner());
+        if *flushed >= mine {
+            return Ok(());
+        }
+        // Every write counted up to here finished before it was counted.
+        let covered = self.gate.written.load(Ordering::SeqCst);
+        self.db.flush()?;
+        *flushed = covered;
+        Ok(())
     }
 
     /// The event with this id, if this shard holds it.

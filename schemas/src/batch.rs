@@ -12,6 +12,19 @@ use crate::event::Event;
 pub enum ShardCommand {
     /// Store these events; ids already stored are skipped.
     Insert { events: Vec<Event> },
+    /// Delete the events with these ids (absent ids are ignored).
+    Delete { ids: Vec<uuid::Uuid> },
+    /// Delete every event in `[from, to)` that matches the query `q` (§9 syntax).
+    DeleteWhere { q: String, from: i64, to: i64 },
+    /// Set (or, with `None`, remove) labels and fields of one event.
+    Update {
+        id: uuid::Uuid,
+        labels: std::collections::BTreeMap<String, Option<String>>,
+        fields: serde_json::Map<String, serde_json::Value>,
+    },
+    /// Delete the events of `stream` older than `before` (ns). The issuer computes
+    /// `before`, so every replica deletes the same events.
+    Retention { stream: String, before: i64 },
 }
 
 #[derive(Debug, thiserror::Error)]

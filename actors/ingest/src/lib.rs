@@ -416,7 +416,7 @@ fn split_for_wire(events: Vec<Event>) -> Result<Vec<(Vec<u8>, Vec<uuid::Uuid>)>>
     if bytes.len() <= MAX_BATCH_BYTES || n <= 1 {
         return Ok(vec![(bytes, ids)]);
     }
-    let ShardCommand::Insert { mut events } = cmd;
+    let ShardCommand::Insert { mut events } = cmd else { unreachable!("built as an insert above") };
     let tail = events.split_off(n / 2);
     let mut out = split_for_wire(events)?;
     out.extend(split_for_wire(tail)?);

@@ -110,6 +110,13 @@ impl Handler<GetState> for ShardActor {
     }
 }
 
+/// Turns a `DeleteWhere` query into a predicate. Queries are checked before they are
+/// published, so one that does not parse here deletes nothing.
+fn compile_delete_query(q: &str) -> Option<gossamer_storage::Predicate> {
+    let expr = gossamer_query::parse(q).ok()?;
+    Some(Box::new(move |e| expr.matches(e)))
+}
+
 struct Runner {
     js: jetstream::Context,
     stream: String,
@@ -198,7 +205,7 @@ impl Runner {
                     }
                 }
             }
-            store.apply(&commands).map(|o| (o, undecodable))
+            store.apply_with(&commands, &compile_delete_query).map(|o| (o, undecodable))
         })
         .await?
         .context("applying to sled")?;

@@ -24,8 +24,37 @@ enum Command {
     Publish(PublishCmd),
     /// Search (or count) events on a node.
     Query(QueryCmd),
+    /// Delete one event by id, or every event matching a query.
+    Delete(DeleteCmd),
+    /// Set a stream's retention: events older than MAX_AGE (7d, 12h, 90m) are deleted;
+    /// `off` keeps them.
+    Retention(RetentionCmd),
     /// Measure Gossamer on this machine.
     Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Args)]
+struct DeleteCmd {
+    #[arg(long, env = "GOSSAMER_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Delete the event with this id.
+    #[arg(long, conflicts_with = "query")]
+    id: Option<String>,
+    #[arg(long)]
+    from: Option<String>,
+    #[arg(long)]
+    to: Option<String>,
+    /// Delete every event matching this query (`stream:*` means everything).
+    query: Option<String>,
+}
+
+#[derive(Args)]
+struct RetentionCmd {
+    #[arg(long, env = "GOSSAMER_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    stream: String,
+    /// 7d, 12h, 90m, or `off`.
+    max_age: String,
 }
 
 #[derive(Args)]
@@ -76,6 +105,9 @@ struct NodeArgs {
     /// past it.
     #[arg(long)]
     logs_max_bytes: Option<i64>,
+    /// How often per-stream retention runs, in seconds.
+    #[arg(long)]
+    retention_every_secs: Option<u64>,
 }
 
 #[derive(Args)]
@@ -162,6 +194,8 @@ pub fn main() -> ExitCode {
             };
             crate::client::query(args, &mut std::io::stdout().lock())
         }
+        Command::Delete(a) => delete(a),
+        Command::Retention(a) => retention(a),
         Command::Bench(a) => crate::bench::run(a),
     };
     match result {
@@ -243,6 +277,9 @@ fn node(a: NodeArgs) -> Result<()> {
     if let Some(v) = a.logs_max_bytes {
         cfg.logs_max_bytes = v;
     }
+    if let Some(v) = a.retention_every_secs {
+        cfg.retention_every_secs = v.max(1);
+    }
     run_node_blocking(cfg)
 }
 
@@ -310,5 +347,46 @@ fn publish(a: PublishCmd) -> Result<()> {
             report.invalid_lines
         );
     }
+    Ok(())
+}
+
+/// Sends a JSON request and prints the answer's `field`, or fails with the API's error.
+fn call(req: ureq::Request, body: Option<serde_json::Value>) -> Result<serde_json::Value> {
+    let result = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    match result {
+        Ok(r) => Ok(r.into_json()?),
+        Err(ureq::Error::Status(code, r)) => {
+            let body: serde_json::Value = r.into_json().unwrap_or_default();
+            bail!("{} ({code})", body["error"].as_str().unwrap_or("request failed"))
+        }
+        Err(e) => bail!("{e}"),
+    }
+}
+
+fn delete(a: DeleteCmd) -> Result<()> {
+    let base = a.server.trim_end_matches('/');
+    let answer = match (a.id, a.query) {
+        (Some(id), _) => call(ureq::delete(&format!("{base}/api/v1/events/{id}")), None)?,
+        (None, Some(q)) => call(
+            ureq::post(&format!("{base}/api/v1/delete")),
+            Some(serde_json::json!({ "q": q, "from": a.from, "to": a.to })),
+        )?,
+        (None, None) => bail!("say what to delete: --id UUID, or a query"),
+    };
+    println!("deleted {}", answer["deleted"]);
+    Ok(())
+}
+
+fn retention(a: RetentionCmd) -> Result<()> {
+    let base = a.server.trim_end_matches('/');
+    let max_age = if a.max_age == "off" { serde_json::Value::Null } else { serde_json::Value::String(a.max_age) };
+    let answer = call(
+        ureq::put(&format!("{base}/api/v1/streams/{}/retention", a.stream)),
+        Some(serde_json::json!({ "max_age": max_age })),
+    )?;
+    println!("{}: retention {}, {} events deleted now", answer["stream"].as_str().unwrap_or(""), answer["max_age"], answer["deleted"]);
     Ok(())
 }

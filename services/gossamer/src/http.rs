@@ -10,7 +10,7 @@ use actix_web::{web, App, HttpResponse, HttpServer, ResponseError};
 use gossamer_query::exec::{Cursor, DEFAULT_LIMIT, MAX_LIMIT};
 use gossamer_query::{QueryError, SearchParams, TimeRange};
 use gossamer_schemas::api::{
-    AggregateRequest, AggregateResponse, ClusterInfo, CountResponse, ErrorBody, MemberInfo, Order, QueryRequest, SearchResponse, ShardInfo, StreamInfo,
+    AggregateRequest, AggregateResponse, ClusterInfo, CountResponse, ErrorBody, MemberInfo, Order, QueryRequest, SearchResponse, ShardInfo,
 };
 use serde_json::json;
 
@@ -26,6 +26,8 @@ pub enum ApiError {
     BadRequest(String),
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Unavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -50,6 +52,7 @@ impl ResponseError for ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -90,7 +93,11 @@ pub fn bind(node: Arc<NodeHandle>, addr: &str) -> anyhow::Result<(Server, std::n
                     .route("/aggregate", web::get().to(aggregate))
                     .route("/query", web::post().to(query))
                     .route("/events/{id}", web::get().to(get_event))
-                    .route("/streams", web::get().to(streams)),
+                    .route("/events/{id}", web::delete().to(delete_event))
+                    .route("/events/{id}", web::patch().to(update_event))
+                    .route("/delete", web::post().to(delete_where))
+                    .route("/streams", web::get().to(streams))
+                    .route("/streams/{name}/retention", web::put().to(set_retention)),
             )
             .default_service(web::to(|| async { ApiError::NotFound("no such route".into()).error_response() }))
     })
@@ -200,19 +207,161 @@ async fn get_event(node: Node, id: web::Path<String>) -> Result<HttpResponse, Ap
 }
 
 async fn streams(node: Node) -> Result<HttpResponse, ApiError> {
-    let totals = web::block(move || {
+    let (totals, retentions, sled_bytes) = web::block(move || {
         let mut totals: BTreeMap<String, u64> = BTreeMap::new();
         for s in &node.shards {
             for (name, n) in s.stream_counts()? {
                 *totals.entry(name).or_default() += n;
             }
         }
-        Ok::<_, gossamer_storage::StorageError>(totals)
+        Ok::<_, gossamer_storage::StorageError>((totals, node.store.retentions()?, node.store.size_on_disk()))
     })
     .await?
     .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let list: Vec<StreamInfo> = totals.into_iter().map(|(name, events)| StreamInfo { name, events }).collect();
-    Ok(HttpResponse::Ok().json(json!({ "streams": list })))
+    let events: u64 = totals.values().sum();
+    let mut names: Vec<&String> = totals.keys().chain(retentions.keys()).collect();
+    names.sort();
+    names.dedup();
+    let list: Vec<serde_json::Value> = names
+        .into_iter()
+        .map(|name| {
+            json!({
+                "name": name,
+                "events": totals.get(name).copied().unwrap_or(0),
+                "retention": retentions.get(name).map(|ns| format_duration(*ns)),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "streams": list,
+        "events": events,
+        // Events, their id index and counters in sled; the NATS streams are apart.
+        "sled_bytes": sled_bytes,
+        "sled_bytes_per_event": if events > 0 { sled_bytes as f64 / events as f64 } else { 0.0 },
+    })))
+}
+
+/// Nanoseconds as the largest whole unit: `7d`, `90m`, `15s`.
+fn format_duration(ns: i64) -> String {
+    const UNITS: [(i64, &str); 4] = [(86_400_000_000_000, "d"), (3_600_000_000_000, "h"), (60_000_000_000, "m"), (1_000_000_000, "s")];
+    for (size, unit) in UNITS {
+        if ns % size == 0 {
+            return format!("{}{unit}", ns / size);
+        }
+    }
+    format!("{}ms", ns / 1_000_000)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionBody {
+    /// `7d`, `12h`...; null clears it.
+    max_age: Option<String>,
+}
+
+/// `PUT /api/v1/streams/{name}/retention`: sets the stream's max age and applies it at
+/// once; from then on it is applied every `retention_every_secs`.
+async fn set_retention(node: Node, name: web::Path<String>, body: web::Json<RetentionBody>) -> Result<HttpResponse, ApiError> {
+    let name = name.into_inner();
+    if !gossamer_schemas::event::is_valid_stream(&name) {
+        return Err(ApiError::BadRequest(format!("invalid stream name {name:?}: dot-separated tokens of [A-Za-z0-9_-]")));
+    }
+    let max_age = match body.max_age.as_deref() {
+        None => None,
+        Some(s) => Some(gossamer_query::agg::parse_duration(s.trim()).ok_or_else(|| {
+            ApiError::BadRequest(format!("invalid `max_age` {s:?}: use a duration like 90m, 12h, 7d"))
+        })?),
+    };
+    let store = node.store.clone();
+    let stream = name.clone();
+    web::block(move || store.set_retention(&stream, max_age)).await?.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let deleted = crate::commands::apply_retention(&node).await?;
+    Ok(HttpResponse::Ok().json(json!({
+        "stream": name,
+        "max_age": max_age.map(format_duration),
+        "deleted": deleted,
+    })))
+}
+
+/// Which shard holds the event with this id, if any.
+async fn locate(node: &Node, id: uuid::Uuid) -> Result<Option<u32>, ApiError> {
+    let shards = node.shards.clone();
+    web::block(move || {
+        for s in &shards {
+            if s.get(&id)?.is_some() {
+                return Ok(Some(s.shard()));
+            }
+        }
+        Ok(None)
+    })
+    .await?
+    .map_err(|e: gossamer_storage::StorageError| ApiError::Internal(e.to_string()))
+}
+
+fn parse_id(id: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(id).map_err(|_| ApiError::BadRequest(format!("{id:?} is not a UUID")))
+}
+
+async fn delete_event(node: Node, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let shard = locate(&node, id).await?.ok_or_else(|| ApiError::NotFound(format!("no event with id {id}")))?;
+    let n = crate::commands::run(&node, shard, &gossamer_schemas::ShardCommand::Delete { ids: vec![id] }).await?;
+    Ok(HttpResponse::Ok().json(json!({ "deleted": n })))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateBody {
+    /// Label values to set; null removes the label.
+    #[serde(default)]
+    labels: BTreeMap<String, Option<String>>,
+    /// Fields to set; null removes the field.
+    #[serde(default)]
+    fields: serde_json::Map<String, serde_json::Value>,
+}
+
+/// `PATCH /api/v1/events/{id}`: sets or removes labels and fields; answers the event
+/// as it is now.
+async fn update_event(node: Node, id: web::Path<String>, body: web::Json<serde_json::Value>) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&id)?;
+    let body: UpdateBody = serde_json::from_value(body.into_inner())
+        .map_err(|e| ApiError::BadRequest(format!("invalid update: {e}; expected {{\"labels\":{{\"k\":\"v\"|null}},\"fields\":{{...}}}}")))?;
+    if body.labels.is_empty() && body.fields.is_empty() {
+        return Err(ApiError::BadRequest("nothing to update: give `labels` and/or `fields`".into()));
+    }
+    let shard = locate(&node, id).await?.ok_or_else(|| ApiError::NotFound(format!("no event with id {id}")))?;
+    let cmd = gossamer_schemas::ShardCommand::Update { id, labels: body.labels, fields: body.fields };
+    crate::commands::run(&node, shard, &cmd).await?;
+    let store = node.shards[shard as usize].clone();
+    match web::block(move || store.get(&id)).await?.map_err(|e| ApiError::Internal(e.to_string()))? {
+        Some(e) => Ok(HttpResponse::Ok().json(e.to_json())),
+        None => Err(ApiError::NotFound(format!("event {id} was deleted meanwhile"))),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeleteBody {
+    q: String,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// `POST /api/v1/delete` `{"q","from","to"}` -> `{"deleted":N}`.
+async fn delete_where(node: Node, body: web::Json<serde_json::Value>) -> Result<HttpResponse, ApiError> {
+    let body: DeleteBody =
+        serde_json::from_value(body.into_inner()).map_err(|e| ApiError::BadRequest(format!("invalid delete body: {e}")))?;
+    if body.q.trim().is_empty() {
+        return Err(ApiError::BadRequest(
+            "an empty query would delete every event: name what to delete (`stream:*` means everything)".into(),
+        ));
+    }
+    gossamer_query::parse(&body.q).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let range =
+        TimeRange::parse(body.from.as_deref(), body.to.as_deref(), TimeRange::now()).map_err(ApiError::BadRequest)?;
+    let cmd = gossamer_schemas::ShardCommand::DeleteWhere { q: body.q, from: range.from, to: range.to };
+    let n = crate::commands::run_everywhere(&node, &cmd).await?;
+    Ok(HttpResponse::Ok().json(json!({ "deleted": n })))
 }
 
 async fn cluster(node: Node) -> Result<HttpResponse, ApiError> {

@@ -4,6 +4,7 @@
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod commands;
 pub mod http;
 pub mod nats_server;
 pub mod node;

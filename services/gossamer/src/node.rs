@@ -70,9 +70,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     let serving = actix_rt::spawn(server);
     info!(node = %cfg.node_id, http = %addr, shards = cfg.shards, "node-ready");
     on_ready(addr);
+    let retention = actix_rt::spawn(crate::commands::retention_loop(handle.clone()));
 
     shutdown.await;
     info!("node-stopping");
+    retention.abort();
     server_handle.stop(true).await;
     let _ = serving.await;
     // Acks sent but not yet written would be lost with the connection.

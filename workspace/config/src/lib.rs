@@ -31,6 +31,8 @@ pub struct Config {
     /// Largest number of LOGS messages the ingest actor turns into one round of
     /// shard batches.
     pub ingest_batch: usize,
+    /// How often per-stream retention is applied, in seconds.
+    pub retention_every_secs: u64,
 }
 
 impl Default for Config {
@@ -47,6 +49,7 @@ impl Default for Config {
             logs_max_bytes: 8 << 30,
             shards_max_age_secs: 24 * 3600,
             ingest_batch: 2000,
+            retention_every_secs: 60,
         }
     }
 }

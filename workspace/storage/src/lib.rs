@@ -13,7 +13,7 @@
 //! sled batch and flushed before [`ShardStore::apply`] returns, so a caller that acks the
 //! shard log after `apply` never loses an acked batch and never applies one twice.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +28,7 @@ const COUNT: &[u8] = b"m:count";
 const BLOCK: u8 = b'b';
 const ID: u8 = b'i';
 const STREAM: u8 = b's';
+const RESULT: u8 = b'r';
 const HEADER: usize = 20;
 /// zstd level for stored blocks.
 const BLOCK_LEVEL: i32 = 3;
@@ -77,6 +78,30 @@ impl Store {
         Ok(())
     }
 
+    /// Per-stream retention (max age in ns), as set through the API.
+    pub fn retentions(&self) -> Result<BTreeMap<String, i64>> {
+        let meta = self.db.open_tree("meta")?;
+        let mut out = BTreeMap::new();
+        for kv in meta.scan_prefix(b"retention:") {
+            let (k, v) = kv?;
+            let name = String::from_utf8_lossy(&k[b"retention:".len()..]).into_owned();
+            out.insert(name, u64_of(Some(v)) as i64);
+        }
+        Ok(out)
+    }
+
+    /// Sets (or with `None` clears) a stream's retention.
+    pub fn set_retention(&self, stream: &str, max_age_ns: Option<i64>) -> Result<()> {
+        let meta = self.db.open_tree("meta")?;
+        let k = format!("retention:{stream}");
+        match max_age_ns {
+            Some(ns) => meta.insert(k, &(ns as u64).to_be_bytes())?,
+            None => meta.remove(k)?,
+        };
+        meta.flush()?;
+        Ok(())
+    }
+
     /// Bytes sled uses on disk.
     pub fn size_on_disk(&self) -> u64 {
         self.db.size_on_disk().unwrap_or(0)
@@ -92,6 +117,195 @@ pub struct Applied {
     pub duplicates: u64,
     /// Messages skipped because their sequence was already applied.
     pub replayed: u64,
+    pub deleted: u64,
+    pub updated: u64,
+}
+
+/// An event filter for `DeleteWhere`, compiled by the caller.
+pub type Predicate = Box<dyn Fn(&Event) -> bool + Send + Sync>;
+
+/// The changes of one apply call, gathered before one atomic write: blocks touched
+/// (read once, rewritten or removed at the end), the new block, id moves and counters.
+struct Work<'s> {
+    store: &'s ShardStore,
+    /// Existing blocks this call changed: their new events (empty: remove the block).
+    blocks: BTreeMap<u64, Vec<Event>>,
+    /// The new block and the last sequence that added to it.
+    fresh: Vec<Event>,
+    fresh_seq: u64,
+    /// Ids added (`Some(block seq)`, `u64::MAX` for the new block) or removed (`None`).
+    ids: std::collections::HashMap<Uuid, Option<u64>>,
+    streams: BTreeMap<String, i64>,
+    count: u64,
+}
+
+/// The `ids` marker for events in the new block.
+const FRESH: u64 = u64::MAX;
+
+impl<'s> Work<'s> {
+    fn new(store: &'s ShardStore) -> Result<Self> {
+        Ok(Self {
+            store,
+            blocks: BTreeMap::new(),
+            fresh: Vec::new(),
+            fresh_seq: 0,
+            ids: Default::default(),
+            streams: BTreeMap::new(),
+            count: store.event_count()?,
+        })
+    }
+
+    /// Where the event with `id` is now: a block seq, [`FRESH`], or nowhere.
+    fn locate(&self, id: &Uuid) -> Result<Option<u64>> {
+        if let Some(at) = self.ids.get(id) {
+            return Ok(*at);
+        }
+        Ok(self.store.tree.get(key(ID, id.as_bytes()))?.map(|v| u64_of(Some(v))))
+    }
+
+    fn insert(&mut self, seq: u64, e: Event) {
+        self.ids.insert(e.id, Some(FRESH));
+        *self.streams.entry(e.stream.clone()).or_default() += 1;
+        self.count += 1;
+        self.fresh.push(e);
+        self.fresh_seq = seq;
+    }
+
+    /// The events of block `seq` as this call sees them, loaded on first touch.
+    fn block_mut(&mut self, seq: u64) -> Result<&mut Vec<Event>> {
+        if seq == FRESH {
+            return Ok(&mut self.fresh);
+        }
+        if !self.blocks.contains_key(&seq) {
+            let events = match self.store.tree.get(key(BLOCK, &seq.to_be_bytes()))? {
+                Some(v) => self.store.decode_block(&v)?,
+                None => return Err(self.store.corrupt(format!("block {seq} is indexed but missing"))),
+            };
+            self.blocks.insert(seq, events);
+        }
+        Ok(self.blocks.get_mut(&seq).expect("loaded above"))
+    }
+
+    fn forget(&mut self, e: &Event) {
+        self.ids.insert(e.id, None);
+        *self.streams.entry(e.stream.clone()).or_default() -= 1;
+        self.count -= 1;
+    }
+
+    fn delete_ids(&mut self, ids: &[Uuid]) -> Result<u64> {
+        let mut n = 0;
+        for id in ids {
+            let Some(at) = self.locate(id)? else { continue };
+            let block = self.block_mut(at)?;
+            if let Some(i) = block.iter().position(|e| e.id == *id) {
+                let e = block.remove(i);
+                self.forget(&e);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Deletes the events in `[from, to)` that `pred` accepts, in every block.
+    fn delete_matching(&mut self, from: i64, to: i64, pred: &dyn Fn(&Event) -> bool) -> Result<u64> {
+        let hit = |e: &Event| e.ts >= from && e.ts < to && pred(e);
+        let mut touched = Vec::new();
+        self.store.for_each_block(from, to, false, |meta, _| {
+            touched.push(meta.seq);
+            ControlFlow::Continue(())
+        })?;
+        touched.extend(self.blocks.keys().copied());
+        touched.push(FRESH);
+        touched.sort_unstable();
+        touched.dedup();
+        let mut n = 0;
+        for seq in touched {
+            // Look before loading into the working set, so untouched blocks are not
+            // rewritten.
+            let any = match (seq, self.blocks.get(&seq)) {
+                (FRESH, _) => self.fresh.iter().any(hit),
+                (_, Some(events)) => events.iter().any(hit),
+                (_, None) => match self.store.tree.get(key(BLOCK, &seq.to_be_bytes()))? {
+                    Some(v) => self.store.decode_block(&v)?.iter().any(hit),
+                    None => false,
+                },
+            };
+            if !any {
+                continue;
+            }
+            let block = self.block_mut(seq)?;
+            let (gone, kept): (Vec<Event>, Vec<Event>) = std::mem::take(block).into_iter().partition(|e| hit(e));
+            *block = kept;
+            for e in &gone {
+                self.forget(e);
+            }
+            n += gone.len() as u64;
+        }
+        Ok(n)
+    }
+
+    fn update(
+        &mut self,
+        id: &Uuid,
+        labels: &BTreeMap<String, Option<String>>,
+        fields: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<u64> {
+        let Some(at) = self.locate(id)? else { return Ok(0) };
+        let block = self.block_mut(at)?;
+        let Some(e) = block.iter_mut().find(|e| e.id == *id) else { return Ok(0) };
+        for (k, v) in labels {
+            match v {
+                Some(v) => e.labels.insert(k.clone(), v.clone()),
+                None => e.labels.remove(k),
+            };
+        }
+        for (k, v) in fields {
+            if v.is_null() {
+                e.fields.remove(k);
+            } else {
+                e.fields.insert(k.clone(), v.clone());
+            }
+        }
+        Ok(1)
+    }
+
+    /// The sled batch holding every change.
+    fn finish(self) -> Result<sled::Batch> {
+        let mut batch = sled::Batch::default();
+        for (seq, events) in &self.blocks {
+            let k = key(BLOCK, &seq.to_be_bytes());
+            if events.is_empty() {
+                batch.remove(k);
+            } else {
+                batch.insert(k, encode_block(events)?);
+            }
+        }
+        if !self.fresh.is_empty() {
+            batch.insert(key(BLOCK, &self.fresh_seq.to_be_bytes()), encode_block(&self.fresh)?);
+        }
+        for (id, at) in &self.ids {
+            let k = key(ID, id.as_bytes());
+            match at {
+                Some(FRESH) => batch.insert(k, &self.fresh_seq.to_be_bytes()),
+                Some(seq) => batch.insert(k, &seq.to_be_bytes()),
+                None => batch.remove(k),
+            }
+        }
+        for (name, delta) in &self.streams {
+            if *delta == 0 {
+                continue;
+            }
+            let k = key(STREAM, name.as_bytes());
+            let now = u64_of(self.store.tree.get(&k)?) as i64 + delta;
+            if now <= 0 {
+                batch.remove(k);
+            } else {
+                batch.insert(k, &(now as u64).to_be_bytes());
+            }
+        }
+        batch.insert(COUNT, &self.count.to_be_bytes());
+        Ok(batch)
+    }
 }
 
 /// Time bounds of a block, read without decompressing it.
@@ -151,17 +365,18 @@ impl ShardStore {
 
     /// Applies shard-log messages `(sequence, command)` in order, in one atomic write,
     /// then flushes. Messages at or below the applied sequence are skipped.
+    /// `DeleteWhere` commands need `compile` to turn their query into a predicate; one
+    /// that does not compile deletes nothing (it was checked before it was published).
     pub fn apply(&self, commands: &[(u64, ShardCommand)]) -> Result<Applied> {
+        self.apply_with(commands, &|_| None)
+    }
+
+    /// [`ShardStore::apply`], with a compiler for `DeleteWhere` queries.
+    pub fn apply_with(&self, commands: &[(u64, ShardCommand)], compile: &dyn Fn(&str) -> Option<Predicate>) -> Result<Applied> {
         let mut applied_seq = self.applied_seq()?;
-        let mut count = self.event_count()?;
-        let mut streams: BTreeMap<String, u64> = BTreeMap::new();
-        let mut seen: HashSet<Uuid> = HashSet::new();
-        let mut batch = sled::Batch::default();
+        let mut w = Work::new(self)?;
         let mut outcome = Applied::default();
-        // Every new event of this call goes into one block, keyed by the last sequence
-        // that added events: fewer keys, and better compression than a block per message.
-        let mut fresh: Vec<Event> = Vec::new();
-        let mut block_seq = 0;
+        let mut results: Vec<(u64, u64)> = Vec::new();
         for (seq, cmd) in commands {
             if *seq <= applied_seq {
                 outcome.replayed += 1;
@@ -170,36 +385,53 @@ impl ShardStore {
             match cmd {
                 ShardCommand::Insert { events } => {
                     for e in events {
-                        if !seen.insert(e.id) || self.tree.contains_key(key(ID, e.id.as_bytes()))? {
+                        if w.locate(&e.id)?.is_some() {
                             outcome.duplicates += 1;
                         } else {
-                            fresh.push(e.clone());
-                            block_seq = *seq;
+                            w.insert(*seq, e.clone());
+                            outcome.stored += 1;
                         }
                     }
+                }
+                ShardCommand::Delete { ids } => {
+                    let n = w.delete_ids(ids)?;
+                    outcome.deleted += n;
+                    results.push((*seq, n));
+                }
+                ShardCommand::DeleteWhere { q, from, to } => {
+                    let n = match compile(q) {
+                        Some(pred) => w.delete_matching(*from, *to, &|e| pred(e))?,
+                        None => 0,
+                    };
+                    outcome.deleted += n;
+                    results.push((*seq, n));
+                }
+                ShardCommand::Retention { stream, before } => {
+                    let n = w.delete_matching(i64::MIN, *before, &|e| e.stream == *stream)?;
+                    outcome.deleted += n;
+                    results.push((*seq, n));
+                }
+                ShardCommand::Update { id, labels, fields } => {
+                    let n = w.update(id, labels, fields)?;
+                    outcome.updated += n;
+                    results.push((*seq, n));
                 }
             }
             applied_seq = *seq;
         }
-        if !fresh.is_empty() {
-            for e in &fresh {
-                batch.insert(key(ID, e.id.as_bytes()), &block_seq.to_be_bytes());
-                *streams.entry(e.stream.clone()).or_default() += 1;
-            }
-            batch.insert(key(BLOCK, &block_seq.to_be_bytes()), encode_block(&fresh)?);
-            count += fresh.len() as u64;
-            outcome.stored += fresh.len() as u64;
+        let mut batch = w.finish()?;
+        for (seq, n) in results {
+            batch.insert(key(RESULT, &seq.to_be_bytes()), &n.to_be_bytes());
         }
-        for (name, added) in streams {
-            let k = key(STREAM, name.as_bytes());
-            let before = u64_of(self.tree.get(&k)?);
-            batch.insert(k, &(before + added).to_be_bytes());
-        }
-        batch.insert(COUNT, &count.to_be_bytes());
         batch.insert(APPLIED, &applied_seq.to_be_bytes());
         self.tree.apply_batch(batch)?;
         self.make_durable()?;
         Ok(outcome)
+    }
+
+    /// How many events the delete or update command at `seq` touched, once applied.
+    pub fn command_result(&self, seq: u64) -> Result<Option<u64>> {
+        Ok(self.tree.get(key(RESULT, &seq.to_be_bytes()))?.map(|v| u64_of(Some(v))))
     }
 
     /// Returns once a flush that started after this thread's last write has finished.

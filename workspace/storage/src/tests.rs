@@ -74,38 +74,143 @@ fn reopen_store(path: &std::path::Path) -> Store {
     }
 }
 
+#[derive(Debug, Clone)]
+enum Op {
+    Insert(Vec<u128>),
+    Delete(Vec<u128>),
+    /// Delete the events whose id is a multiple of this, via a compiled predicate.
+    DeleteWhere(u128),
+    Update(u128, String),
+    /// Stream `s` or `t`, before this ts.
+    Retention(bool, i64),
+    /// Re-send the last sequence with other content: must be ignored.
+    Replay(Vec<u128>),
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let ids = proptest::collection::vec(0u128..40, 0..8);
+    prop_oneof![
+        4 => ids.clone().prop_map(Op::Insert),
+        1 => ids.clone().prop_map(Op::Delete),
+        1 => (2u128..6).prop_map(Op::DeleteWhere),
+        1 => (0u128..40, "[a-z]{1,4}").prop_map(|(i, v)| Op::Update(i, v)),
+        1 => (any::<bool>(), 0i64..300).prop_map(|(s, b)| Op::Retention(s, b)),
+        1 => ids.prop_map(Op::Replay),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+fn model_event(id: u128) -> Event {
+    let mut e = event(id, id as i64 * 7, if id % 2 == 0 { "s" } else { "t" });
+    e.labels.insert("v".into(), String::new());
+    e
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
-    /// Random batches (with repeated ids and replayed sequences) and reopens, checked
-    /// against a map of id -> event.
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// Random inserts (with repeated ids), deletes by id and by predicate, updates,
+    /// retention, replayed sequences and reopens, checked against a map of id ->
+    /// (ts, stream, label).
     #[test]
-    fn store_matches_a_model_across_reopens(
-        ops in proptest::collection::vec((proptest::collection::vec(0u128..40, 0..8), any::<bool>(), any::<bool>()), 1..30)
-    ) {
+    fn store_matches_a_model_across_reopens(ops in proptest::collection::vec(op(), 1..40)) {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
-        let mut model: Model<u128, i64> = Model::new();
+        let mut model: Model<u128, (i64, String, String)> = Model::new();
         let mut seq = 0u64;
-        for (ids, replay, reopen) in ops {
-            let events: Vec<Event> = ids.iter().map(|&i| event(i, i as i64 * 7, "s")).collect();
-            // A replay re-sends the last sequence with other content: it must be ignored.
-            let fresh = !(replay && seq > 0);
-            if fresh {
-                seq += 1;
-                for &i in &ids { model.entry(i).or_insert(i as i64 * 7); }
-            }
-            store.shard(1).unwrap().apply(&[(seq, ShardCommand::Insert { events })]).unwrap();
-            if reopen {
-                drop(store);
-                store = reopen_store(dir.path());
-            }
+        let compile = |q: &str| -> Option<Predicate> {
+            let m: u128 = q.parse().ok()?;
+            Some(Box::new(move |e: &Event| e.id.as_u128() % m == 0))
+        };
+        for op in ops {
+            let cmd = match &op {
+                Op::Reopen => {
+                    drop(store);
+                    store = reopen_store(dir.path());
+                    continue;
+                }
+                Op::Replay(ids) => {
+                    if seq == 0 {
+                        continue;
+                    }
+                    let events = ids.iter().map(|&i| model_event(i)).collect();
+                    store.shard(1).unwrap().apply(&[(seq, ShardCommand::Insert { events })]).unwrap();
+                    continue;
+                }
+                Op::Insert(ids) => {
+                    for &i in ids {
+                        let e = model_event(i);
+                        model.entry(i).or_insert((e.ts, e.stream.clone(), String::new()));
+                    }
+                    ShardCommand::Insert { events: ids.iter().map(|&i| model_event(i)).collect() }
+                }
+                Op::Delete(ids) => {
+                    for i in ids {
+                        model.remove(i);
+                    }
+                    ShardCommand::Delete { ids: ids.iter().map(|&i| Uuid::from_u128(i)).collect() }
+                }
+                Op::DeleteWhere(m) => {
+                    model.retain(|i, _| i % m != 0);
+                    ShardCommand::DeleteWhere { q: m.to_string(), from: i64::MIN, to: i64::MAX }
+                }
+                Op::Update(i, v) => {
+                    if let Some(entry) = model.get_mut(i) {
+                        entry.2 = v.clone();
+                    }
+                    ShardCommand::Update {
+                        id: Uuid::from_u128(*i),
+                        labels: [("v".to_string(), Some(v.clone()))].into(),
+                        fields: Default::default(),
+                    }
+                }
+                Op::Retention(s, before) => {
+                    let stream = if *s { "s" } else { "t" };
+                    model.retain(|_, (ts, st, _)| !(st == stream && *ts < *before));
+                    ShardCommand::Retention { stream: stream.into(), before: *before }
+                }
+            };
+            seq += 1;
+            store.shard(1).unwrap().apply_with(&[(seq, cmd)], &compile).unwrap();
         }
         let s = store.shard(1).unwrap();
-        let mut got: Vec<(u128, i64)> = all_events(&s).iter().map(|e| (e.id.as_u128(), e.ts)).collect();
+        let mut got: Vec<(u128, (i64, String, String))> = all_events(&s)
+            .iter()
+            .map(|e| (e.id.as_u128(), (e.ts, e.stream.clone(), e.labels.get("v").cloned().unwrap_or_default())))
+            .collect();
         got.sort();
-        let want: Vec<(u128, i64)> = model.into_iter().collect();
+        let want: Vec<(u128, (i64, String, String))> = model.clone().into_iter().collect();
+        prop_assert_eq!(&got, &want);
         prop_assert_eq!(s.event_count().unwrap(), want.len() as u64);
-        prop_assert_eq!(got, want);
+        let mut per_stream: Model<String, u64> = Model::new();
+        for (_, (_, st, _)) in &want {
+            *per_stream.entry(st.clone()).or_default() += 1;
+        }
+        prop_assert_eq!(s.stream_counts().unwrap(), per_stream);
+        for i in 0..40u128 {
+            prop_assert_eq!(s.get(&Uuid::from_u128(i)).unwrap().is_some(), model.contains_key(&i));
+        }
         prop_assert_eq!(s.applied_seq().unwrap(), seq);
     }
+}
+
+#[test]
+fn several_commands_in_one_call_see_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap().shard(0).unwrap();
+    s.apply(&[(1, ShardCommand::Insert { events: vec![event(1, 10, "a"), event(2, 20, "a")] })]).unwrap();
+    let out = s
+        .apply(&[
+            (2, ShardCommand::Insert { events: vec![event(3, 30, "a")] }),
+            (3, ShardCommand::Delete { ids: vec![Uuid::from_u128(1), Uuid::from_u128(3)] }),
+            (4, ShardCommand::Insert { events: vec![event(1, 11, "a")] }),
+            (5, ShardCommand::Retention { stream: "a".into(), before: 15 }),
+        ])
+        .unwrap();
+    assert_eq!((out.stored, out.deleted), (2, 3));
+    let left: Vec<u128> = all_events(&s).iter().map(|e| e.id.as_u128()).collect();
+    assert_eq!(left, vec![2]);
+    assert_eq!(s.command_result(3).unwrap(), Some(2));
+    assert_eq!(s.command_result(5).unwrap(), Some(1));
+    assert_eq!(s.event_count().unwrap(), 1);
 }

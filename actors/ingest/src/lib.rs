@@ -37,6 +37,10 @@ struct Counters {
     dead_letters: AtomicU64,
     batches: AtomicU64,
     requests: AtomicU64,
+    /// Set once the request subscription is in place.
+    serving_requests: std::sync::atomic::AtomicBool,
+    /// Set once the LOGS consumer is pulling.
+    pulling_logs: std::sync::atomic::AtomicBool,
 }
 
 /// The ingest actor's observable state.
@@ -52,6 +56,8 @@ pub struct IngestState {
     pub batches: u64,
     /// Ingest requests answered (the request/reply path).
     pub requests: u64,
+    /// Both ways in are open: requests are subscribed and LOGS is being pulled.
+    pub ready: bool,
     pub last_error: Option<String>,
 }
 
@@ -137,6 +143,7 @@ impl Handler<GetState> for IngestActor {
             dead_letters: c.dead_letters.load(Ordering::Relaxed),
             batches: c.batches.load(Ordering::Relaxed),
             requests: c.requests.load(Ordering::Relaxed),
+            ready: c.serving_requests.load(Ordering::SeqCst) && c.pulling_logs.load(Ordering::SeqCst),
             last_error: self.last_error.lock().unwrap().clone(),
         }
     }
@@ -177,6 +184,7 @@ impl Runner {
             .await
             .context("pulling from LOGS")?
             .ready_chunks(self.batch);
+        self.counters.pulling_logs.store(true, Ordering::SeqCst);
         let mut last_purge = Instant::now();
         while let Some(chunk) = messages.next().await {
             let msgs = chunk.into_iter().collect::<Result<Vec<_>, _>>().context("receiving from LOGS")?;
@@ -273,6 +281,9 @@ impl Runner {
             .await
             .context("subscribing to ingest requests")?
             .ready_chunks(self.batch);
+        // The subscription is registered once the server has seen it.
+        client.flush().await.context("registering the ingest subscription")?;
+        self.counters.serving_requests.store(true, Ordering::SeqCst);
         info!(subject = %subject, "ingest-requests-served");
         while let Some(msgs) = sub.next().await {
             let mut inputs = Vec::with_capacity(msgs.len());

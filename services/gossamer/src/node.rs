@@ -65,6 +65,16 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         ingest,
         nats: nats.clone(),
     });
+    // Ready means producers can be answered: wait for ingest to subscribe and pull.
+    if let Some(ingest) = &handle.ingest {
+        let start = std::time::Instant::now();
+        while !ingest.send(gossamer_ingest::GetState).await?.ready {
+            if start.elapsed() > NATS_WAIT {
+                anyhow::bail!("the ingest actor did not start within {}s", NATS_WAIT.as_secs());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     let (server, addr) = crate::http::bind(handle.clone(), &cfg.http)?;
     let server_handle = server.handle();
     let serving = actix_rt::spawn(server);

@@ -205,7 +205,7 @@ impl Runner {
                     }
                 }
             }
-            store.apply_with(&commands, &compile_delete_query).map(|o| (o, undecodable))
+            store.apply_with(commands, &compile_delete_query).map(|o| (o, undecodable))
         })
         .await?
         .context("applying to sled")?;

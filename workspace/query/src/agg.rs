@@ -296,7 +296,7 @@ mod tests {
         let shards: Vec<ShardStore> = (0..4).map(|n| store.shard(n).unwrap()).collect();
         let events: Vec<Event> = (0..600).map(event).collect();
         for (i, chunk) in events.chunks(50).enumerate() {
-            shards[i % 4].apply(&[(i as u64 + 1, ShardCommand::Insert { events: chunk.to_vec() })]).unwrap();
+            shards[i % 4].apply(vec![(i as u64 + 1, ShardCommand::Insert { events: chunk.to_vec() })]).unwrap();
         }
         let spec = AggSpec::parse("count", None, Some("host,level"), Some("5m")).unwrap();
         let out = aggregate(&shards, &Expr::All, TimeRange::default(), &spec).unwrap().finish(&spec);

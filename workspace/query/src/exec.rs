@@ -258,7 +258,7 @@ mod tests {
         for (i, chunk) in evs.chunks(7).enumerate() {
             let s = &shards[i % 3];
             let seq = s.applied_seq().unwrap() + 1;
-            s.apply(&[(seq, ShardCommand::Insert { events: chunk.to_vec() })]).unwrap();
+            s.apply(vec![(seq, ShardCommand::Insert { events: chunk.to_vec() })]).unwrap();
         }
         shards
     }

@@ -367,18 +367,18 @@ impl ShardStore {
     /// then flushes. Messages at or below the applied sequence are skipped.
     /// `DeleteWhere` commands need `compile` to turn their query into a predicate; one
     /// that does not compile deletes nothing (it was checked before it was published).
-    pub fn apply(&self, commands: &[(u64, ShardCommand)]) -> Result<Applied> {
+    pub fn apply(&self, commands: Vec<(u64, ShardCommand)>) -> Result<Applied> {
         self.apply_with(commands, &|_| None)
     }
 
     /// [`ShardStore::apply`], with a compiler for `DeleteWhere` queries.
-    pub fn apply_with(&self, commands: &[(u64, ShardCommand)], compile: &dyn Fn(&str) -> Option<Predicate>) -> Result<Applied> {
+    pub fn apply_with(&self, commands: Vec<(u64, ShardCommand)>, compile: &dyn Fn(&str) -> Option<Predicate>) -> Result<Applied> {
         let mut applied_seq = self.applied_seq()?;
         let mut w = Work::new(self)?;
         let mut outcome = Applied::default();
         let mut results: Vec<(u64, u64)> = Vec::new();
         for (seq, cmd) in commands {
-            if *seq <= applied_seq {
+            if seq <= applied_seq {
                 outcome.replayed += 1;
                 continue;
             }
@@ -388,36 +388,36 @@ impl ShardStore {
                         if w.locate(&e.id)?.is_some() {
                             outcome.duplicates += 1;
                         } else {
-                            w.insert(*seq, e.clone());
+                            w.insert(seq, e);
                             outcome.stored += 1;
                         }
                     }
                 }
                 ShardCommand::Delete { ids } => {
-                    let n = w.delete_ids(ids)?;
+                    let n = w.delete_ids(&ids)?;
                     outcome.deleted += n;
-                    results.push((*seq, n));
+                    results.push((seq, n));
                 }
                 ShardCommand::DeleteWhere { q, from, to } => {
-                    let n = match compile(q) {
-                        Some(pred) => w.delete_matching(*from, *to, &|e| pred(e))?,
+                    let n = match compile(&q) {
+                        Some(pred) => w.delete_matching(from, to, &|e| pred(e))?,
                         None => 0,
                     };
                     outcome.deleted += n;
-                    results.push((*seq, n));
+                    results.push((seq, n));
                 }
                 ShardCommand::Retention { stream, before } => {
-                    let n = w.delete_matching(i64::MIN, *before, &|e| e.stream == *stream)?;
+                    let n = w.delete_matching(i64::MIN, before, &|e| e.stream == stream)?;
                     outcome.deleted += n;
-                    results.push((*seq, n));
+                    results.push((seq, n));
                 }
                 ShardCommand::Update { id, labels, fields } => {
-                    let n = w.update(id, labels, fields)?;
+                    let n = w.update(&id, &labels, &fields)?;
                     outcome.updated += n;
-                    results.push((*seq, n));
+                    results.push((seq, n));
                 }
             }
-            applied_seq = *seq;
+            applied_seq = seq;
         }
         let mut batch = w.finish()?;
         for (seq, n) in results {

@@ -30,12 +30,12 @@ fn replayed_sequences_and_known_ids_store_nothing_twice() {
     let store = Store::open(dir.path()).unwrap();
     let s = store.shard(3).unwrap();
     let first = ShardCommand::Insert { events: vec![event(1, 10, "a"), event(2, 20, "b")] };
-    assert_eq!(s.apply(&[(5, first.clone())]).unwrap().stored, 2);
+    assert_eq!(s.apply(vec![(5, first.clone())]).unwrap().stored, 2);
     // The same message redelivered: skipped by sequence.
-    assert_eq!(s.apply(&[(5, first.clone())]).unwrap(), Applied { replayed: 1, ..Default::default() });
+    assert_eq!(s.apply(vec![(5, first.clone())]).unwrap(), Applied { replayed: 1, ..Default::default() });
     // The same events republished under a new sequence: skipped by id.
     let again = ShardCommand::Insert { events: vec![event(2, 20, "b"), event(3, 30, "b"), event(3, 30, "b")] };
-    let out = s.apply(&[(6, again)]).unwrap();
+    let out = s.apply(vec![(6, again)]).unwrap();
     assert_eq!((out.stored, out.duplicates), (1, 2));
     assert_eq!(s.event_count().unwrap(), 3);
     assert_eq!(s.applied_seq().unwrap(), 6);
@@ -48,8 +48,8 @@ fn replayed_sequences_and_known_ids_store_nothing_twice() {
 fn blocks_outside_the_time_range_are_skipped_without_decoding() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap().shard(0).unwrap();
-    s.apply(&[(1, ShardCommand::Insert { events: vec![event(1, 100, "a"), event(2, 200, "a")] })]).unwrap();
-    s.apply(&[(2, ShardCommand::Insert { events: vec![event(3, 300, "a")] })]).unwrap();
+    s.apply(vec![(1, ShardCommand::Insert { events: vec![event(1, 100, "a"), event(2, 200, "a")] })]).unwrap();
+    s.apply(vec![(2, ShardCommand::Insert { events: vec![event(3, 300, "a")] })]).unwrap();
     let mut seen = Vec::new();
     s.for_each_block(250, 1000, true, |meta, _| {
         seen.push(meta.seq);
@@ -134,7 +134,7 @@ proptest! {
                         continue;
                     }
                     let events = ids.iter().map(|&i| model_event(i)).collect();
-                    store.shard(1).unwrap().apply(&[(seq, ShardCommand::Insert { events })]).unwrap();
+                    store.shard(1).unwrap().apply(vec![(seq, ShardCommand::Insert { events })]).unwrap();
                     continue;
                 }
                 Op::Insert(ids) => {
@@ -171,7 +171,7 @@ proptest! {
                 }
             };
             seq += 1;
-            store.shard(1).unwrap().apply_with(&[(seq, cmd)], &compile).unwrap();
+            store.shard(1).unwrap().apply_with(vec![(seq, cmd)], &compile).unwrap();
         }
         let s = store.shard(1).unwrap();
         let mut got: Vec<(u128, (i64, String, String))> = all_events(&s)
@@ -198,9 +198,9 @@ proptest! {
 fn several_commands_in_one_call_see_each_other() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(dir.path()).unwrap().shard(0).unwrap();
-    s.apply(&[(1, ShardCommand::Insert { events: vec![event(1, 10, "a"), event(2, 20, "a")] })]).unwrap();
+    s.apply(vec![(1, ShardCommand::Insert { events: vec![event(1, 10, "a"), event(2, 20, "a")] })]).unwrap();
     let out = s
-        .apply(&[
+        .apply(vec![
             (2, ShardCommand::Insert { events: vec![event(3, 30, "a")] }),
             (3, ShardCommand::Delete { ids: vec![Uuid::from_u128(1), Uuid::from_u128(3)] }),
             (4, ShardCommand::Insert { events: vec![event(1, 11, "a")] }),

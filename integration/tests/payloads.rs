@@ -45,6 +45,11 @@ async fn every_payload_kind_round_trips_and_bad_ones_are_dead_lettered() {
         ("logs.bad.array", br#"[{"message":"fine"}, 42]"#.to_vec(), "event 1: expected an object"),
         ("logs.bad.labels", br#"{"labels":{"a":[1]}}"#.to_vec(), "label `a` must be a string"),
         ("logs.bad.empty", b"   ".to_vec(), "empty payload"),
+        (
+            "logs.bad.toomanylabels",
+            json!({"labels": (0..65).map(|i| (format!("k{i}"), json!("v"))).collect::<serde_json::Map<_, _>>()}).to_string().into_bytes(),
+            "labels: 65 is over the limit of 64 (limits.max_labels)",
+        ),
         ("logs.bad!stream", b"hello".to_vec(), "invalid stream name"),
     ];
     for (i, (subject, body, _)) in bad.iter().enumerate() {

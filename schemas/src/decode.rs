@@ -29,6 +29,69 @@ pub enum DecodeError {
     Event { index: usize, reason: String },
     #[error("invalid stream name {0:?}: expected dot-separated tokens of [A-Za-z0-9_-]")]
     Stream(String),
+    #[error("{what}: {value} is over the limit of {limit} (limits.{name})")]
+    Limit { what: &'static str, value: usize, limit: usize, name: &'static str },
+}
+
+/// What one payload and one event may hold. Each limit is configurable (the `limits`
+/// section of the config file); going over one dead-letters the payload with a reason
+/// that names it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    pub max_payload_bytes: usize,
+    pub max_batch_events: usize,
+    pub max_message_bytes: usize,
+    pub max_labels: usize,
+    pub max_label_key_bytes: usize,
+    pub max_label_value_bytes: usize,
+    /// Nesting of objects and arrays in `fields`.
+    pub max_field_depth: usize,
+    pub max_stream_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_payload_bytes: 4 << 20,
+            max_batch_events: 10_000,
+            max_message_bytes: 256 << 10,
+            max_labels: 64,
+            max_label_key_bytes: 128,
+            max_label_value_bytes: 1024,
+            max_field_depth: 16,
+            max_stream_bytes: 256,
+        }
+    }
+}
+
+impl Limits {
+    fn check(value: usize, limit: usize, what: &'static str, name: &'static str) -> Result<(), DecodeError> {
+        if value > limit {
+            return Err(DecodeError::Limit { what, value, limit, name });
+        }
+        Ok(())
+    }
+
+    fn check_event(&self, e: &Event) -> Result<(), DecodeError> {
+        Self::check(e.message.len(), self.max_message_bytes, "message bytes", "max_message_bytes")?;
+        Self::check(e.labels.len(), self.max_labels, "labels", "max_labels")?;
+        for (k, v) in &e.labels {
+            Self::check(k.len(), self.max_label_key_bytes, "label name bytes", "max_label_key_bytes")?;
+            Self::check(v.len(), self.max_label_value_bytes, "label value bytes", "max_label_value_bytes")?;
+        }
+        let depth = e.fields.values().map(depth_of).max().unwrap_or(0) + 1;
+        Self::check(depth, self.max_field_depth, "field nesting depth", "max_field_depth")
+    }
+}
+
+/// How deeply a value nests (a scalar is 0).
+fn depth_of(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(depth_of).max().unwrap_or(0),
+        Value::Object(o) => 1 + o.values().map(depth_of).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// What makes assigned ids deterministic: the same message redelivered gets the same
@@ -62,16 +125,22 @@ pub fn decode_payload(
     payload: &[u8],
     content_type: Option<&str>,
     seed: IdSeed,
+    limits: &Limits,
 ) -> Result<Vec<Event>, DecodeError> {
+    Limits::check(stream.len(), limits.max_stream_bytes, "stream name bytes", "max_stream_bytes")?;
     if !crate::event::is_valid_stream(stream) {
         return Err(DecodeError::Stream(stream.to_string()));
     }
+    Limits::check(payload.len(), limits.max_payload_bytes, "payload bytes", "max_payload_bytes")?;
     let values = decode_values(payload, content_type)?;
+    Limits::check(values.len(), limits.max_batch_events, "events in the batch", "max_batch_events")?;
     values
         .into_iter()
         .enumerate()
         .map(|(i, v)| {
-            event_from_value(stream, v, seed, i).map_err(|reason| DecodeError::Event { index: i, reason })
+            let e = event_from_value(stream, v, seed, i).map_err(|reason| DecodeError::Event { index: i, reason })?;
+            limits.check_event(&e).map_err(|err| DecodeError::Event { index: i, reason: err.to_string() })?;
+            Ok(e)
         })
         .collect()
 }
@@ -243,7 +312,7 @@ mod tests {
     const SEED: IdSeed = IdSeed { received_ns: 1_780_000_000_000_000_000, seq: 7 };
 
     fn one(payload: &[u8]) -> Event {
-        let mut v = decode_payload("app.api", payload, None, SEED).unwrap();
+        let mut v = decode_payload("app.api", payload, None, SEED, &Limits::default()).unwrap();
         assert_eq!(v.len(), 1);
         v.remove(0)
     }
@@ -274,10 +343,10 @@ mod tests {
 
     #[test]
     fn batches_ndjson_and_arrays() {
-        let nd = decode_payload("s", b"{\"message\":\"a\"}\n{\"message\":\"b\"}\n", None, SEED).unwrap();
+        let nd = decode_payload("s", b"{\"message\":\"a\"}\n{\"message\":\"b\"}\n", None, SEED, &Limits::default()).unwrap();
         assert_eq!(nd.iter().map(|e| e.message.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         assert_ne!(nd[0].id, nd[1].id);
-        let arr = decode_payload("s", br#"[{"message":"a","ts":1780000000123},"b"]"#, None, SEED).unwrap();
+        let arr = decode_payload("s", br#"[{"message":"a","ts":1780000000123},"b"]"#, None, SEED, &Limits::default()).unwrap();
         assert_eq!(arr.len(), 2);
         assert_eq!(arr[0].ts, 1_780_000_000_123_000_000);
         assert_eq!(arr[1].message, "b");
@@ -295,12 +364,12 @@ mod tests {
         let e = one(&bytes);
         assert_eq!((e.message.as_str(), e.level.as_str()), ("from msgpack", "error"));
         let arr = rmp_serde::to_vec_named(&serde_json::json!([v, v])).unwrap();
-        assert_eq!(decode_payload("s", &arr, Some("application/msgpack"), SEED).unwrap().len(), 2);
+        assert_eq!(decode_payload("s", &arr, Some("application/msgpack"), SEED, &Limits::default()).unwrap().len(), 2);
     }
 
     #[test]
     fn malformed_payloads_say_why() {
-        let err = |p: &[u8]| decode_payload("s", p, None, SEED).unwrap_err().to_string();
+        let err = |p: &[u8]| decode_payload("s", p, None, SEED, &Limits::default()).unwrap_err().to_string();
         assert!(err(b"{\"message\": ").starts_with("invalid JSON"), "{}", err(b"{\"message\": "));
         assert!(err(b"{\"a\":1}\n{oops}").starts_with("invalid JSON"));
         assert_eq!(err(b"  \n"), "empty payload");
@@ -310,8 +379,33 @@ mod tests {
         assert!(err(br#"{"ts":"yesterday"}"#).contains("neither RFC 3339"));
         assert!(err(br#"[{"message":"ok"}, 5]"#).starts_with("event 1: expected an object"));
         assert!(err(br#"{"labels":{"a":{"b":1}}}"#).contains("label `a` must be a string"));
-        let bad_stream = decode_payload("a..b", b"x", None, SEED).unwrap_err();
+        let bad_stream = decode_payload("a..b", b"x", None, SEED, &Limits::default()).unwrap_err();
         assert!(matches!(bad_stream, DecodeError::Stream(_)));
+    }
+
+    #[test]
+    fn every_limit_is_named_when_exceeded() {
+        let small = Limits {
+            max_payload_bytes: 200,
+            max_batch_events: 2,
+            max_message_bytes: 10,
+            max_labels: 1,
+            max_label_key_bytes: 3,
+            max_label_value_bytes: 3,
+            max_field_depth: 2,
+            max_stream_bytes: 8,
+        };
+        let err = |stream: &str, p: &[u8]| decode_payload(stream, p, None, SEED, &small).unwrap_err().to_string();
+        assert_eq!(err("s", &[b' '; 201]), "payload bytes: 201 is over the limit of 200 (limits.max_payload_bytes)");
+        assert!(err("s", b"[\"a\",\"b\",\"c\"]").contains("limits.max_batch_events"));
+        assert!(err("s", b"{\"message\":\"far too long\"}").contains("limits.max_message_bytes"));
+        assert!(err("s", br#"{"labels":{"a":"1","b":"2"}}"#).contains("limits.max_labels"));
+        assert!(err("s", br#"{"labels":{"long":"1"}}"#).contains("limits.max_label_key_bytes"));
+        assert!(err("s", br#"{"labels":{"a":"long"}}"#).contains("limits.max_label_value_bytes"));
+        assert!(err("s", br#"{"fields":{"a":{"b":{"c":1}}}}"#).contains("limits.max_field_depth"));
+        assert!(err("much.too.long", b"x").contains("limits.max_stream_bytes"));
+        assert!(err("s", br#"[{"message":"ok"},{"fields":{"a":[[1]]}}]"#).starts_with("event 1: "));
+        decode_payload("s", br#"{"message":"ok","labels":{"a":"b"},"fields":{"a":{"b":1}}}"#, None, SEED, &small).unwrap();
     }
 
     #[test]

@@ -94,6 +94,7 @@ impl IngestActor {
             js: self.js.clone(),
             subjects: Subjects::new(&self.cfg.cluster),
             shards: self.cfg.shards,
+            limits: Arc::new(self.cfg.limits.clone()),
             batch: self.cfg.ingest_batch.max(1),
             names: self.names.clone(),
             counters: self.counters.clone(),
@@ -153,6 +154,7 @@ struct Runner {
     js: jetstream::Context,
     subjects: Subjects,
     shards: u32,
+    limits: Arc<gossamer_schemas::decode::Limits>,
     batch: usize,
     names: StreamNames,
     counters: Arc<Counters>,
@@ -233,7 +235,8 @@ impl Runner {
     /// batches and dead letters and waits for every ack. Returns each input's outcome.
     async fn ingest(&self, inputs: Vec<Input>) -> Result<Vec<Outcome>> {
         let shards = self.shards;
-        let prepared = tokio::task::spawn_blocking(move || prepare(inputs, shards)).await??;
+        let limits = self.limits.clone();
+        let prepared = tokio::task::spawn_blocking(move || prepare(inputs, shards, &limits)).await??;
         let mut pending = FuturesUnordered::new();
         for (i, reason) in prepared.dead.iter() {
             let input = &prepared.inputs[*i];
@@ -377,14 +380,14 @@ struct Prepared {
     events: u64,
 }
 
-fn prepare(inputs: Vec<Input>, shards: u32) -> Result<Prepared> {
+fn prepare(inputs: Vec<Input>, shards: u32, limits: &gossamer_schemas::decode::Limits) -> Result<Prepared> {
     let mut per_shard: HashMap<u32, Vec<Event>> = HashMap::new();
     let mut outcomes = Vec::with_capacity(inputs.len());
     let mut dead = Vec::new();
     let mut events = 0u64;
     for (i, input) in inputs.iter().enumerate() {
         let stream = input.subject.get(input.stream_offset..).unwrap_or_default();
-        match decode_payload(stream, &input.payload, input.content_type.as_deref(), input.seed) {
+        match decode_payload(stream, &input.payload, input.content_type.as_deref(), input.seed, limits) {
             Ok(evs) => {
                 outcomes.push(Outcome::Accepted(evs.len()));
                 events += evs.len() as u64;

@@ -33,6 +33,8 @@ pub struct Config {
     pub ingest_batch: usize,
     /// How often per-stream retention is applied, in seconds.
     pub retention_every_secs: u64,
+    /// What one payload and one event may hold.
+    pub limits: gossamer_schemas::decode::Limits,
 }
 
 impl Default for Config {
@@ -50,6 +52,7 @@ impl Default for Config {
             shards_max_age_secs: 24 * 3600,
             ingest_batch: 2000,
             retention_every_secs: 60,
+            limits: Default::default(),
         }
     }
 }

@@ -16,6 +16,8 @@ use crate::ast::{CmpOp, Expr, Term, ValueOp};
 
 /// Longest query text accepted.
 pub const MAX_QUERY_LEN: usize = 8192;
+/// Most terms and operators in one query.
+pub const MAX_QUERY_TERMS: usize = 256;
 
 /// A query that does not parse: where (1-based character column) and what was expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,6 +303,9 @@ pub fn parse(q: &str) -> Result<Expr, ParseError> {
     let lexer = Lexer::new(q);
     let end = lexer.chars.len();
     let toks = lexer.tokens()?;
+    if toks.len() > MAX_QUERY_TERMS {
+        return err(toks[MAX_QUERY_TERMS].0, format!("expected at most {MAX_QUERY_TERMS} terms and operators in a query"));
+    }
     if toks.is_empty() {
         return Ok(Expr::All);
     }
@@ -389,6 +394,8 @@ mod tests {
         assert_eq!(e("id:42"), "query error at column 4: expected a UUID after 'id:', found \"42\"");
         assert!(e("k:~(").starts_with("query error at column 3: expected a valid regex"));
         assert_eq!(e("!!"), "query error at column 1: expected a word with letters or digits, found \"!!\"");
+        assert!(e(&"a ".repeat(300)).ends_with("expected at most 256 terms and operators in a query"));
+        assert!(e(&"a".repeat(9000)).ends_with("expected at most 8192 bytes of query"));
     }
 
     #[test]

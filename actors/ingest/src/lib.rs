@@ -189,6 +189,7 @@ impl Runner {
         self.counters.pulling_logs.store(true, Ordering::SeqCst);
         let mut last_purge = Instant::now();
         while let Some(chunk) = messages.next().await {
+            let chunk = linger(&mut messages, chunk, |m| m.as_ref().map(|m| m.payload.len()).unwrap_or(0)).await;
             let msgs = chunk.into_iter().collect::<Result<Vec<_>, _>>().context("receiving from LOGS")?;
             if let Err(e) = self.round(&msgs).await {
                 // Let them come back at once rather than after the ack wait.
@@ -289,6 +290,7 @@ impl Runner {
         self.counters.serving_requests.store(true, Ordering::SeqCst);
         info!(subject = %subject, "ingest-requests-served");
         while let Some(msgs) = sub.next().await {
+            let msgs = linger(&mut sub, msgs, |m| m.payload.len()).await;
             let mut inputs = Vec::with_capacity(msgs.len());
             let mut replies = Vec::with_capacity(msgs.len());
             for m in msgs {
@@ -349,6 +351,32 @@ impl Runner {
             }
         }
     }
+}
+
+/// How long a round waits for more input once some has arrived.
+const LINGER: Duration = Duration::from_millis(5);
+/// A round stops gathering at this many payload bytes.
+const ROUND_BYTES: usize = 8 << 20;
+
+/// Gathers more of what is arriving, for up to [`LINGER`] or [`ROUND_BYTES`]: one
+/// round then carries more events per shard, and each shard batch costs the bus, the
+/// shard actor and sled the same whatever its size.
+async fn linger<S, T>(stream: &mut S, mut first: Vec<T>, bytes: impl Fn(&T) -> usize) -> Vec<T>
+where
+    S: futures::Stream<Item = Vec<T>> + Unpin,
+{
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut size: usize = first.iter().map(&bytes).sum();
+    while size < ROUND_BYTES {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(more)) => {
+                size += more.iter().map(&bytes).sum::<usize>();
+                first.extend(more);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    first
 }
 
 /// One payload to ingest, from LOGS or from a request.

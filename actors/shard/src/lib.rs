@@ -110,6 +110,12 @@ impl Handler<GetState> for ShardActor {
     }
 }
 
+/// Shard applies running at once, across every shard of the node: one per core.
+fn apply_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    PERMITS.get_or_init(|| tokio::sync::Semaphore::new(std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2)))
+}
+
 /// Turns a `DeleteWhere` query into a predicate. Queries are checked before they are
 /// published, so one that does not parse here deletes nothing.
 fn compile_delete_query(q: &str) -> Option<gossamer_storage::Predicate> {
@@ -191,7 +197,10 @@ impl Runner {
             frames.push((info.stream_sequence, m.payload.clone()));
         }
         let store = self.store.clone();
-        // Decoding and the sled write both run on the blocking pool.
+        // Decoding and the sled write run on the blocking pool, a few shards at a time:
+        // sixty-four shards writing at once on two cores only add thread switches, while
+        // a shard that waits gathers a bigger batch for its next write.
+        let _permit = apply_permits().acquire().await.context("the apply limiter closed")?;
         let (outcome, undecodable) = tokio::task::spawn_blocking(move || {
             let mut commands = Vec::with_capacity(frames.len());
             let mut undecodable = 0;

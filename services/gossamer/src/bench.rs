@@ -242,15 +242,16 @@ impl NodeProcess {
             .spawn()
             .context("starting a node")?;
         let stdout = child.stdout.take().context("node stdout")?;
-        let mut http = None;
-        for line in std::io::BufReader::new(stdout).lines() {
-            let line = line?;
-            if let Some(a) = line.split("console: ").nth(1) {
-                http = Some(a.trim_end_matches('/').to_string());
-                break;
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Keep reading the node's stdout for its whole life.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(a) = line.split("console: ").nth(1) {
+                    let _ = tx.send(a.trim_end_matches('/').to_string());
+                }
             }
-        }
-        let http = http.context("the node exited before listening")?;
+        });
+        let http = rx.recv_timeout(Duration::from_secs(120)).context("the node exited before listening")?;
         Ok(Self { child, http })
     }
 

@@ -231,12 +231,20 @@ pub async fn shutdown_signal() {
 }
 
 fn print_ready(cfg: &Config, addr: std::net::SocketAddr) {
-    println!("Gossamer node {} is up.", cfg.node_id);
-    println!("  REST API and console: http://{addr}/");
-    println!("  NATS: {}", cfg.nats);
-    println!("  publish:  gossamer publish --nats {} --stream myapp FILE   (or any NATS client: publish JSON to logs.myapp)", cfg.nats);
-    println!("  query:    gossamer query --server http://{addr} 'level:error'");
-    println!("Press Ctrl-C to stop.");
+    use std::io::Write;
+    // Whoever started us may have stopped reading stdout: that must not stop the node.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "Gossamer node {} is up.", cfg.node_id);
+    let _ = writeln!(out, "  REST API and console: http://{addr}/");
+    let _ = writeln!(out, "  NATS: {}", cfg.nats);
+    let _ = writeln!(
+        out,
+        "  publish:  gossamer publish --nats {} --stream myapp FILE   (or any NATS client: publish JSON to logs.myapp)",
+        cfg.nats
+    );
+    let _ = writeln!(out, "  query:    gossamer query --server http://{addr} 'level:error'");
+    let _ = writeln!(out, "Press Ctrl-C to stop.");
+    let _ = out.flush();
 }
 
 fn run_node_blocking(cfg: Config) -> Result<()> {

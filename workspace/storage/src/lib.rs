@@ -50,6 +50,8 @@ pub type Result<T> = std::result::Result<T, StorageError>;
 pub struct Store {
     db: sled::Db,
     gate: Arc<FlushGate>,
+    /// One id filter per shard, shared by every handle on that shard.
+    filters: Arc<Mutex<BTreeMap<u32, Arc<Mutex<Option<IdFilter>>>>>>,
 }
 
 /// Group commit: shards that wrote while a flush ran share the next one, instead of
@@ -65,12 +67,13 @@ struct FlushGate {
 impl Store {
     pub fn open(path: &Path) -> Result<Self> {
         let db = sled::Config::new().path(path).cache_capacity(128 << 20).open()?;
-        Ok(Self { db, gate: Arc::default() })
+        Ok(Self { db, gate: Arc::default(), filters: Arc::default() })
     }
 
     pub fn shard(&self, shard: u32) -> Result<ShardStore> {
         let tree = self.db.open_tree(format!("shard-{shard}"))?;
-        Ok(ShardStore { shard, tree, db: self.db.clone(), gate: self.gate.clone() })
+        let filter = self.filters.lock().unwrap_or_else(|p| p.into_inner()).entry(shard).or_default().clone();
+        Ok(ShardStore { shard, tree, db: self.db.clone(), gate: self.gate.clone(), filter })
     }
 
     pub fn flush(&self) -> Result<()> {
@@ -128,6 +131,8 @@ pub type Predicate = Box<dyn Fn(&Event) -> bool + Send + Sync>;
 /// (read once, rewritten or removed at the end), the new block, id moves and counters.
 struct Work<'s> {
     store: &'s ShardStore,
+    /// The shard's id filter, held for the whole call.
+    filter: std::sync::MutexGuard<'s, Option<IdFilter>>,
     /// Existing blocks this call changed: their new events (empty: remove the block).
     blocks: BTreeMap<u64, Vec<Event>>,
     /// The new block and the last sequence that added to it.
@@ -144,8 +149,14 @@ const FRESH: u64 = u64::MAX;
 
 impl<'s> Work<'s> {
     fn new(store: &'s ShardStore) -> Result<Self> {
+        let count = store.event_count()?;
+        let mut filter = store.filter.lock().unwrap_or_else(|p| p.into_inner());
+        if filter.as_ref().is_none_or(|f| f.inserted >= f.capacity) {
+            *filter = Some(IdFilter::build(&store.tree, count)?);
+        }
         Ok(Self {
             store,
+            filter,
             blocks: BTreeMap::new(),
             fresh: Vec::new(),
             fresh_seq: 0,
@@ -160,10 +171,16 @@ impl<'s> Work<'s> {
         if let Some(at) = self.ids.get(id) {
             return Ok(*at);
         }
+        if self.filter.as_ref().is_some_and(|f| !f.may_contain(id)) {
+            return Ok(None);
+        }
         Ok(self.store.tree.get(key(ID, id.as_bytes()))?.map(|v| u64_of(Some(v))))
     }
 
     fn insert(&mut self, seq: u64, e: Event) {
+        if let Some(f) = &mut *self.filter {
+            f.insert(&e.id);
+        }
         self.ids.insert(e.id, Some(FRESH));
         *self.streams.entry(e.stream.clone()).or_default() += 1;
         self.count += 1;
@@ -325,6 +342,55 @@ pub struct ShardStore {
     tree: sled::Tree,
     db: sled::Db,
     gate: Arc<FlushGate>,
+    /// Built on the first apply: which ids may be stored, so new ids skip the lookup.
+    filter: Arc<Mutex<Option<IdFilter>>>,
+}
+
+/// A Bloom filter over the shard's stored ids. "No" is certain, so a new event needs no
+/// sled lookup; "maybe" is checked in sled. Deleted ids stay in it (a false "maybe"
+/// costs one lookup). It doubles, rebuilt from the id keys, when it fills up.
+struct IdFilter {
+    bits: Vec<u64>,
+    /// Ids it was sized for.
+    capacity: u64,
+    inserted: u64,
+}
+
+/// Bits per id (with 4 probes: about 0.2% false "maybe").
+const FILTER_BITS_PER_ID: u64 = 16;
+const FILTER_MIN_CAPACITY: u64 = 1 << 16;
+
+impl IdFilter {
+    fn build(tree: &sled::Tree, at_least: u64) -> Result<Self> {
+        let capacity = (at_least * 2).max(FILTER_MIN_CAPACITY).next_power_of_two();
+        let mut f = Self { bits: vec![0; (capacity * FILTER_BITS_PER_ID / 64) as usize], capacity, inserted: 0 };
+        for k in tree.scan_prefix([ID]).keys() {
+            let k = k?;
+            if let Ok(id) = Uuid::from_slice(&k[1..]) {
+                f.insert(&id);
+            }
+        }
+        Ok(f)
+    }
+
+    fn probes(&self, id: &Uuid) -> impl Iterator<Item = usize> {
+        let h = xxhash_rust::xxh3::xxh3_128(id.as_bytes());
+        let (h1, h2) = (h as u64, (h >> 64) as u64 | 1);
+        let nbits = self.bits.len() as u64 * 64;
+        (0..4u64).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % nbits) as usize)
+    }
+
+    fn may_contain(&self, id: &Uuid) -> bool {
+        self.probes(id).all(|b| self.bits[b / 64] & (1 << (b % 64)) != 0)
+    }
+
+    fn insert(&mut self, id: &Uuid) {
+        let probes: Vec<usize> = self.probes(id).collect();
+        for b in probes {
+            self.bits[b / 64] |= 1 << (b % 64);
+        }
+        self.inserted += 1;
+    }
 }
 
 fn u64_of(v: Option<sled::IVec>) -> u64 {

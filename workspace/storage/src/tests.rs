@@ -214,3 +214,20 @@ fn several_commands_in_one_call_see_each_other() {
     assert_eq!(s.command_result(5).unwrap(), Some(1));
     assert_eq!(s.event_count().unwrap(), 1);
 }
+
+#[test]
+fn the_id_filter_never_forgets_and_rarely_guesses() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let s = store.shard(0).unwrap();
+    let stored: Vec<Event> = (0..2000u128).map(|i| event(i * 2, 0, "s")).collect();
+    s.apply(vec![(1, ShardCommand::Insert { events: stored })]).unwrap();
+    // A second handle on the same shard shares the filter and sees every stored id.
+    let again = store.shard(0).unwrap();
+    let out = again.apply(vec![(2, ShardCommand::Insert { events: (0..4000u128).map(|i| event(i, 0, "s")).collect() })]).unwrap();
+    assert_eq!((out.stored, out.duplicates), (2000, 2000));
+    let f = s.filter.lock().unwrap();
+    let f = f.as_ref().unwrap();
+    let false_maybes = (10_000u128..20_000).filter(|i| f.may_contain(&Uuid::from_u128(*i))).count();
+    assert!(false_maybes < 200, "{false_maybes} false positives in 10,000");
+}

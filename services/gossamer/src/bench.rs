@@ -24,6 +24,24 @@ pub struct BenchArgs {
 enum BenchWhat {
     /// Publish-to-queryable ingest rate beside the raw JetStream publish rate.
     Ingest(IngestBench),
+    /// The query mix (selective newest-100 and count, phrase count, count by level,
+    /// p95 by dataset per minute) over N events, beside ripgrep on the same NDJSON.
+    Query(QueryBench),
+}
+
+#[derive(Args)]
+pub struct QueryBench {
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    #[arg(long, default_value_t = 64)]
+    shards: u32,
+    /// Timed runs of each query (after one warm-up run).
+    #[arg(long, default_value_t = 20)]
+    runs: usize,
+    #[arg(long, default_value = "integration/testdata/loghub")]
+    dataset: PathBuf,
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -79,6 +97,7 @@ struct IngestFigures {
 pub fn run(args: BenchArgs) -> Result<()> {
     match args.what {
         BenchWhat::Ingest(a) => ingest(a),
+        BenchWhat::Query(a) => query(a),
     }
 }
 
@@ -103,16 +122,18 @@ fn payloads(datasets: &[(String, Vec<Row>)], events: usize, batch: usize, prefix
     }
     let mut bytes = 0u64;
     let mut out = Vec::new();
-    for (d, lines) in per_ds.iter().enumerate() {
-        for chunk in lines.chunks(batch.max(1)) {
+    // Chunk k of every dataset covers the same stretch of time: publish chunk by chunk,
+    // datasets interleaved, so time moves forward as it would with live producers.
+    let chunks = per_ds.iter().map(|l| l.len().div_ceil(batch.max(1))).max().unwrap_or(0);
+    for k in 0..chunks {
+        for (d, lines) in per_ds.iter().enumerate() {
+            let Some(chunk) = lines.chunks(batch.max(1)).nth(k) else { continue };
             let mut body = chunk.join("\n");
             body.push('\n');
             bytes += body.len() as u64;
             out.push((format!("{prefix}loghub.{}", datasets[d].0), Bytes::from(body)));
         }
     }
-    // Interleave streams the way many producers would.
-    out.sort_by_key(|(s, b)| xxhash_rust::xxh3::xxh3_64(&[s.as_bytes(), &b[..64.min(b.len())]].concat()));
     (out, bytes)
 }
 
@@ -394,4 +415,173 @@ fn ingest(a: IngestBench) -> Result<()> {
         std::fs::write(&path, serde_json::to_vec_pretty(&figures)?)?;
     }
     Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct QueryFigure {
+    name: &'static str,
+    what: String,
+    answer: serde_json::Value,
+    p50_ms: f64,
+    p99_ms: f64,
+    ripgrep_ms: Option<f64>,
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// Median wall time of a shell pipeline over three runs, and its output.
+fn time_shell(cmd: &str) -> Result<(f64, String)> {
+    let mut times = Vec::new();
+    let mut out = String::new();
+    for _ in 0..3 {
+        let start = Instant::now();
+        let o = std::process::Command::new("sh").args(["-c", cmd]).output()?;
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+        out = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[1], out))
+}
+
+fn query(a: QueryBench) -> Result<()> {
+    let datasets = load_loghub(&a.dataset)?;
+    let tmp = tempfile::tempdir()?;
+    let server = crate::nats_server::NatsServer::start(&tmp.path().join("nats"), 0)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    eprintln!("generating {} events ...", a.events);
+    let (msgs, ndjson_bytes) = payloads(&datasets, a.events, 500, "");
+    let ndjson = tmp.path().join("events.ndjson");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&ndjson)?);
+        for (stream, body) in &msgs {
+            // The stream is the subject's, as Gossamer stores it.
+            for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let mut v: serde_json::Value = serde_json::from_slice(line)?;
+                v["stream"] = serde_json::Value::String(stream.clone());
+                writeln!(f, "{v}")?;
+            }
+        }
+    }
+    let node = NodeProcess::start(&server.url(), &tmp.path().join("node"), a.shards)?;
+    eprintln!("ingesting through the request/reply path ...");
+    rt.block_on(async {
+        let client = gossamer_bus::connect(&server.url(), Duration::from_secs(10)).await?;
+        request_all(&client, "gossamer.default.ingest.", &msgs, 256).await?;
+        wait_stored(&node, "loghub.", a.events as u64, Instant::now()).await
+    })?;
+    drop(msgs);
+    let base = format!("{}/api/v1", node.http);
+    let rg = std::process::Command::new("rg").arg("--version").output().is_ok();
+    let f = ndjson.display();
+    let mix: Vec<(&'static str, String, String, Option<String>)> = vec![
+        (
+            "Q1 selective, newest 100",
+            "stream:loghub.hdfs exception".into(),
+            "search?limit=100&q=".into(),
+            Some(format!("rg -F '\"stream\":\"loghub.hdfs\"' {f} | rg -i -w exception | sort -r | head -100 | wc -l")),
+        ),
+        (
+            "Q1 selective, count",
+            "stream:loghub.hdfs exception".into(),
+            "count?q=".into(),
+            Some(format!("rg -F '\"stream\":\"loghub.hdfs\"' {f} | rg -c -i -w exception")),
+        ),
+        (
+            "Q2 phrase count",
+            "\"authentication failure\"".into(),
+            "count?q=".into(),
+            Some(format!("rg -c -i 'authentication\\W+failure' {f}")),
+        ),
+        ("Q3 count by level", String::new(), "aggregate?fn=count&by=level&q=".into(), None),
+        ("Q4 p95 latency by dataset x minute", String::new(), "aggregate?fn=p95&field=latency_ms&by=dataset&bucket=1m&q=".into(), None),
+    ];
+    let mut figures = Vec::new();
+    for (name, q, path, rg_cmd) in mix {
+        let url = format!("{base}/{path}{}", urlencode(&q));
+        let mut times = Vec::new();
+        let mut answer = serde_json::Value::Null;
+        for run in 0..=a.runs {
+            let start = Instant::now();
+            let v: serde_json::Value = ureq::get(&url).call()?.into_json()?;
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            if run > 0 {
+                times.push(ms);
+            }
+            answer = match (&v["count"], &v["events"], &v["groups"]) {
+                (c, _, _) if !c.is_null() => c.clone(),
+                (_, e, _) if e.is_array() => serde_json::json!(e.as_array().map(|e| e.len())),
+                (_, _, g) => serde_json::json!(g.as_array().map(|g| g.len())),
+            };
+        }
+        times.sort_by(f64::total_cmp);
+        let ripgrep_ms = match (&rg_cmd, rg) {
+            (Some(cmd), true) => Some(time_shell(cmd)?.0),
+            _ => None,
+        };
+        eprintln!("{name}: p50 {:.1} ms", percentile(&times, 0.5));
+        figures.push(QueryFigure {
+            name,
+            what: format!("{path}{q}"),
+            answer,
+            p50_ms: percentile(&times, 0.5),
+            p99_ms: percentile(&times, 0.99),
+            ripgrep_ms,
+        });
+    }
+    let status = std::fs::read_to_string(format!("/proc/{}/status", node.child.id())).unwrap_or_default();
+    let peak_rss_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    node.stop()?;
+    let sled_bytes = dir_size(&tmp.path().join("node").join("sled"));
+    drop(server);
+    println!("{} events, {} shards, {} timed runs per query", a.events, a.shards, a.runs);
+    println!("{:<38} {:>10} {:>10} {:>12}  answer", "query", "p50 ms", "p99 ms", "ripgrep ms");
+    for q in &figures {
+        println!(
+            "{:<38} {:>10.1} {:>10.1} {:>12}  {}",
+            q.name,
+            q.p50_ms,
+            q.p99_ms,
+            q.ripgrep_ms.map(|r| format!("{r:.0}")).unwrap_or_else(|| "-".into()),
+            q.answer
+        );
+    }
+    println!(
+        "node peak RSS {:.0} MiB; sled {:.1} bytes/event, NDJSON {:.1} bytes/event ({:.2} x)",
+        peak_rss_kb as f64 / 1024.0,
+        sled_bytes as f64 / a.events as f64,
+        ndjson_bytes as f64 / a.events as f64,
+        sled_bytes as f64 / ndjson_bytes as f64
+    );
+    if let Some(path) = a.json {
+        std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(&serde_json::json!({
+                "events": a.events,
+                "shards": a.shards,
+                "queries": figures,
+                "peak_rss_kb": peak_rss_kb,
+                "sled_bytes": sled_bytes,
+                "ndjson_bytes": ndjson_bytes,
+            }))?,
+        )?;
+    }
+    Ok(())
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }

@@ -236,6 +236,18 @@ impl Aggregation {
 
 /// Aggregates the events matching `expr` in `range` over `shards`.
 pub fn aggregate(shards: &[ShardStore], expr: &Expr, range: TimeRange, spec: &AggSpec) -> Result<Aggregation, QueryError> {
+    let parts = crate::exec::per_core(shards, |mine| aggregate_some(&mine, expr, range, spec))?;
+    let mut total = Aggregation::default();
+    for part in parts {
+        total.merge(part);
+        if total.groups.len() > MAX_GROUPS {
+            return Err(QueryError::BadRequest(format!("the aggregation has more than {MAX_GROUPS} groups")));
+        }
+    }
+    Ok(total)
+}
+
+fn aggregate_some(shards: &[&ShardStore], expr: &Expr, range: TimeRange, spec: &AggSpec) -> Result<Aggregation, QueryError> {
     let mut total = Aggregation::default();
     for s in shards {
         let mut part = Aggregation::default();

@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 
 use gossamer_schemas::api::Order;
 use gossamer_schemas::Event;
-use gossamer_storage::ShardStore;
+use gossamer_storage::{BlockMeta, ShardStore};
 use uuid::Uuid;
 
 use crate::ast::{Expr, Matcher};
@@ -134,11 +134,31 @@ fn past_cursor(order: Order, cursor: Option<Cursor>, e: &Event) -> bool {
     }
 }
 
+/// Runs `f` on one thread per core, each thread given every n-th shard, and returns
+/// what each thread found.
+pub(crate) fn per_core<R: Send>(
+    shards: &[ShardStore],
+    f: impl Fn(Vec<&ShardStore>) -> Result<R, QueryError> + Sync,
+) -> Result<Vec<R>, QueryError> {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(shards.len()).max(1);
+    if threads == 1 {
+        return Ok(vec![f(shards.iter().collect())?]);
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let mine: Vec<&ShardStore> = shards.iter().skip(t).step_by(threads).collect();
+                let f = &f;
+                scope.spawn(move || f(mine))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().expect("a query thread panicked")).collect()
+    })
+}
+
 /// One page of matching events over `shards`.
 pub fn search(shards: &[ShardStore], p: &SearchParams) -> Result<SearchPage, QueryError> {
     let limit = p.limit.clamp(1, MAX_LIMIT);
-    // One more than the page, to know whether a next page exists.
-    let mut top = TopK::new(p.order, limit + 1);
     let mut range = p.range;
     if let Some(c) = p.cursor {
         match p.order {
@@ -146,29 +166,28 @@ pub fn search(shards: &[ShardStore], p: &SearchParams) -> Result<SearchPage, Que
             Order::Asc => range.from = range.from.max(c.ts),
         }
     }
-    for s in shards {
-        let mut failed = None;
-        s.for_each_block(range.from, range.to, p.order == Order::Desc, |meta, decode| {
-            if top.excludes(meta.min_ts, meta.max_ts) {
-                return ControlFlow::Continue(());
+    // One more than the page, to know whether a next page exists.
+    let k = limit + 1;
+    // Every block of every shard, in page order of its time bounds: once the page is
+    // full and the next block cannot hold anything newer (older, ascending) than the
+    // page's last event, no later block can either.
+    let mut blocks: Vec<(usize, BlockMeta)> = Vec::new();
+    for (i, s) in shards.iter().enumerate() {
+        blocks.extend(s.block_metas(range.from, range.to)?.into_iter().map(|m| (i, m)));
+    }
+    match p.order {
+        Order::Desc => blocks.sort_by(|a, b| b.1.max_ts.cmp(&a.1.max_ts)),
+        Order::Asc => blocks.sort_by(|a, b| a.1.min_ts.cmp(&b.1.min_ts)),
+    }
+    let mut top = TopK::new(p.order, k);
+    for (i, meta) in blocks {
+        if top.excludes(meta.min_ts, meta.max_ts) {
+            break;
+        }
+        for e in shards[i].read_block(meta.seq)? {
+            if range.contains(e.ts) && past_cursor(p.order, p.cursor, &e) && p.expr.matches(&e) {
+                top.push(e);
             }
-            match decode() {
-                Ok(events) => {
-                    for e in events {
-                        if range.contains(e.ts) && past_cursor(p.order, p.cursor, &e) && p.expr.matches(&e) {
-                            top.push(e);
-                        }
-                    }
-                    ControlFlow::Continue(())
-                }
-                Err(err) => {
-                    failed = Some(err);
-                    ControlFlow::Break(())
-                }
-            }
-        })?;
-        if let Some(err) = failed {
-            return Err(err.into());
         }
     }
     // In page order: the newest first for `Desc`, the oldest first for `Asc`.
@@ -191,6 +210,10 @@ pub fn count(shards: &[ShardStore], expr: &Expr, range: TimeRange) -> Result<u64
         }
         return Ok(n);
     }
+    Ok(per_core(shards, |mine| count_some(&mine, expr, range))?.into_iter().sum())
+}
+
+fn count_some(shards: &[&ShardStore], expr: &Expr, range: TimeRange) -> Result<u64, QueryError> {
     let mut n = 0u64;
     for s in shards {
         let mut failed = None;

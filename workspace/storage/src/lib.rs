@@ -1,10 +1,12 @@
 //! Shard storage in sled.
 //!
 //! One sled database per node, one tree per shard. A shard's tree holds:
-//! - `b` + seq (u64 BE): a block, the events one apply call added (keyed by the last
-//!   sequence that added events), compressed;
+//! - `b` + block id (u64 BE: the last sequence of the apply call that added the events,
+//!   shifted left 16 bits, plus a part number): up to 512 events in time order,
+//!   compressed;
 //!   the value starts with the block's min and max `ts` and its event count so time
 //!   ranges skip blocks without decompressing them;
+//! - `h` + seq: the block's header alone, to list time bounds without reading blocks;
 //! - `i` + event id (16 bytes): the seq of the block holding that event (dedupe, get);
 //! - `s` + stream name: events stored for that stream (u64 BE);
 //! - `m:applied`, `m:count`: the last applied shard-log sequence and the event count.
@@ -29,6 +31,7 @@ const BLOCK: u8 = b'b';
 const ID: u8 = b'i';
 const STREAM: u8 = b's';
 const RESULT: u8 = b'r';
+const HEAD: u8 = b'h';
 const HEADER: usize = 20;
 /// zstd level for stored blocks.
 const BLOCK_LEVEL: i32 = 3;
@@ -146,6 +149,10 @@ struct Work<'s> {
 
 /// The `ids` marker for events in the new block.
 const FRESH: u64 = u64::MAX;
+/// Events per new block.
+const BLOCK_EVENTS: usize = 512;
+/// A block's key is its apply call's last adding sequence, shifted, plus its part.
+const PART_BITS: u32 = 16;
 
 impl<'s> Work<'s> {
     fn new(store: &'s ShardStore) -> Result<Self> {
@@ -290,21 +297,30 @@ impl<'s> Work<'s> {
     fn finish(self) -> Result<sled::Batch> {
         let mut batch = sled::Batch::default();
         for (seq, events) in &self.blocks {
-            let k = key(BLOCK, &seq.to_be_bytes());
             if events.is_empty() {
-                batch.remove(k);
+                batch.remove(key(BLOCK, &seq.to_be_bytes()));
+                batch.remove(key(HEAD, &seq.to_be_bytes()));
             } else {
-                batch.insert(k, encode_block(events)?);
+                put_block(&mut batch, *seq, events)?;
             }
         }
-        if !self.fresh.is_empty() {
-            batch.insert(key(BLOCK, &self.fresh_seq.to_be_bytes()), encode_block(&self.fresh)?);
+        // New events, in time order, in blocks of at most BLOCK_EVENTS: narrow time
+        // bounds let newest-first searches stop after the newest blocks.
+        let mut fresh = self.fresh;
+        fresh.sort_by_key(|e| e.ts);
+        let mut fresh_block: std::collections::HashMap<Uuid, u64> = std::collections::HashMap::with_capacity(fresh.len());
+        for (part, chunk) in fresh.chunks(BLOCK_EVENTS).enumerate() {
+            let block = (self.fresh_seq << PART_BITS) | part as u64;
+            for e in chunk {
+                fresh_block.insert(e.id, block);
+            }
+            put_block(&mut batch, block, chunk)?;
         }
         for (id, at) in &self.ids {
             let k = key(ID, id.as_bytes());
             match at {
-                Some(FRESH) => batch.insert(k, &self.fresh_seq.to_be_bytes()),
-                Some(seq) => batch.insert(k, &seq.to_be_bytes()),
+                Some(FRESH) => batch.insert(k, &fresh_block[id].to_be_bytes()),
+                Some(block) => batch.insert(k, &block.to_be_bytes()),
                 None => batch.remove(k),
             }
         }
@@ -328,6 +344,7 @@ impl<'s> Work<'s> {
 /// Time bounds of a block, read without decompressing it.
 #[derive(Debug, Clone, Copy)]
 pub struct BlockMeta {
+    /// The block's id (its key).
     pub seq: u64,
     pub min_ts: i64,
     pub max_ts: i64,
@@ -552,6 +569,27 @@ impl ShardStore {
         Ok(())
     }
 
+    /// The time bounds of every block overlapping `[from, to)`, from the headers alone.
+    pub fn block_metas(&self, from: i64, to: i64) -> Result<Vec<BlockMeta>> {
+        let mut out = Vec::new();
+        for kv in self.tree.scan_prefix([HEAD]) {
+            let (k, v) = kv?;
+            let meta = self.block_meta(&k, &v)?;
+            if meta.max_ts >= from && meta.min_ts < to {
+                out.push(meta);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The events of block `seq` (empty when it is gone, e.g. deleted meanwhile).
+    pub fn read_block(&self, seq: u64) -> Result<Vec<Event>> {
+        match self.tree.get(key(BLOCK, &seq.to_be_bytes()))? {
+            Some(v) => self.decode_block(&v),
+            None => Ok(Vec::new()),
+        }
+    }
+
     fn block_meta(&self, k: &[u8], v: &[u8]) -> Result<BlockMeta> {
         if k.len() != 9 || v.len() < HEADER {
             return Err(self.corrupt("short block".into()));
@@ -575,6 +613,15 @@ impl ShardStore {
     fn corrupt(&self, what: String) -> StorageError {
         StorageError::Corrupt { shard: self.shard, what }
     }
+}
+
+/// Writes a block and, apart, its header, so time bounds can be listed without reading
+/// the blocks.
+fn put_block(batch: &mut sled::Batch, seq: u64, events: &[Event]) -> Result<()> {
+    let block = encode_block(events)?;
+    batch.insert(key(HEAD, &seq.to_be_bytes()), &block[..HEADER]);
+    batch.insert(key(BLOCK, &seq.to_be_bytes()), block);
+    Ok(())
 }
 
 fn encode_block(events: &[Event]) -> Result<Vec<u8>> {

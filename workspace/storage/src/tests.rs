@@ -56,7 +56,8 @@ fn blocks_outside_the_time_range_are_skipped_without_decoding() {
         ControlFlow::Continue(())
     })
     .unwrap();
-    assert_eq!(seen, vec![2]);
+    // The block added by sequence 2, part 0.
+    assert_eq!(seen, vec![2 << 16]);
 }
 
 /// Reopens the store. sled's background flusher can keep the file lock for a moment
@@ -191,6 +192,15 @@ proptest! {
             prop_assert_eq!(s.get(&Uuid::from_u128(i)).unwrap().is_some(), model.contains_key(&i));
         }
         prop_assert_eq!(s.applied_seq().unwrap(), seq);
+        // The separate headers list exactly the blocks there are, with their bounds.
+        let mut from_blocks = Vec::new();
+        s.for_each_block(i64::MIN, i64::MAX, false, |m, _| {
+            from_blocks.push((m.seq, m.min_ts, m.max_ts, m.count));
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        let from_heads: Vec<_> = s.block_metas(i64::MIN, i64::MAX).unwrap().iter().map(|m| (m.seq, m.min_ts, m.max_ts, m.count)).collect();
+        prop_assert_eq!(from_heads, from_blocks);
     }
 }
 
@@ -213,6 +223,19 @@ fn several_commands_in_one_call_see_each_other() {
     assert_eq!(s.command_result(3).unwrap(), Some(2));
     assert_eq!(s.command_result(5).unwrap(), Some(1));
     assert_eq!(s.event_count().unwrap(), 1);
+}
+
+#[test]
+fn new_events_go_into_small_time_ordered_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap().shard(0).unwrap();
+    // 1,300 events out of time order in one message: three blocks, each a time slice.
+    let events: Vec<Event> = (0..1300u128).map(|i| event(i, ((i * 7919) % 1300) as i64, "s")).collect();
+    s.apply(vec![(9, ShardCommand::Insert { events })]).unwrap();
+    let metas = s.block_metas(i64::MIN, i64::MAX).unwrap();
+    let bounds: Vec<(u64, i64, i64, u32)> = metas.iter().map(|m| (m.seq, m.min_ts, m.max_ts, m.count)).collect();
+    assert_eq!(bounds, vec![(9 << 16, 0, 511, 512), ((9 << 16) | 1, 512, 1023, 512), ((9 << 16) | 2, 1024, 1299, 276)]);
+    assert_eq!(s.get(&Uuid::from_u128(5)).unwrap().unwrap().ts, (5 * 7919) % 1300);
 }
 
 #[test]

@@ -28,6 +28,10 @@ use tracing::{info, warn};
 /// default), so bigger batches are split.
 const MAX_BATCH_BYTES: usize = 768 * 1024;
 const PURGE_EVERY: Duration = Duration::from_secs(5);
+/// Bytes of LOGS messages pulled ahead of the ingest rounds at most. Must exceed the
+/// largest message NATS accepts (1 MiB by default, 64 MiB at most), or such a message
+/// would never come.
+const PULL_BYTES: usize = 64 << 20;
 
 /// Counters an operator (and a test) reads.
 #[derive(Debug, Default)]
@@ -182,6 +186,8 @@ impl Runner {
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(self.batch)
+            // What is pulled ahead waits in memory: cap it by bytes as well.
+            .max_bytes_per_batch(PULL_BYTES)
             .messages()
             .await
             .context("pulling from LOGS")?

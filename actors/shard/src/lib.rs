@@ -21,6 +21,9 @@ use tracing::{debug, error, warn};
 
 /// Shard-log messages applied in one sled write.
 const APPLY_BATCH: usize = 256;
+/// Bytes of shard-log messages one shard pulls ahead at most. Must exceed the largest
+/// shard batch (ingest splits them below 768 KiB), or such a batch would never come.
+const PULL_BYTES: usize = 2 << 20;
 
 /// What a shard actor reports.
 #[derive(Debug, Clone, Default, Serialize, MessageResponse)]
@@ -170,6 +173,8 @@ impl Runner {
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(APPLY_BATCH)
+            // Sixty-four shards pull ahead at once: cap each by bytes too.
+            .max_bytes_per_batch(PULL_BYTES)
             .messages()
             .await
             .context("pulling from SHARDS")?

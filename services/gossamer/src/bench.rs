@@ -89,6 +89,8 @@ struct IngestFigures {
     raw_jetstream_single_events_per_s: f64,
     request_reply: PathFigures,
     logs: PathFigures,
+    /// The node's peak resident memory over the run.
+    node_peak_rss_kb: u64,
     sled_bytes: u64,
     sled_bytes_per_event: f64,
     ndjson_bytes_per_event: f64,
@@ -231,6 +233,17 @@ fn dir_size(p: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+/// A process's peak resident memory (VmHWM), in KiB.
+fn peak_rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
 }
 
 /// CPU seconds (user + system) a process has used, from /proc.
@@ -377,6 +390,7 @@ fn ingest(a: IngestBench) -> Result<()> {
         wait_stored(&node, "js.", a.events as u64, start).await?;
         let logs = measure(start.elapsed().as_secs_f64(), cpu0);
 
+        let node_peak_rss_kb = peak_rss_kb(node_pid);
         node.stop()?;
         let sled_bytes = dir_size(&tmp.path().join("node").join("sled"));
         let stored = 2 * a.events;
@@ -389,6 +403,7 @@ fn ingest(a: IngestBench) -> Result<()> {
             raw_jetstream_single_events_per_s: raw_single,
             request_reply,
             logs,
+            node_peak_rss_kb,
             sled_bytes,
             sled_bytes_per_event: sled_bytes as f64 / stored as f64,
             ndjson_bytes_per_event: ndjson_bytes as f64 / a.events as f64,
@@ -405,6 +420,7 @@ fn ingest(a: IngestBench) -> Result<()> {
             p.events_per_s, p.ratio_to_raw_single, p.node_cpu_s, p.nats_server_cpu_s, p.seconds
         );
     }
+    println!("node peak RSS {:.0} MiB", f.node_peak_rss_kb as f64 / 1024.0);
     println!(
         "sled on disk {:.1} bytes/event (NDJSON {:.1} bytes/event, {:.2} x)",
         f.sled_bytes_per_event,
@@ -532,13 +548,7 @@ fn query(a: QueryBench) -> Result<()> {
             ripgrep_ms,
         });
     }
-    let status = std::fs::read_to_string(format!("/proc/{}/status", node.child.id())).unwrap_or_default();
-    let peak_rss_kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
+    let peak_rss_kb = peak_rss_kb(node.child.id());
     node.stop()?;
     let sled_bytes = dir_size(&tmp.path().join("node").join("sled"));
     drop(server);

@@ -132,10 +132,11 @@ fn parse_request(req: &QueryRequest) -> Result<SearchParams, ApiError> {
     Ok(SearchParams { expr, range, order: req.order.unwrap_or(Order::Desc), limit, cursor })
 }
 
-async fn run_search(node: Node, req: QueryRequest) -> Result<HttpResponse, ApiError> {
+async fn run_search(node: &NodeHandle, req: QueryRequest) -> Result<serde_json::Value, ApiError> {
     let params = parse_request(&req)?;
-    let page = web::block(move || gossamer_query::search(&node.shards, &params)).await??;
-    Ok(HttpResponse::Ok().json(SearchResponse {
+    let shards = node.shards.clone();
+    let page = web::block(move || gossamer_query::search(&shards, &params)).await??;
+    Ok(json!(SearchResponse {
         events: page.events.iter().map(|e| e.to_json()).collect(),
         next_cursor: page.next_cursor,
         partial: false,
@@ -143,40 +144,40 @@ async fn run_search(node: Node, req: QueryRequest) -> Result<HttpResponse, ApiEr
     }))
 }
 
-async fn run_count(node: Node, req: QueryRequest) -> Result<HttpResponse, ApiError> {
+async fn run_count(node: &NodeHandle, req: QueryRequest) -> Result<serde_json::Value, ApiError> {
     let params = parse_request(&req)?;
-    let n = web::block(move || gossamer_query::count(&node.shards, &params.expr, params.range)).await??;
-    Ok(HttpResponse::Ok().json(CountResponse { count: n, partial: false }))
+    let shards = node.shards.clone();
+    let n = web::block(move || gossamer_query::count(&shards, &params.expr, params.range)).await??;
+    Ok(json!(CountResponse { count: n, partial: false }))
 }
 
-async fn search(node: Node, req: web::Query<QueryRequest>) -> Result<HttpResponse, ApiError> {
-    run_search(node, req.into_inner()).await
-}
-
-async fn count(node: Node, req: web::Query<QueryRequest>) -> Result<HttpResponse, ApiError> {
-    run_count(node, req.into_inner()).await
-}
-
-async fn run_aggregate(node: Node, req: AggregateRequest) -> Result<HttpResponse, ApiError> {
+async fn run_aggregate(node: &NodeHandle, req: AggregateRequest) -> Result<serde_json::Value, ApiError> {
     let expr = gossamer_query::parse(&req.q).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let range = TimeRange::parse(req.from.as_deref(), req.to.as_deref(), TimeRange::now()).map_err(ApiError::BadRequest)?;
     let spec = gossamer_query::AggSpec::parse(&req.func, req.field.as_deref(), req.by.as_deref(), req.bucket.as_deref())
         .map_err(ApiError::BadRequest)?;
-    let groups = web::block(move || {
-        gossamer_query::aggregate(&node.shards, &expr, range, &spec).map(|a| a.finish(&spec))
-    })
-    .await??;
-    Ok(HttpResponse::Ok().json(AggregateResponse { groups, partial: false }))
+    let shards = node.shards.clone();
+    let groups =
+        web::block(move || gossamer_query::aggregate(&shards, &expr, range, &spec).map(|a| a.finish(&spec))).await??;
+    Ok(json!(AggregateResponse { groups, partial: false }))
+}
+
+async fn search(node: Node, req: web::Query<QueryRequest>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(run_search(&node, req.into_inner()).await?))
+}
+
+async fn count(node: Node, req: web::Query<QueryRequest>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(run_count(&node, req.into_inner()).await?))
 }
 
 async fn aggregate(node: Node, req: web::Query<AggregateRequest>) -> Result<HttpResponse, ApiError> {
-    run_aggregate(node, req.into_inner()).await
+    Ok(HttpResponse::Ok().json(run_aggregate(&node, req.into_inner()).await?))
 }
 
-/// `POST /api/v1/query`: the search parameters as a JSON body; `"count": true` asks
-/// for the count instead, and `"fn"` (with `field`, `by`, `bucket`) for an aggregation.
-async fn query(node: Node, body: web::Json<serde_json::Value>) -> Result<HttpResponse, ApiError> {
-    let mut body = body.into_inner();
+/// The body of `POST /api/v1/query` (and of a request on `gossamer.<cluster>.api.query`):
+/// the search parameters; `"count": true` asks for the count instead, and `"fn"` (with
+/// `field`, `by`, `bucket`) for an aggregation.
+pub async fn answer_query(node: &NodeHandle, mut body: serde_json::Value) -> Result<serde_json::Value, ApiError> {
     let count = match body.as_object_mut().map(|o| o.remove("count")) {
         None => return Err(ApiError::BadRequest("the query body must be a JSON object".into())),
         Some(None) => false,
@@ -195,6 +196,10 @@ async fn query(node: Node, body: web::Json<serde_json::Value>) -> Result<HttpRes
     } else {
         run_search(node, request).await
     }
+}
+
+async fn query(node: Node, body: web::Json<serde_json::Value>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(answer_query(&node, body.into_inner()).await?))
 }
 
 async fn get_event(node: Node, id: web::Path<String>) -> Result<HttpResponse, ApiError> {

@@ -75,16 +75,24 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+    let subjects = gossamer_schemas::subjects::Subjects::new(&cfg.cluster);
+    let query_sub = nats
+        .queue_subscribe(subjects.api_query(), format!("gossamer-{}-query", cfg.cluster))
+        .await
+        .context("subscribing to NATS queries")?;
+    nats.flush().await.context("registering the query subscription")?;
     let (server, addr) = crate::http::bind(handle.clone(), &cfg.http)?;
     let server_handle = server.handle();
     let serving = actix_rt::spawn(server);
     info!(node = %cfg.node_id, http = %addr, shards = cfg.shards, "node-ready");
     on_ready(addr);
     let retention = actix_rt::spawn(crate::commands::retention_loop(handle.clone()));
+    let nats_queries = actix_rt::spawn(serve_queries(handle.clone(), query_sub));
 
     shutdown.await;
     info!("node-stopping");
     retention.abort();
+    nats_queries.abort();
     server_handle.stop(true).await;
     let _ = serving.await;
     // Acks sent but not yet written would be lost with the connection.
@@ -93,4 +101,28 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     tokio::task::spawn_blocking(move || store.flush()).await??;
     info!("node-stopped");
     Ok(())
+}
+
+/// Answers queries sent as NATS requests on `gossamer.<cluster>.api.query` (a queue
+/// group): the body and the answer are those of `POST /api/v1/query`; an error is
+/// `{"error": "...", "status": N}` with the HTTP status it would have had.
+async fn serve_queries(node: Arc<NodeHandle>, mut sub: async_nats::Subscriber) {
+    use futures::StreamExt;
+    while let Some(msg) = sub.next().await {
+        let Some(reply) = msg.reply.clone() else { continue };
+        let node = node.clone();
+        actix_rt::spawn(async move {
+            let answer = match serde_json::from_slice::<serde_json::Value>(&msg.payload) {
+                Err(e) => serde_json::json!({ "error": format!("invalid JSON body: {e}"), "status": 400 }),
+                Ok(body) => match crate::http::answer_query(&node, body).await {
+                    Ok(v) => v,
+                    Err(e) => {
+                        use actix_web::ResponseError;
+                        serde_json::json!({ "error": e.to_string(), "status": e.status_code().as_u16() })
+                    }
+                },
+            };
+            let _ = node.nats.publish(reply, answer.to_string().into()).await;
+        });
+    }
 }

@@ -69,23 +69,54 @@ impl Nats {
     }
 
     fn start_in(dir: tempfile::TempDir) -> Self {
-        let port = free_port();
-        let child = Command::new(nats_server_binary())
+        Self::start_on(dir, free_port())
+    }
+
+    /// A nats-server on a given port (for a node that was started before it).
+    pub fn start_on_port(port: u16) -> Self {
+        Self::start_on(tempfile::tempdir().unwrap(), port)
+    }
+
+    fn spawn_server(dir: &Path, port: u16) -> Child {
+        Command::new(nats_server_binary())
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path().join("js"))
+            .arg(dir.join("js"))
             .arg("-l")
-            .arg(dir.path().join("nats.log"))
+            .arg(dir.join("nats.log"))
             .stdin(Stdio::null())
             .spawn()
-            .expect("starting nats-server");
+            .expect("starting nats-server")
+    }
+
+    fn start_on(dir: tempfile::TempDir, port: u16) -> Self {
+        let child = Self::spawn_server(dir.path(), port);
         let mut nats = Self { child, port, dir };
+        nats.wait_listening();
+        nats
+    }
+
+    fn wait_listening(&mut self) {
+        let port = self.port;
         wait_for("nats-server to listen", Duration::from_secs(20), || {
-            if let Ok(Some(status)) = nats.child.try_wait() {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("nats-server exited: {status}");
             }
             std::net::TcpStream::connect(("127.0.0.1", port)).ok()
         });
-        nats
+    }
+
+    /// Stops nats-server cleanly (SIGTERM, so JetStream writes out what it acked) and
+    /// starts it again on the same port with the same storage.
+    pub fn restart(&mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+        wait_for("the port to be free", Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err().then_some(())
+        });
+        self.child = Self::spawn_server(self.dir.path(), self.port);
+        self.wait_listening();
     }
 
     pub fn url(&self) -> String {
@@ -104,6 +135,11 @@ impl Drop for Nats {
     }
 }
 
+/// A port nobody listens on now.
+pub fn unused_port() -> u16 {
+    free_port()
+}
+
 /// A `gossamer node` process.
 pub struct Node {
     child: Option<Child>,
@@ -116,15 +152,25 @@ pub struct Node {
 impl Node {
     /// Starts a node with `data` as its data directory and waits until its API listens.
     pub fn start(nats: &Nats, data: &Path, args: &[&str]) -> Self {
+        Self::start_with_url(&nats.url(), data, args)
+    }
+
+    /// The same against a NATS URL (whose server may not be up yet).
+    pub fn start_with_url(url: &str, data: &Path, args: &[&str]) -> Self {
         let mut node = Self {
             child: None,
             http: String::new(),
             data: data.to_path_buf(),
-            nats: nats.url(),
+            nats: url.to_string(),
             args: args.iter().map(|s| s.to_string()).collect(),
         };
         node.spawn();
         node
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data.join("node.log")).unwrap_or_default()
     }
 
     fn spawn(&mut self) {

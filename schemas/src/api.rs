@@ -69,12 +69,6 @@ pub struct ErrorBody {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StreamInfo {
-    pub name: String,
-    pub events: u64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ShardInfo {
     pub shard: u32,
     pub replicas: Vec<String>,

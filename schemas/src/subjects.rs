@@ -69,8 +69,3 @@ impl Subjects {
         format!("gossamer.{}.api.query", self.cluster)
     }
 }
-
-/// The stream named by a `logs.<stream>` subject.
-pub fn stream_of_subject(subject: &str) -> Option<&str> {
-    subject.strip_prefix(LOGS_PREFIX)
-}

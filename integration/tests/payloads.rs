@@ -111,6 +111,14 @@ async fn every_payload_kind_round_trips_and_bad_ones_are_dead_lettered() {
     }
     let (_, cluster) = node.get("/api/v1/cluster");
     assert_eq!(cluster["ingest"]["dead_letters"], bad.len() as u64);
+    let metrics = ureq::get(&format!("{}/metrics", node.http)).call().unwrap().into_string().unwrap();
+    assert!(metrics.contains(&format!("gossamer_ingest_dead_letters_total{{node=\"node-1\"}} {}", bad.len())), "{metrics}");
+    let stored: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("gossamer_shard_events{"))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(stored, good, "the shards' event gauges add up to what is stored");
 
     // Redelivery: the same events published again are stored once.
     js_publish(&js, "logs.kinds.array", json!([{"id": id(2), "message": "array one"}, {"id": id(3), "message": "array two", "level": 3}]).to_string().into_bytes()).await;

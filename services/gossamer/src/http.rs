@@ -84,6 +84,7 @@ pub fn bind(node: Arc<NodeHandle>, addr: &str) -> anyhow::Result<(Server, std::n
                 actix_web::error::InternalError::from_response(err, ApiError::BadRequest(msg).error_response()).into()
             }))
             .route("/", web::get().to(console))
+            .route("/metrics", web::get().to(metrics))
             .service(
                 web::scope("/api/v1")
                     .route("/health", web::get().to(health))
@@ -110,6 +111,49 @@ pub fn bind(node: Arc<NodeHandle>, addr: &str) -> anyhow::Result<(Server, std::n
 
 async fn console() -> HttpResponse {
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("../static/index.html"))
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(node: Node) -> Result<HttpResponse, ApiError> {
+    use std::fmt::Write;
+    let n = &node.cfg.node_id;
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    };
+    if let Some(ingest) = &node.ingest {
+        let st = ingest.send(gossamer_ingest::GetState).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        let node_label = format!("node=\"{n}\"");
+        for (name, help, v) in [
+            ("gossamer_ingest_messages_total", "LOGS messages ingested", st.messages),
+            ("gossamer_ingest_requests_total", "ingest requests answered", st.requests),
+            ("gossamer_ingest_events_total", "events sent to the shard log", st.events),
+            ("gossamer_ingest_batches_total", "shard batches published", st.batches),
+            ("gossamer_ingest_dead_letters_total", "payloads dead-lettered", st.dead_letters),
+        ] {
+            metric(name, "counter", help, vec![(node_label.clone(), v)]);
+        }
+    }
+    let mut applied = Vec::new();
+    let mut events = Vec::new();
+    let mut pending = Vec::new();
+    for addr in &node.shard_actors {
+        let st = addr.send(gossamer_shard::GetState).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        let labels = format!("node=\"{n}\",shard=\"{}\"", st.shard);
+        applied.push((labels.clone(), st.applied_seq));
+        events.push((labels.clone(), st.events));
+        pending.push((labels, st.pending));
+    }
+    metric("gossamer_shard_applied_sequence", "gauge", "last shard-log sequence applied", applied);
+    metric("gossamer_shard_events", "gauge", "events stored in the shard", events);
+    metric("gossamer_shard_pending", "gauge", "shard-log messages not yet applied", pending);
+    let store = node.store.clone();
+    let sled = web::block(move || store.size_on_disk()).await?;
+    metric("gossamer_sled_bytes", "gauge", "bytes sled uses on disk", vec![(format!("node=\"{n}\""), sled)]);
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out))
 }
 
 async fn health(node: Node) -> HttpResponse {

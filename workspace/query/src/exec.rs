@@ -176,8 +176,8 @@ pub fn search(shards: &[ShardStore], p: &SearchParams) -> Result<SearchPage, Que
         blocks.extend(s.block_metas(range.from, range.to)?.into_iter().map(|m| (i, m)));
     }
     match p.order {
-        Order::Desc => blocks.sort_by(|a, b| b.1.max_ts.cmp(&a.1.max_ts)),
-        Order::Asc => blocks.sort_by(|a, b| a.1.min_ts.cmp(&b.1.min_ts)),
+        Order::Desc => blocks.sort_by_key(|b| std::cmp::Reverse(b.1.max_ts)),
+        Order::Asc => blocks.sort_by_key(|b| b.1.min_ts),
     }
     let mut top = TopK::new(p.order, k);
     for (i, meta) in blocks {

@@ -54,8 +54,11 @@ pub struct Store {
     db: sled::Db,
     gate: Arc<FlushGate>,
     /// One id filter per shard, shared by every handle on that shard.
-    filters: Arc<Mutex<BTreeMap<u32, Arc<Mutex<Option<IdFilter>>>>>>,
+    filters: Arc<Mutex<BTreeMap<u32, SharedFilter>>>,
 }
+
+/// A shard's id filter, built on its first apply.
+type SharedFilter = Arc<Mutex<Option<IdFilter>>>;
 
 /// Group commit: shards that wrote while a flush ran share the next one, instead of
 /// each paying its own fsync.
@@ -360,7 +363,7 @@ pub struct ShardStore {
     db: sled::Db,
     gate: Arc<FlushGate>,
     /// Built on the first apply: which ids may be stored, so new ids skip the lookup.
-    filter: Arc<Mutex<Option<IdFilter>>>,
+    filter: SharedFilter,
 }
 
 /// A Bloom filter over the shard's stored ids. "No" is certain, so a new event needs no

@@ -103,7 +103,7 @@ fn op() -> impl Strategy<Value = Op> {
 }
 
 fn model_event(id: u128) -> Event {
-    let mut e = event(id, id as i64 * 7, if id % 2 == 0 { "s" } else { "t" });
+    let mut e = event(id, id as i64 * 7, if id.is_multiple_of(2) { "s" } else { "t" });
     e.labels.insert("v".into(), String::new());
     e
 }
@@ -121,7 +121,7 @@ proptest! {
         let mut seq = 0u64;
         let compile = |q: &str| -> Option<Predicate> {
             let m: u128 = q.parse().ok()?;
-            Some(Box::new(move |e: &Event| e.id.as_u128() % m == 0))
+            Some(Box::new(move |e: &Event| e.id.as_u128().is_multiple_of(m)))
         };
         for op in ops {
             let cmd = match &op {
@@ -152,7 +152,7 @@ proptest! {
                     ShardCommand::Delete { ids: ids.iter().map(|&i| Uuid::from_u128(i)).collect() }
                 }
                 Op::DeleteWhere(m) => {
-                    model.retain(|i, _| i % m != 0);
+                    model.retain(|i, _| !i.is_multiple_of(*m));
                     ShardCommand::DeleteWhere { q: m.to_string(), from: i64::MIN, to: i64::MAX }
                 }
                 Op::Update(i, v) => {

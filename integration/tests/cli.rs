@@ -109,6 +109,14 @@ fn publish_and_query_from_the_command_line() {
     assert_eq!(code, Some(0));
     let msgs: Vec<&str> = stdout.lines().map(|l| l.splitn(4, ' ').nth(3).unwrap_or("").trim()).collect();
     assert_eq!(msgs.len(), 3, "{stdout}");
+    let (code, stdout, _) = query(&["--agg", "count", "--by", "level", "stream:cli.file"]);
+    assert_eq!(code, Some(0));
+    let mut groups: Vec<&str> = stdout.lines().collect();
+    groups.sort();
+    assert_eq!(groups, vec!["level=error\t1", "level=info\t2"]);
+    let (code, _, stderr) = query(&["--agg", "p95", "stream:cli.file"]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("`field` is required"), "{stderr}");
     let (code, _, stderr) = query(&["level:error latency_ms:>abc"]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("column 24"), "{stderr}");

@@ -147,6 +147,21 @@ mod tests {
     }
 
     #[test]
+    fn a_config_file_sets_what_it_names_and_refuses_unknown_keys() {
+        let dir = std::env::temp_dir().join(format!("gossamer-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = dir.join("good.json");
+        std::fs::write(&good, r#"{"shards": 16, "limits": {"max_labels": 8}}"#).unwrap();
+        let c = Config::load(Some(&good)).unwrap();
+        assert_eq!((c.shards, c.limits.max_labels, c.limits.max_batch_events), (16, 8, 10_000));
+        let bad = dir.join("bad.json");
+        std::fs::write(&bad, r#"{"shardz": 16}"#).unwrap();
+        let err = format!("{:#}", Config::load(Some(&bad)).unwrap_err());
+        assert!(err.contains("shardz"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn validation_names_the_problem() {
         let mut c = Config::default();
         c.roles.push("teapot".into());

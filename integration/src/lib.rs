@@ -238,6 +238,24 @@ impl Node {
         body["count"].as_u64().unwrap()
     }
 
+    /// The ids of every event matching `q`, paging through the search with its cursor
+    /// (newest first, repeats kept so a test can see duplicates).
+    pub fn all_ids(&self, q: &str) -> Vec<uuid::Uuid> {
+        let mut seen = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let (status, body) = self.get(&format!("/api/v1/search?q={}&limit=10000&cursor={}", enc(q), enc(&cursor)));
+            assert_eq!(status, 200, "{body}");
+            for e in body["events"].as_array().unwrap() {
+                seen.push(uuid::Uuid::parse_str(e["id"].as_str().unwrap()).unwrap());
+            }
+            match body["next_cursor"].as_str() {
+                Some(c) => cursor = c.to_string(),
+                None => return seen,
+            }
+        }
+    }
+
     /// Waits until `count(q)` is `want`; panics showing the last count otherwise.
     pub fn wait_count(&self, q: &str, want: u64, timeout: Duration) {
         let deadline = Instant::now() + timeout;

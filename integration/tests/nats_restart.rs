@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use gossamer_integration::{enc, unused_port, wait_for, Nats, Node};
+use gossamer_integration::{unused_port, wait_for, Nats, Node};
 use serde_json::json;
 
 #[test]
@@ -83,19 +83,7 @@ async fn a_nats_server_restart_during_ingest_loses_nothing() {
         wait_for("every acked event to be stored", Duration::from_secs(120), || {
             (node.count("stream:nrestart.app") >= acked_set.len() as u64).then_some(())
         });
-        let mut seen = Vec::new();
-        let mut cursor = String::new();
-        loop {
-            let (status, body) = node.get(&format!("/api/v1/search?q={}&limit=10000&cursor={}", enc("stream:nrestart.app"), enc(&cursor)));
-            assert_eq!(status, 200, "{body}");
-            for e in body["events"].as_array().unwrap() {
-                seen.push(uuid::Uuid::parse_str(e["id"].as_str().unwrap()).unwrap());
-            }
-            match body["next_cursor"].as_str() {
-                Some(c) => cursor = c.to_string(),
-                None => break,
-            }
-        }
+        let seen = node.all_ids("stream:nrestart.app");
         let stored: HashSet<uuid::Uuid> = seen.iter().copied().collect();
         assert_eq!(stored.len(), seen.len(), "an event is stored twice");
         assert!(acked_set.is_subset(&stored), "{} acked events are missing", acked_set.difference(&stored).count());

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gossamer_integration::{enc, wait_for, Nats, Node};
+use gossamer_integration::{wait_for, Nats, Node};
 use serde_json::json;
 
 const MESSAGES: usize = 300;
@@ -76,19 +76,7 @@ async fn kill_9_mid_ingest_loses_nothing_and_duplicates_nothing() {
 
     // Every acked id exactly once.
     let node = tokio::task::spawn_blocking(move || {
-        let mut seen = Vec::new();
-        let mut cursor = String::new();
-        loop {
-            let (status, body) = node.get(&format!("/api/v1/search?q=&limit=10000&cursor={}", enc(&cursor)));
-            assert_eq!(status, 200, "{body}");
-            for e in body["events"].as_array().unwrap() {
-                seen.push(uuid::Uuid::parse_str(e["id"].as_str().unwrap()).unwrap());
-            }
-            match body["next_cursor"].as_str() {
-                Some(c) => cursor = c.to_string(),
-                None => break,
-            }
-        }
+        let seen = node.all_ids("");
         (node, seen)
     })
     .await

@@ -16,7 +16,7 @@ use anyhow::{Context as _, Result};
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, AckKind};
 use async_nats::HeaderMap;
 use futures::stream::FuturesUnordered;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use gossamer_bus::StreamNames;
 use gossamer_config::Config;
 use gossamer_schemas::subjects::{Subjects, HEADER_ERROR, HEADER_SUBJECT, LOGS_PREFIX, LOGS_SUBJECTS};
@@ -228,12 +228,7 @@ impl Runner {
             });
         }
         self.ingest(inputs).await?;
-        msgs.iter()
-            .map(|m| m.ack())
-            .collect::<FuturesUnordered<_>>()
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(|e| anyhow::anyhow!("acking LOGS messages: {e}"))?;
+        gossamer_bus::ack_all(msgs).await.context("acking LOGS messages")?;
         self.counters.messages.fetch_add(msgs.len() as u64, Ordering::Relaxed);
         Ok(())
     }

@@ -11,8 +11,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use anyhow::{Context as _, Result};
 use async_nats::jetstream::{self, consumer::pull, consumer::AckPolicy, consumer::DeliverPolicy, AckKind};
-use futures::stream::FuturesUnordered;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use gossamer_schemas::subjects::Subjects;
 use gossamer_schemas::ShardCommand;
 use gossamer_storage::ShardStore;
@@ -223,12 +222,7 @@ impl Runner {
         })
         .await?
         .context("applying to sled")?;
-        msgs.iter()
-            .map(|m| m.ack())
-            .collect::<FuturesUnordered<_>>()
-            .try_collect::<Vec<_>>()
-            .await
-            .map_err(|e| anyhow::anyhow!("acking shard batches: {e}"))?;
+        gossamer_bus::ack_all(msgs).await.context("acking shard batches")?;
         let store = self.store.clone();
         let (applied_seq, events) =
             tokio::task::spawn_blocking(move || Ok::<_, anyhow::Error>((store.applied_seq()?, store.event_count()?)))

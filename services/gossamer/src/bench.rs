@@ -260,10 +260,15 @@ fn dir_size(p: &Path) -> u64 {
 
 /// A process's peak resident memory (VmHWM), in KiB.
 fn peak_rss_kb(pid: u32) -> u64 {
+    proc_status_kb(pid, "VmHWM:")
+}
+
+/// A `kB` line of /proc/<pid>/status (0 when the process is gone).
+fn proc_status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
@@ -629,14 +634,9 @@ struct SoakSample {
     lag: u64,
 }
 
+/// A process's resident memory now, in KiB.
 fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
+    proc_status_kb(pid, "VmRSS:")
 }
 
 fn soak(a: SoakBench) -> Result<()> {

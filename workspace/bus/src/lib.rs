@@ -97,3 +97,11 @@ pub async fn ensure_streams(js: &jetstream::Context, cfg: &Config) -> Result<Str
     }
     Ok(names)
 }
+
+/// Acks every message at once and waits for all the acks to be sent.
+pub async fn ack_all(msgs: &[jetstream::Message]) -> Result<()> {
+    use futures::TryStreamExt;
+    let acks: futures::stream::FuturesUnordered<_> = msgs.iter().map(|m| m.ack()).collect();
+    acks.try_collect::<Vec<_>>().await.map_err(|e| anyhow::anyhow!("acking {} messages: {e}", msgs.len()))?;
+    Ok(())
+}

@@ -1,7 +1,7 @@
 //! The loghub samples as events, and the ground truth computed from their CSVs by the
 //! tests' own reading of §9 (tokens, levels), independent of Gossamer's code.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
@@ -132,4 +132,73 @@ pub fn level(raw: Option<&str>) -> String {
 /// Quotes a value for the text syntax.
 pub fn quote(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// What a query should count, from the rows alone.
+fn expect(ds: &Dataset, pred: impl Fn(&Row) -> bool) -> u64 {
+    ds.rows.iter().filter(|r| pred(r)).count() as u64
+}
+
+fn has_phrase(toks: &[String], phrase: &[String]) -> bool {
+    toks.windows(phrase.len()).any(|w| w == phrase)
+}
+
+/// The queries checked for one dataset, with their expected counts.
+pub fn count_cases(ds: &Dataset) -> Vec<(String, u64)> {
+    let s = format!("stream:{}", ds.stream());
+    let mut out = vec![(s.clone(), ds.rows.len() as u64)];
+
+    let mut levels: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &ds.rows {
+        *levels.entry(level(r.level.as_deref())).or_default() += 1;
+    }
+    for (l, n) in levels {
+        out.push((format!("{s} level:{}", quote(&l)), n));
+    }
+
+    // The most common token that not every message has.
+    let mut df: BTreeMap<String, u64> = BTreeMap::new();
+    for r in &ds.rows {
+        for t in tokens(&r.content).into_iter().collect::<HashSet<_>>() {
+            *df.entry(t).or_default() += 1;
+        }
+    }
+    let total = ds.rows.len() as u64;
+    let (word, _) = df.iter().filter(|(_, n)| **n < total).max_by_key(|(t, n)| (**n, std::cmp::Reverse((*t).clone()))).unwrap();
+    let word = word.clone();
+    let has_word = |r: &Row| tokens(&r.content).contains(&word);
+    out.push((format!("{s} {word}"), expect(ds, has_word)));
+    out.push((format!("{s} -{word}"), expect(ds, |r| !has_word(r))));
+    out.push((format!("{s} NOT {word}"), expect(ds, |r| !has_word(r))));
+
+    // A phrase: the first two tokens of the middle row's message.
+    let mid = ds.rows.iter().skip(ds.rows.len() / 2).find(|r| tokens(&r.content).len() >= 2).unwrap();
+    let phrase: Vec<String> = tokens(&mid.content)[..2].to_vec();
+    let has_p = |r: &Row| has_phrase(&tokens(&r.content), &phrase);
+    out.push((format!("{s} \"{}\"", phrase.join(" ")), expect(ds, has_p)));
+    out.push((format!("{s} ({word} OR \"{}\")", phrase.join(" ")), expect(ds, |r| has_word(r) || has_p(r))));
+
+    // A prefix of the chosen word.
+    let prefix: String = word.chars().take(3).collect();
+    out.push((
+        format!("{s} {prefix}*"),
+        expect(ds, |r| tokens(&r.content).iter().any(|t| t.starts_with(&prefix))),
+    ));
+
+    // Labels: the most common component (or template id), and a label glob-free
+    // inequality through NOT.
+    let (key, value) = match ds.rows.iter().filter_map(|r| r.component.clone()).fold(BTreeMap::new(), |mut m, c| {
+        *m.entry(c).or_insert(0u64) += 1;
+        m
+    }) {
+        m if !m.is_empty() => ("component", m.into_iter().max_by_key(|(_, n)| *n).unwrap().0),
+        _ => ("event_id", ds.rows[0].event_id.clone()),
+    };
+    let label_of = |r: &Row| if key == "component" { r.component.clone() } else { Some(r.event_id.clone()) };
+    out.push((format!("{s} {key}:{}", quote(&value)), expect(ds, |r| label_of(r).as_deref() == Some(&value))));
+    out.push((
+        format!("{s} {word} -{key}:{}", quote(&value)),
+        expect(ds, |r| has_word(r) && label_of(r).as_deref() != Some(&value)),
+    ));
+    out
 }

@@ -114,6 +114,49 @@ pub fn decode_events(bytes: &[u8]) -> Result<Vec<Event>, CodecError> {
     Ok(rmp_serde::from_slice(&decompress(bytes)?)?)
 }
 
+/// The events at positions `wanted` (ascending) of a block made by [`encode_events`],
+/// with their positions; the others are skipped without being built.
+pub fn decode_events_at(bytes: &[u8], wanted: &[u32]) -> Result<Vec<(u32, Event)>, CodecError> {
+    use serde::de::{DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
+
+    struct Picker<'w>(&'w [u32]);
+    impl<'de> Visitor<'de> for Picker<'_> {
+        type Value = Vec<(u32, Event)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of events")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(self.0.len());
+            let mut next = self.0.iter().copied().peekable();
+            let mut i = 0u32;
+            while let Some(&want) = next.peek() {
+                if i == want {
+                    match seq.next_element::<Event>()? {
+                        Some(e) => out.push((i, e)),
+                        None => break,
+                    }
+                    next.next();
+                } else if seq.next_element::<IgnoredAny>()?.is_none() {
+                    break;
+                }
+                i += 1;
+            }
+            // The rest of the list is left unread: nothing follows it in the block.
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(out)
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Picker<'_> {
+        type Value = Vec<(u32, Event)>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    let raw = decompress(bytes)?;
+    let mut de = rmp_serde::Deserializer::from_read_ref(&raw);
+    Ok(Picker(wanted).deserialize(&mut de)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,6 +186,17 @@ mod tests {
             let cmd = ShardCommand::Insert { events };
             let back = ShardCommand::decode(&cmd.encode().unwrap()).unwrap();
             prop_assert_eq!(back, cmd);
+        }
+
+        #[test]
+        fn picking_positions_gives_those_events(n in 0usize..40, pick in proptest::collection::btree_set(0u32..45, 0..10)) {
+            let events: Vec<Event> = (0..n).map(|i| event(format!("m{i}"), i as i64, "x".into())).collect();
+            let block = encode_events(&events, 3).unwrap();
+            let wanted: Vec<u32> = pick.into_iter().collect();
+            let got = decode_events_at(&block, &wanted).unwrap();
+            let want: Vec<(u32, Event)> =
+                wanted.iter().filter(|&&i| (i as usize) < n).map(|&i| (i, events[i as usize].clone())).collect();
+            prop_assert_eq!(got, want);
         }
 
         #[test]

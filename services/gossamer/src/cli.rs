@@ -31,6 +31,27 @@ enum Command {
     Retention(RetentionCmd),
     /// Measure Gossamer on this machine.
     Bench(crate::bench::BenchArgs),
+    /// Operate a node: rebuild its index, see its state.
+    #[command(subcommand)]
+    Admin(AdminCmd),
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Drop every shard's index and rebuild it from the stored events. Queries stay
+    /// complete meanwhile (what is not indexed is scanned), only slower.
+    Reindex {
+        #[arg(long, env = "GOSSAMER_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// Wait until the index has caught up, showing progress.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show how far the index is behind the stored events.
+    Index {
+        #[arg(long, env = "GOSSAMER_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+    },
 }
 
 #[derive(Args)]
@@ -197,6 +218,7 @@ pub fn main() -> ExitCode {
         Command::Delete(a) => delete(a),
         Command::Retention(a) => retention(a),
         Command::Bench(a) => crate::bench::run(a),
+        Command::Admin(a) => admin(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -397,4 +419,40 @@ fn retention(a: RetentionCmd) -> Result<()> {
     )?;
     println!("{}: retention {}, {} events deleted now", answer["stream"].as_str().unwrap_or(""), answer["max_age"], answer["deleted"]);
     Ok(())
+}
+
+fn admin(a: AdminCmd) -> Result<()> {
+    match a {
+        AdminCmd::Index { server } => {
+            let st = call(ureq::get(&format!("{}/api/v1/index", server.trim_end_matches('/'))), None)?;
+            println!(
+                "not indexed: {} events in {} blocks; rewritten blocks to reindex: {}; segments: {}",
+                st["lag_events"], st["lag_blocks"], st["dirty_blocks"], st["segments"]
+            );
+            Ok(())
+        }
+        AdminCmd::Reindex { server, wait } => {
+            let base = server.trim_end_matches('/');
+            let before = call(ureq::get(&format!("{base}/api/v1/index")), None)?;
+            call(ureq::post(&format!("{base}/api/v1/admin/reindex")), Some(serde_json::json!({})))?;
+            println!("reindexing every shard");
+            if !wait {
+                return Ok(());
+            }
+            let resets_before = before["resets_total"].as_u64().unwrap_or(0);
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_style(indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("a valid template"));
+            loop {
+                let st = call(ureq::get(&format!("{base}/api/v1/index")), None)?;
+                let lag = st["lag_events"].as_u64().unwrap_or(0);
+                let reset = st["resets_total"].as_u64().unwrap_or(0) > resets_before;
+                bar.set_message(format!("{lag} events left to index"));
+                if reset && lag == 0 && st["dirty_blocks"].as_u64() == Some(0) {
+                    bar.finish_with_message("the index has caught up");
+                    return Ok(());
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+    }
 }

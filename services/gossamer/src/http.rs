@@ -37,6 +37,7 @@ impl From<QueryError> for ApiError {
         match e {
             QueryError::BadRequest(m) => ApiError::BadRequest(m),
             QueryError::Storage(s) => ApiError::Internal(s.to_string()),
+            QueryError::Index(s) => ApiError::Internal(format!("index: {s}")),
         }
     }
 }
@@ -98,7 +99,9 @@ pub fn bind(node: Arc<NodeHandle>, addr: &str) -> anyhow::Result<(Server, std::n
                     .route("/events/{id}", web::patch().to(update_event))
                     .route("/delete", web::post().to(delete_where))
                     .route("/streams", web::get().to(streams))
-                    .route("/streams/{name}/retention", web::put().to(set_retention)),
+                    .route("/streams/{name}/retention", web::put().to(set_retention))
+                    .route("/index", web::get().to(index_state))
+                    .route("/admin/reindex", web::post().to(reindex)),
             )
             .default_service(web::to(|| async { ApiError::NotFound("no such route".into()).error_response() }))
     })
@@ -150,10 +153,39 @@ async fn metrics(node: Node) -> Result<HttpResponse, ApiError> {
     metric("gossamer_shard_applied_sequence", "gauge", "last shard-log sequence applied", applied);
     metric("gossamer_shard_events", "gauge", "events stored in the shard", events);
     metric("gossamer_shard_pending", "gauge", "shard-log messages not yet applied", pending);
+    if let Some(index) = &node.index {
+        let st = index.send(gossamer_index_actor::GetState).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        let lags = st.shards.iter().enumerate().map(|(i, l)| (format!("node=\"{n}\",shard=\"{i}\""), l.events)).collect();
+        metric("gossamer_index_lag_events", "gauge", "events stored but not indexed yet (queries scan them)", lags);
+        let node_label = format!("node=\"{n}\"");
+        metric("gossamer_index_dirty_blocks", "gauge", "rewritten blocks whose index is not rebuilt yet", vec![(node_label.clone(), st.dirty_blocks)]);
+        metric("gossamer_index_segments", "gauge", "index segments", vec![(node_label.clone(), st.segments)]);
+        metric("gossamer_index_events_total", "counter", "events indexed", vec![(node_label.clone(), st.indexed_events_total)]);
+        metric("gossamer_index_resets_total", "counter", "indexes dropped and rebuilt", vec![(node_label, st.resets_total)]);
+    }
     let store = node.store.clone();
     let sled = web::block(move || store.size_on_disk()).await?;
     metric("gossamer_sled_bytes", "gauge", "bytes sled uses on disk", vec![(format!("node=\"{n}\""), sled)]);
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out))
+}
+
+/// `GET /api/v1/index`: how far the index is behind the shards.
+async fn index_state(node: Node) -> Result<HttpResponse, ApiError> {
+    let Some(index) = &node.index else {
+        return Err(ApiError::NotFound("this node does not run the index role".into()));
+    };
+    let st = index.send(gossamer_index_actor::GetState).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(HttpResponse::Ok().json(st))
+}
+
+/// `POST /api/v1/admin/reindex`: drops every shard's index and rebuilds it from the
+/// shards' events; queries stay complete meanwhile (they scan what is not indexed).
+async fn reindex(node: Node) -> Result<HttpResponse, ApiError> {
+    let Some(index) = &node.index else {
+        return Err(ApiError::NotFound("this node does not run the index role".into()));
+    };
+    index.send(gossamer_index_actor::Reindex).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(HttpResponse::Accepted().json(json!({ "reindexing": true, "shards": node.shards.len() })))
 }
 
 async fn health(node: Node) -> HttpResponse {

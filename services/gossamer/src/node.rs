@@ -1,5 +1,5 @@
-//! Wiring a node: connect to NATS, create the streams, open sled, start the shard and
-//! ingest actors and the REST API, and run until told to stop.
+//! Wiring a node: connect to NATS, create the streams, open sled, start the shard,
+//! index and ingest actors and the REST API, and run until told to stop.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use anyhow::{Context as _, Result};
 use gossamer_config::Config;
+use gossamer_index_actor::IndexActor;
 use gossamer_ingest::IngestActor;
 use gossamer_shard::ShardActor;
 use gossamer_storage::{ShardStore, Store};
@@ -21,6 +22,7 @@ pub struct NodeHandle {
     pub shards: Vec<ShardStore>,
     pub shard_actors: Vec<Addr<ShardActor>>,
     pub ingest: Option<Addr<IngestActor>>,
+    pub index: Option<Addr<IndexActor>>,
     pub nats: async_nats::Client,
 }
 
@@ -54,6 +56,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
             shard_actors.push(actor.start());
         }
     }
+    let index = cfg.has_role("index").then(|| IndexActor::new(shards.clone()).start());
     let ingest =
         cfg.has_role("ingest").then(|| IngestActor::new(nats.clone(), cfg.clone(), names.clone()).start());
 
@@ -63,6 +66,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         shards,
         shard_actors,
         ingest,
+        index,
         nats: nats.clone(),
     });
     // Ready means producers can be answered: wait for ingest to subscribe and pull.

@@ -4,7 +4,6 @@
 //! (percentiles: DDSketch with 1% relative accuracy).
 
 use std::collections::BTreeMap;
-use std::ops::ControlFlow;
 
 use gossamer_schemas::time::format_rfc3339;
 use gossamer_schemas::Event;
@@ -12,7 +11,8 @@ use gossamer_storage::ShardStore;
 use serde_json::{Map, Value};
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
-use crate::ast::{number_of, Expr, Matcher};
+use crate::ast::{number_of, Expr};
+use crate::plan::{read_matches, Facet, ShardPlan};
 use crate::timerange::TimeRange;
 use crate::QueryError;
 
@@ -199,6 +199,16 @@ impl Aggregation {
         Ok(())
     }
 
+    /// Adds `n` events to the count of group `key` (no time bucket).
+    fn add_count(&mut self, key: Vec<Option<String>>, n: u64) -> Result<(), QueryError> {
+        let key = (None, key);
+        if !self.groups.contains_key(&key) && self.groups.len() >= MAX_GROUPS {
+            return Err(QueryError::BadRequest(format!("the aggregation has more than {MAX_GROUPS} groups")));
+        }
+        self.groups.entry(key).or_insert_with(|| Partial::new(AggFn::Count)).events += n;
+        Ok(())
+    }
+
     pub fn merge(&mut self, other: Aggregation) {
         for (k, p) in other.groups {
             match self.groups.get_mut(&k) {
@@ -247,31 +257,39 @@ pub fn aggregate(shards: &[ShardStore], expr: &Expr, range: TimeRange, spec: &Ag
     Ok(total)
 }
 
-fn aggregate_some(shards: &[&ShardStore], expr: &Expr, range: TimeRange, spec: &AggSpec) -> Result<Aggregation, QueryError> {
+fn aggregate_some(shards: &[(usize, &ShardStore)], expr: &Expr, range: TimeRange, spec: &AggSpec) -> Result<Aggregation, QueryError> {
+    // A count by stream or by level alone is read from the postings where they are exact.
+    let facet = match (spec.func, spec.field.as_deref(), spec.bucket_ns, spec.by.as_slice()) {
+        (AggFn::Count, None, None, [by]) if by == "stream" => Some(Facet::Stream),
+        (AggFn::Count, None, None, [by]) if by == "level" => Some(Facet::Level),
+        _ => None,
+    };
     let mut total = Aggregation::default();
-    for s in shards {
+    for (_, s) in shards {
         let mut part = Aggregation::default();
-        let mut failed: Option<QueryError> = None;
-        s.for_each_block(range.from, range.to, false, |_, decode| {
-            let events = match decode() {
-                Ok(ev) => ev,
-                Err(e) => {
-                    failed = Some(e.into());
-                    return ControlFlow::Break(());
+        let plan = ShardPlan::new(s, expr, range)?;
+        let blocks = match facet {
+            Some(facet) => {
+                let (counts, rest) = plan.count_by(facet, range)?;
+                for (value, n) in counts {
+                    part.add_count(vec![Some(value)], n)?;
                 }
-            };
-            for e in &events {
-                if range.contains(e.ts) && expr.eval(&mut Matcher::new(e)) {
-                    if let Err(err) = part.add(spec, e) {
+                rest
+            }
+            None => plan.blocks(range),
+        };
+        let mut failed: Option<QueryError> = None;
+        for w in &blocks {
+            read_matches(s, w, expr, range, |e| {
+                if failed.is_none() {
+                    if let Err(err) = part.add(spec, &e) {
                         failed = Some(err);
-                        return ControlFlow::Break(());
                     }
                 }
+            })?;
+            if let Some(e) = failed {
+                return Err(e);
             }
-            ControlFlow::Continue(())
-        })?;
-        if let Some(e) = failed {
-            return Err(e);
         }
         total.merge(part);
         if total.groups.len() > MAX_GROUPS {

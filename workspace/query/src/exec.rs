@@ -3,14 +3,14 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::ops::ControlFlow;
 
 use gossamer_schemas::api::Order;
 use gossamer_schemas::Event;
-use gossamer_storage::{BlockMeta, ShardStore};
+use gossamer_storage::ShardStore;
 use uuid::Uuid;
 
-use crate::ast::{Expr, Matcher};
+use crate::ast::Expr;
+use crate::plan::{count_matches, read_matches, BlockWork, ShardPlan};
 use crate::timerange::TimeRange;
 use crate::QueryError;
 
@@ -134,20 +134,20 @@ fn past_cursor(order: Order, cursor: Option<Cursor>, e: &Event) -> bool {
     }
 }
 
-/// Runs `f` on one thread per core, each thread given every n-th shard, and returns
-/// what each thread found.
+/// Runs `f` on one thread per core, each thread given every n-th shard (with its
+/// position in `shards`), and returns what each thread found.
 pub(crate) fn per_core<R: Send>(
     shards: &[ShardStore],
-    f: impl Fn(Vec<&ShardStore>) -> Result<R, QueryError> + Sync,
+    f: impl Fn(Vec<(usize, &ShardStore)>) -> Result<R, QueryError> + Sync,
 ) -> Result<Vec<R>, QueryError> {
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(shards.len()).max(1);
     if threads == 1 {
-        return Ok(vec![f(shards.iter().collect())?]);
+        return Ok(vec![f(shards.iter().enumerate().collect())?]);
     }
     std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let mine: Vec<&ShardStore> = shards.iter().skip(t).step_by(threads).collect();
+                let mine: Vec<(usize, &ShardStore)> = shards.iter().enumerate().skip(t).step_by(threads).collect();
                 let f = &f;
                 scope.spawn(move || f(mine))
             })
@@ -168,27 +168,31 @@ pub fn search(shards: &[ShardStore], p: &SearchParams) -> Result<SearchPage, Que
     }
     // One more than the page, to know whether a next page exists.
     let k = limit + 1;
-    // Every block of every shard, in page order of its time bounds: once the page is
-    // full and the next block cannot hold anything newer (older, ascending) than the
-    // page's last event, no later block can either.
-    let mut blocks: Vec<(usize, BlockMeta)> = Vec::new();
-    for (i, s) in shards.iter().enumerate() {
-        blocks.extend(s.block_metas(range.from, range.to)?.into_iter().map(|m| (i, m)));
-    }
+    // The blocks to read on every shard, in page order of their time bounds: once the
+    // page is full and the next block cannot hold anything newer (older, ascending)
+    // than the page's last event, no later block can either.
+    let planned = per_core(shards, |mine| {
+        let mut out = Vec::new();
+        for (i, s) in mine {
+            out.extend(ShardPlan::new(s, &p.expr, range)?.blocks(range).into_iter().map(|w| (i, w)));
+        }
+        Ok(out)
+    })?;
+    let mut blocks: Vec<(usize, BlockWork)> = planned.into_iter().flatten().collect();
     match p.order {
         Order::Desc => blocks.sort_by_key(|b| std::cmp::Reverse(b.1.max_ts)),
         Order::Asc => blocks.sort_by_key(|b| b.1.min_ts),
     }
     let mut top = TopK::new(p.order, k);
-    for (i, meta) in blocks {
-        if top.excludes(meta.min_ts, meta.max_ts) {
+    for (i, w) in blocks {
+        if top.excludes(w.min_ts, w.max_ts) {
             break;
         }
-        for e in shards[i].read_block(meta.seq)? {
-            if range.contains(e.ts) && past_cursor(p.order, p.cursor, &e) && p.expr.matches(&e) {
+        read_matches(&shards[i], &w, &p.expr, range, |e| {
+            if past_cursor(p.order, p.cursor, &e) {
                 top.push(e);
             }
-        }
+        })?;
     }
     // In page order: the newest first for `Desc`, the oldest first for `Asc`.
     let mut events = top.into_sorted();
@@ -210,37 +214,16 @@ pub fn count(shards: &[ShardStore], expr: &Expr, range: TimeRange) -> Result<u64
         }
         return Ok(n);
     }
-    Ok(per_core(shards, |mine| count_some(&mine, expr, range))?.into_iter().sum())
-}
-
-fn count_some(shards: &[&ShardStore], expr: &Expr, range: TimeRange) -> Result<u64, QueryError> {
-    let mut n = 0u64;
-    for s in shards {
-        let mut failed = None;
-        s.for_each_block(range.from, range.to, false, |meta, decode| {
-            if matches!(expr, Expr::All) && meta.min_ts >= range.from && meta.max_ts < range.to {
-                n += u64::from(meta.count);
-                return ControlFlow::Continue(());
+    let parts = per_core(shards, |mine| {
+        let mut n = 0;
+        for (_, s) in mine {
+            for w in ShardPlan::new(s, expr, range)?.blocks(range) {
+                n += count_matches(s, &w, expr, range)?;
             }
-            match decode() {
-                Ok(events) => {
-                    n += events
-                        .iter()
-                        .filter(|e| range.contains(e.ts) && expr.eval(&mut Matcher::new(e)))
-                        .count() as u64;
-                    ControlFlow::Continue(())
-                }
-                Err(err) => {
-                    failed = Some(err);
-                    ControlFlow::Break(())
-                }
-            }
-        })?;
-        if let Some(err) = failed {
-            return Err(err.into());
         }
-    }
-    Ok(n)
+        Ok(n)
+    })?;
+    Ok(parts.into_iter().sum())
 }
 
 /// The event with this id, from whichever shard holds it.

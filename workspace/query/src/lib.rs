@@ -5,6 +5,7 @@ pub mod agg;
 pub mod ast;
 pub mod exec;
 pub mod parse;
+pub mod plan;
 pub mod timerange;
 
 pub use agg::{aggregate, AggFn, AggSpec, Aggregation};
@@ -22,6 +23,9 @@ pub enum QueryError {
     /// Storage failed: 500.
     #[error(transparent)]
     Storage(#[from] gossamer_storage::StorageError),
+    /// The index could not be read: 500 (the index actor rebuilds a damaged one).
+    #[error("index: {0}")]
+    Index(String),
 }
 
 impl From<ParseError> for QueryError {

@@ -9,7 +9,12 @@
 //! - `h` + seq: the block's header alone, to list time bounds without reading blocks;
 //! - `i` + event id (16 bytes): the seq of the block holding that event (dedupe, get);
 //! - `s` + stream name: events stored for that stream (u64 BE);
-//! - `m:applied`, `m:count`: the last applied shard-log sequence and the event count.
+//! - `m:applied`, `m:count`: the last applied shard-log sequence and the event count;
+//! - `d` + block id: a block rewritten or removed (by a delete, an update or retention)
+//!   since the index saw it, with the sequence that changed it; the index rebuilds what
+//!   covers it and clears the mark, and until then queries scan that block.
+//!
+//! Each shard also has an index tree (`index-<n>`), written by the index actor alone.
 //!
 //! A block, its ids, the counters and the applied sequence are written in one atomic
 //! sled batch and flushed before [`ShardStore::apply`] returns, so a caller that acks the
@@ -21,7 +26,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use gossamer_schemas::batch::{decode_events, encode_events, CodecError};
+use gossamer_schemas::batch::{decode_events, decode_events_at, encode_events, CodecError};
 use gossamer_schemas::{Event, ShardCommand};
 use uuid::Uuid;
 
@@ -32,6 +37,7 @@ const ID: u8 = b'i';
 const STREAM: u8 = b's';
 const RESULT: u8 = b'r';
 const HEAD: u8 = b'h';
+const DIRTY: u8 = b'd';
 const HEADER: usize = 20;
 /// zstd level for stored blocks.
 const BLOCK_LEVEL: i32 = 3;
@@ -78,8 +84,9 @@ impl Store {
 
     pub fn shard(&self, shard: u32) -> Result<ShardStore> {
         let tree = self.db.open_tree(format!("shard-{shard}"))?;
+        let index = self.db.open_tree(format!("index-{shard}"))?;
         let filter = self.filters.lock().unwrap_or_else(|p| p.into_inner()).entry(shard).or_default().clone();
-        Ok(ShardStore { shard, tree, db: self.db.clone(), gate: self.gate.clone(), filter })
+        Ok(ShardStore { shard, tree, index, db: self.db.clone(), gate: self.gate.clone(), filter })
     }
 
     pub fn flush(&self) -> Result<()> {
@@ -296,10 +303,11 @@ impl<'s> Work<'s> {
         Ok(1)
     }
 
-    /// The sled batch holding every change.
-    fn finish(self) -> Result<sled::Batch> {
+    /// The sled batch holding every change; `stamp` marks the blocks it rewrites.
+    fn finish(self, stamp: u64) -> Result<sled::Batch> {
         let mut batch = sled::Batch::default();
         for (seq, events) in &self.blocks {
+            batch.insert(key(DIRTY, &seq.to_be_bytes()), &stamp.to_be_bytes());
             if events.is_empty() {
                 batch.remove(key(BLOCK, &seq.to_be_bytes()));
                 batch.remove(key(HEAD, &seq.to_be_bytes()));
@@ -360,6 +368,8 @@ pub struct BlockMeta {
 pub struct ShardStore {
     shard: u32,
     tree: sled::Tree,
+    /// The shard's index tree, for the index actor and queries.
+    index: sled::Tree,
     db: sled::Db,
     gate: Arc<FlushGate>,
     /// Built on the first apply: which ids may be stored, so new ids skip the lookup.
@@ -505,7 +515,7 @@ impl ShardStore {
             }
             applied_seq = seq;
         }
-        let mut batch = w.finish()?;
+        let mut batch = w.finish(applied_seq)?;
         for (seq, n) in results {
             batch.insert(key(RESULT, &seq.to_be_bytes()), &n.to_be_bytes());
         }
@@ -570,6 +580,59 @@ impl ShardStore {
             }
         }
         Ok(())
+    }
+
+    /// The shard's index tree.
+    pub fn index_tree(&self) -> &sled::Tree {
+        &self.index
+    }
+
+    /// Blocks rewritten or removed since the index last covered them, with the
+    /// sequence that marked each.
+    pub fn dirty_blocks(&self) -> Result<BTreeMap<u64, u64>> {
+        let mut out = BTreeMap::new();
+        for kv in self.tree.scan_prefix([DIRTY]) {
+            let (k, v) = kv?;
+            let id = k.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+            let Some(id) = id else { return Err(self.corrupt("short dirty-block key".into())) };
+            out.insert(id, u64_of(Some(v)));
+        }
+        Ok(out)
+    }
+
+    /// Clears block `id`'s dirty mark if it is still the one with `stamp` (a newer
+    /// rewrite keeps its mark).
+    pub fn clear_dirty(&self, id: u64, stamp: u64) -> Result<()> {
+        let _ = self.tree.compare_and_swap(key(DIRTY, &id.to_be_bytes()), Some(&stamp.to_be_bytes()[..]), None::<&[u8]>)?;
+        Ok(())
+    }
+
+    /// The headers of the blocks with ids in `[lo, hi]`, in id order.
+    pub fn blocks_between(&self, lo: u64, hi: u64) -> Result<Vec<BlockMeta>> {
+        let mut out = Vec::new();
+        for kv in self.tree.range(key(HEAD, &lo.to_be_bytes())..=key(HEAD, &hi.to_be_bytes())) {
+            let (k, v) = kv?;
+            out.push(self.block_meta(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// One block's header, if the block exists.
+    pub fn block_header(&self, id: u64) -> Result<Option<BlockMeta>> {
+        let k = key(HEAD, &id.to_be_bytes());
+        match self.tree.get(&k)? {
+            Some(v) => Ok(Some(self.block_meta(&k, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The events at `positions` (ascending) of block `id`, with their positions.
+    pub fn read_block_at(&self, id: u64, positions: &[u32]) -> Result<Vec<(u32, Event)>> {
+        match self.tree.get(key(BLOCK, &id.to_be_bytes()))? {
+            Some(v) if v.len() >= HEADER => Ok(decode_events_at(&v[HEADER..], positions)?),
+            Some(_) => Err(self.corrupt("short block".into())),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// The time bounds of every block overlapping `[from, to)`, from the headers alone.

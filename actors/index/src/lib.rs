@@ -1,0 +1,165 @@
+//! The index actor: keeps every shard's index (postings in sled) up with the blocks the
+//! shard actors store, on one worker thread of its own, so indexing lags, catches up and
+//! restarts without touching ingest or the shard log. Queries read the index and scan
+//! whatever it has not covered yet, so a lagging index slows answers but never changes
+//! them.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use gossamer_index::{Lag, ShardIndex};
+use gossamer_storage::ShardStore;
+use serde::Serialize;
+use tracing::{info, warn};
+
+/// Events indexed into one new segment at most.
+const STEP_EVENTS: u64 = 64 * 1024;
+/// The pause when there was nothing to do.
+const IDLE: Duration = Duration::from_millis(100);
+
+/// What the index actor reports.
+#[derive(Debug, Clone, Default, Serialize, MessageResponse)]
+pub struct IndexState {
+    /// Events stored but not indexed yet, over every shard (queries scan them).
+    pub lag_events: u64,
+    pub lag_blocks: u64,
+    /// Blocks rewritten by deletes or updates whose segments are not rebuilt yet.
+    pub dirty_blocks: u64,
+    pub segments: u64,
+    /// Per shard, in shard order.
+    pub shards: Vec<Lag>,
+    pub indexed_events_total: u64,
+    pub merges_total: u64,
+    pub rebuilds_total: u64,
+    /// Indexes dropped and rebuilt: on request, or found damaged.
+    pub resets_total: u64,
+    pub last_error: Option<String>,
+}
+
+#[derive(Message)]
+#[rtype(result = "IndexState")]
+pub struct GetState;
+
+/// Drops every shard's index; the worker rebuilds them from the shards' blocks.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reindex;
+
+struct Shared {
+    state: Mutex<IndexState>,
+    stop: AtomicBool,
+    reindex: AtomicBool,
+}
+
+pub struct IndexActor {
+    shards: Vec<ShardStore>,
+    shared: Arc<Shared>,
+    worker: Option<std::thread::JoinHandle<()>>,
+}
+
+impl IndexActor {
+    pub fn new(shards: Vec<ShardStore>) -> Self {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(IndexState { shards: vec![Lag::default(); shards.len()], ..Default::default() }),
+            stop: AtomicBool::new(false),
+            reindex: AtomicBool::new(false),
+        });
+        Self { shards, shared, worker: None }
+    }
+}
+
+impl Actor for IndexActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _: &mut Self::Context) {
+        let indexes: Vec<ShardIndex> = self.shards.iter().cloned().map(ShardIndex::new).collect();
+        let shared = self.shared.clone();
+        self.worker = Some(
+            std::thread::Builder::new()
+                .name("gossamer-index".into())
+                .spawn(move || work(indexes, shared))
+                .expect("starting the index thread"),
+        );
+    }
+
+    fn stopped(&mut self, _: &mut Self::Context) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(w) = self.worker.take() {
+            w.thread().unpark();
+            let _ = w.join();
+        }
+    }
+}
+
+impl Handler<GetState> for IndexActor {
+    type Result = IndexState;
+
+    fn handle(&mut self, _: GetState, _: &mut Self::Context) -> IndexState {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl Handler<Reindex> for IndexActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Reindex, _: &mut Self::Context) {
+        self.shared.reindex.store(true, Ordering::SeqCst);
+        if let Some(w) = &self.worker {
+            w.thread().unpark();
+        }
+    }
+}
+
+fn work(indexes: Vec<ShardIndex>, shared: Arc<Shared>) {
+    while !shared.stop.load(Ordering::SeqCst) {
+        if shared.reindex.swap(false, Ordering::SeqCst) {
+            info!(shards = indexes.len(), "reindex-requested");
+            for ix in &indexes {
+                if let Err(e) = ix.clear() {
+                    warn!(shard = ix.shard(), error = %e, "index-clear-failed");
+                }
+            }
+            // The lag and the reset count change together, so a reader that sees the
+            // reset also sees the work it left.
+            let lags: Vec<Lag> = indexes.iter().map(|ix| ix.lag().unwrap_or_default()).collect();
+            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            set_lags(&mut st, lags);
+            st.resets_total += indexes.len() as u64;
+        }
+        let mut worked = false;
+        let mut lags = Vec::with_capacity(indexes.len());
+        for ix in &indexes {
+            let step = ix.step(STEP_EVENTS);
+            let lag = ix.lag();
+            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            match step {
+                Ok(s) => {
+                    worked |= s.did_work();
+                    st.indexed_events_total += s.indexed_events;
+                    st.merges_total += s.merged_segments;
+                    st.rebuilds_total += s.rebuilt_segments;
+                    st.resets_total += u64::from(s.reset);
+                }
+                Err(e) => {
+                    warn!(shard = ix.shard(), error = %e, "index-step-failed");
+                    st.last_error = Some(format!("shard {}: {e}", ix.shard()));
+                }
+            }
+            lags.push(lag.unwrap_or_default());
+        }
+        set_lags(&mut shared.state.lock().unwrap_or_else(|p| p.into_inner()), lags);
+        if !worked && !shared.stop.load(Ordering::SeqCst) {
+            std::thread::park_timeout(IDLE);
+        }
+    }
+}
+
+fn set_lags(st: &mut IndexState, lags: Vec<Lag>) {
+    st.lag_events = lags.iter().map(|l| l.events).sum();
+    st.lag_blocks = lags.iter().map(|l| l.blocks).sum();
+    st.dirty_blocks = lags.iter().map(|l| l.dirty_blocks).sum();
+    st.segments = lags.iter().map(|l| l.segments).sum();
+    st.shards = lags;
+}

@@ -1,0 +1,717 @@
+//! Per-shard postings in sled, built by the index actor from the blocks the shard
+//! actor stored.
+//!
+//! A shard's index tree (see `gossamer-storage`) holds:
+//! - `m:format`: the layout version; an index with another one is dropped and rebuilt;
+//! - `m:indexed`: the highest block id covered. Blocks with higher ids are the
+//!   unindexed tail, which queries scan, so answers are complete while the index lags;
+//! - `g` + lo: a segment: the blocks with ids in `[lo, hi]` (their ids, counts and time
+//!   bounds as indexed), the streams and levels it holds, its bucket count;
+//! - `p` + lo + bucket: the postings of the segment's terms that hash to that bucket.
+//!
+//! A posting list holds documents, `block index in the segment << 16 | position in the
+//! block`, ascending. Terms are namespaced strings: `w:` message token, `b:` two
+//! consecutive tokens (phrases), `s:` stream, `l:` level, `L:` label `key=value`, `f:`
+//! field `path=s:text` or `path=n:number`.
+//!
+//! New blocks become small segments; segments of one size tier merge eight at a time,
+//! from their postings, so a shard keeps a few dozen segments at most. A block the shard
+//! rewrote (delete, update, retention) is marked dirty in the shard tree in the same
+//! write; queries scan dirty blocks instead of trusting their postings, and the next
+//! step rebuilds the segment holding them and clears the mark.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use gossamer_schemas::text::each_token;
+use gossamer_schemas::Event;
+use gossamer_storage::{BlockMeta, ShardStore, StorageError};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The layout version written to `m:format`.
+pub const FORMAT: u64 = 1;
+const FORMAT_KEY: &[u8] = b"m:format";
+const INDEXED: &[u8] = b"m:indexed";
+const SEGMENT: u8 = b'g';
+const BUCKET: u8 = b'p';
+/// Target bytes of postings per bucket.
+const BUCKET_BYTES: usize = 16 << 10;
+/// Segments of one tier merged together.
+const FANIN: usize = 8;
+/// Events in a tier-0 segment at most; each tier holds eight times more.
+const TIER0_EVENTS: u64 = 4096;
+/// Longest token indexed; a longer one is found by scanning.
+pub const MAX_TOKEN: usize = 64;
+/// Longest field text value indexed.
+const MAX_FIELD_TEXT: usize = 256;
+/// Deepest nested field path indexed.
+const MAX_FIELD_DEPTH: usize = 4;
+const POS_BITS: u32 = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("shard {shard} index: {what}")]
+    Damaged { shard: u32, what: String },
+}
+
+pub type Result<T> = std::result::Result<T, IndexError>;
+
+/// A block as a segment indexed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockEntry {
+    pub id: u64,
+    pub count: u32,
+    pub min_ts: i64,
+    pub max_ts: i64,
+}
+
+/// One segment's description.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Segment {
+    pub lo: u64,
+    pub hi: u64,
+    pub blocks: Vec<BlockEntry>,
+    pub buckets: u32,
+    pub events: u64,
+    pub streams: Vec<String>,
+    pub levels: Vec<String>,
+}
+
+impl Segment {
+    /// The block and position of a document.
+    pub fn locate(&self, doc: u64) -> (BlockEntry, u32) {
+        (self.blocks[(doc >> POS_BITS) as usize], (doc & ((1 << POS_BITS) - 1)) as u32)
+    }
+
+    /// Every document of the segment, ascending.
+    pub fn all_docs(&self) -> Vec<u64> {
+        let mut out = Vec::with_capacity(self.events as usize);
+        for (i, b) in self.blocks.iter().enumerate() {
+            out.extend((0..u64::from(b.count)).map(|p| ((i as u64) << POS_BITS) | p));
+        }
+        out
+    }
+
+    fn tier(&self) -> u32 {
+        let mut tier = 0;
+        let mut cap = TIER0_EVENTS;
+        while self.events > cap {
+            tier += 1;
+            cap = cap.saturating_mul(FANIN as u64);
+        }
+        tier
+    }
+}
+
+/// What queries need to read a shard's index at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// Blocks with ids above this are not indexed yet.
+    pub indexed: u64,
+    pub segments: Vec<Segment>,
+    /// Blocks whose postings must not be trusted: scan them.
+    pub dirty: BTreeSet<u64>,
+}
+
+/// How far the index is behind its shard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Lag {
+    pub blocks: u64,
+    pub events: u64,
+    pub dirty_blocks: u64,
+    pub segments: u64,
+}
+
+/// What one [`ShardIndex::step`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Step {
+    pub indexed_events: u64,
+    pub rebuilt_segments: u64,
+    pub merged_segments: u64,
+    /// True when the index was found damaged or of another format and dropped.
+    pub reset: bool,
+}
+
+impl Step {
+    pub fn did_work(&self) -> bool {
+        self.indexed_events > 0 || self.rebuilt_segments > 0 || self.merged_segments > 0 || self.reset
+    }
+}
+
+/// One shard's index.
+#[derive(Clone)]
+pub struct ShardIndex {
+    store: ShardStore,
+    /// Set when segments changed since the last look for a merge.
+    merge_pending: Arc<AtomicBool>,
+}
+
+fn key(prefix: u8, parts: &[u64]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 8 * parts.len());
+    k.push(prefix);
+    for p in parts {
+        k.extend_from_slice(&p.to_be_bytes());
+    }
+    k
+}
+
+fn bucket_key(lo: u64, bucket: u32) -> Vec<u8> {
+    let mut k = key(BUCKET, &[lo]);
+    k.extend_from_slice(&bucket.to_be_bytes());
+    k
+}
+
+fn u64_of(v: Option<sled::IVec>) -> Option<u64> {
+    v.and_then(|v| v.as_ref().try_into().ok()).map(u64::from_be_bytes)
+}
+
+impl ShardIndex {
+    pub fn new(store: ShardStore) -> Self {
+        Self { store, merge_pending: Arc::new(AtomicBool::new(true)) }
+    }
+
+    pub fn shard(&self) -> u32 {
+        self.store.shard()
+    }
+
+    pub fn store(&self) -> &ShardStore {
+        &self.store
+    }
+
+    fn tree(&self) -> &sled::Tree {
+        self.store.index_tree()
+    }
+
+    fn damaged(&self, what: impl Into<String>) -> IndexError {
+        IndexError::Damaged { shard: self.store.shard(), what: what.into() }
+    }
+
+    /// The highest block id indexed (0: none).
+    pub fn indexed(&self) -> Result<u64> {
+        Ok(u64_of(self.tree().get(INDEXED)?).unwrap_or(0))
+    }
+
+    /// The index as queries see it. A damaged or foreign-format index reads as empty
+    /// (everything is scanned) until the index actor rebuilds it.
+    pub fn view(&self) -> Result<View> {
+        let dirty = self.store.dirty_blocks()?.into_keys().collect();
+        if u64_of(self.tree().get(FORMAT_KEY)?) != Some(FORMAT) {
+            return Ok(View { indexed: 0, segments: Vec::new(), dirty });
+        }
+        match (self.indexed(), self.segments()) {
+            (Ok(indexed), Ok(segments)) => Ok(View { indexed, segments, dirty }),
+            (Err(IndexError::Damaged { .. }), _) | (_, Err(IndexError::Damaged { .. })) => {
+                Ok(View { indexed: 0, segments: Vec::new(), dirty })
+            }
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        }
+    }
+
+    /// Every segment, by block range.
+    pub fn segments(&self) -> Result<Vec<Segment>> {
+        let mut out = Vec::new();
+        for kv in self.tree().scan_prefix([SEGMENT]) {
+            let (_, v) = kv?;
+            let seg: Segment = rmp_serde::from_slice(&v).map_err(|e| self.damaged(format!("segment: {e}")))?;
+            out.push(seg);
+        }
+        Ok(out)
+    }
+
+    /// The documents of `seg` holding `term`, ascending.
+    pub fn postings(&self, seg: &Segment, term: &[u8]) -> Result<Vec<u64>> {
+        let bucket = bucket_of(term, seg.buckets);
+        let Some(data) = self.tree().get(bucket_key(seg.lo, bucket))? else {
+            return Ok(Vec::new());
+        };
+        let mut r = Reader { buf: &data, at: 0 };
+        while !r.done() {
+            let entry = r.entry().ok_or_else(|| self.damaged(format!("bucket {bucket} of segment {}", seg.lo)))?;
+            if entry.0 == term {
+                return decode_docs(entry.1, entry.2).ok_or_else(|| self.damaged("posting list"));
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// How far the index is behind the shard.
+    pub fn lag(&self) -> Result<Lag> {
+        let ours = u64_of(self.tree().get(FORMAT_KEY)?) == Some(FORMAT);
+        let indexed = if ours { self.indexed()? } else { 0 };
+        let tail = self.store.blocks_between(indexed + 1, u64::MAX)?;
+        Ok(Lag {
+            blocks: tail.len() as u64,
+            events: tail.iter().map(|b| u64::from(b.count)).sum(),
+            dirty_blocks: self.store.dirty_blocks()?.len() as u64,
+            segments: if ours { self.tree().scan_prefix([SEGMENT]).count() as u64 } else { 0 },
+        })
+    }
+
+    /// Drops the whole index; the next steps rebuild it from the shard's blocks.
+    pub fn clear(&self) -> Result<()> {
+        self.tree().clear()?;
+        self.tree().flush()?;
+        Ok(())
+    }
+
+    /// One unit of the index actor's work: rebuilds segments holding dirty blocks,
+    /// indexes up to `budget` events of new blocks, and does at most one merge.
+    pub fn step(&self, budget: u64) -> Result<Step> {
+        let mut out = Step::default();
+        if u64_of(self.tree().get(FORMAT_KEY)?) != Some(FORMAT) {
+            out.reset = !self.tree().is_empty();
+            self.tree().clear()?;
+            self.tree().insert(FORMAT_KEY, &FORMAT.to_be_bytes())?;
+        }
+        match self.step_inner(budget, &mut out) {
+            Err(IndexError::Damaged { what, .. }) => {
+                tracing::warn!(shard = self.shard(), %what, "index damaged: dropping it to rebuild from the shard's blocks");
+                self.tree().clear()?;
+                self.tree().insert(FORMAT_KEY, &FORMAT.to_be_bytes())?;
+                Ok(Step { reset: true, ..out })
+            }
+            r => r.map(|()| out),
+        }
+    }
+
+    fn step_inner(&self, budget: u64, out: &mut Step) -> Result<()> {
+        // Marks first, blocks after: a block rewritten after this read keeps its mark.
+        let dirty = self.store.dirty_blocks()?;
+        let indexed = self.indexed()?;
+        let applied = self.store.applied_seq()?;
+        // New blocks: only those of fully applied writes.
+        let mut tail = self.store.blocks_between(indexed + 1, (applied << 16) | 0xffff)?;
+        if tail.is_empty() && !dirty.keys().any(|&id| id <= indexed) && !self.merge_pending.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut segments = self.segments()?;
+
+        // Segments holding blocks that changed since they were indexed.
+        let mut stale: BTreeMap<u64, BTreeSet<u64>> = BTreeMap::new();
+        for &id in dirty.keys().filter(|&&id| id <= indexed) {
+            if let Some(seg) = segments.iter().rev().find(|s| s.lo <= id && id <= s.hi) {
+                stale.entry(seg.lo).or_default().insert(id);
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for (lo, ids) in &stale {
+            let seg = segments.iter().find(|s| s.lo == *lo).expect("found above");
+            let mut b = Builder::default();
+            let current = self.store.blocks_between(seg.lo, seg.hi)?;
+            // Unchanged blocks keep their postings; changed ones are read again.
+            let keep: HashMap<u64, usize> = current
+                .iter()
+                .filter(|m| !ids.contains(&m.seq))
+                .filter_map(|m| seg.blocks.iter().position(|e| e.id == m.seq).map(|old| (m.seq, old)))
+                .collect();
+            let mut remap = vec![None; seg.blocks.len()];
+            let mut fresh = Vec::new();
+            for m in &current {
+                let new = b.blocks.len();
+                match keep.get(&m.seq) {
+                    Some(&old) => {
+                        remap[old] = Some(new);
+                        b.blocks.push(seg.blocks[old]);
+                    }
+                    None => {
+                        b.blocks.push(entry_of(m));
+                        fresh.push((new, m.seq));
+                    }
+                }
+            }
+            b.events = b.blocks.iter().map(|e| u64::from(e.count)).sum();
+            self.absorb(&mut b, seg, &|i| remap[i])?;
+            for (at, id) in fresh {
+                let events = self.store.read_block(id)?;
+                b.blocks[at].count = events.len() as u32;
+                b.add_events(at, &events);
+            }
+            b.events = b.blocks.iter().map(|e| u64::from(e.count)).sum();
+            b.streams.extend(seg.streams.iter().cloned());
+            b.levels.extend(seg.levels.iter().cloned());
+            remove_segment(&mut batch, seg);
+            let new = b.finish(seg.lo, seg.hi, &mut batch);
+            *segments.iter_mut().find(|s| s.lo == *lo).expect("found above") = new;
+            out.rebuilt_segments += 1;
+        }
+
+        let mut total = 0u64;
+        let take = tail
+            .iter()
+            .position(|m| {
+                total += u64::from(m.count);
+                total > budget
+            })
+            .map_or(tail.len(), |i| i.max(1));
+        tail.truncate(take);
+        let mut new_indexed = indexed;
+        if let Some(last) = tail.last() {
+            let mut b = Builder::default();
+            for m in &tail {
+                let events = self.store.read_block(m.seq)?;
+                let at = b.blocks.len();
+                b.blocks.push(BlockEntry { count: events.len() as u32, ..entry_of(m) });
+                b.add_events(at, &events);
+                b.events += events.len() as u64;
+            }
+            new_indexed = last.seq;
+            out.indexed_events = b.events;
+            let seg = b.finish(indexed + 1, last.seq, &mut batch);
+            segments.push(seg);
+            batch.insert(INDEXED, &new_indexed.to_be_bytes());
+        }
+        self.tree().apply_batch(batch)?;
+        for (id, stamp) in dirty.iter().filter(|(id, _)| **id <= new_indexed) {
+            self.store.clear_dirty(*id, *stamp)?;
+        }
+        if out.indexed_events > 0 || out.rebuilt_segments > 0 {
+            self.merge_pending.store(true, Ordering::SeqCst);
+        }
+
+        // One merge of FANIN neighbouring segments of one tier.
+        segments.sort_by_key(|s| s.lo);
+        if let Some(run) = segments.windows(FANIN).find(|w| w.iter().all(|s| s.tier() == w[0].tier())) {
+            let mut b = Builder::default();
+            let mut batch = sled::Batch::default();
+            for seg in run {
+                let offset = b.blocks.len();
+                b.blocks.extend_from_slice(&seg.blocks);
+                b.events += seg.events;
+                b.streams.extend(seg.streams.iter().cloned());
+                b.levels.extend(seg.levels.iter().cloned());
+                self.absorb(&mut b, seg, &|i| Some(i + offset))?;
+                remove_segment(&mut batch, seg);
+            }
+            b.finish(run[0].lo, run[FANIN - 1].hi, &mut batch);
+            self.tree().apply_batch(batch)?;
+            out.merged_segments = FANIN as u64;
+        } else {
+            self.merge_pending.store(false, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    /// Adds `seg`'s postings to `b`, moving each block to `remap(its index)` (or
+    /// dropping it for `None`).
+    fn absorb(&self, b: &mut Builder, seg: &Segment, remap: &dyn Fn(usize) -> Option<usize>) -> Result<()> {
+        for bucket in 0..seg.buckets {
+            let Some(data) = self.tree().get(bucket_key(seg.lo, bucket))? else { continue };
+            let mut r = Reader { buf: &data, at: 0 };
+            while !r.done() {
+                let (term, n, bytes) =
+                    r.entry().ok_or_else(|| self.damaged(format!("bucket {bucket} of segment {}", seg.lo)))?;
+                let docs = decode_docs(n, bytes).ok_or_else(|| self.damaged("posting list"))?;
+                let list = b.postings.entry(term.to_vec()).or_default();
+                for d in docs {
+                    if let Some(to) = remap((d >> POS_BITS) as usize) {
+                        list.push(((to as u64) << POS_BITS) | (d & ((1 << POS_BITS) - 1)));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn entry_of(m: &BlockMeta) -> BlockEntry {
+    BlockEntry { id: m.seq, count: m.count, min_ts: m.min_ts, max_ts: m.max_ts }
+}
+
+fn remove_segment(batch: &mut sled::Batch, seg: &Segment) {
+    batch.remove(key(SEGMENT, &[seg.lo]));
+    for b in 0..seg.buckets {
+        batch.remove(bucket_key(seg.lo, b));
+    }
+}
+
+fn bucket_of(term: &[u8], buckets: u32) -> u32 {
+    (xxhash_rust::xxh3::xxh3_64(term) % u64::from(buckets.max(1))) as u32
+}
+
+/// A segment being built: postings in memory.
+#[derive(Default)]
+struct Builder {
+    /// Lists may be out of order after a rebuild adds changed blocks: sorted on finish.
+    postings: HashMap<Vec<u8>, Vec<u64>>,
+    blocks: Vec<BlockEntry>,
+    events: u64,
+    streams: BTreeSet<String>,
+    levels: BTreeSet<String>,
+}
+
+impl Builder {
+    fn add_events(&mut self, block: usize, events: &[Event]) {
+        for (pos, e) in events.iter().enumerate() {
+            let doc = ((block as u64) << POS_BITS) | pos as u64;
+            self.streams.insert(e.stream.clone());
+            self.levels.insert(e.level.clone());
+            let mut sink = Sink { b: self, doc };
+            event_terms(e, &mut |t| sink.add(t));
+        }
+    }
+
+    /// Writes the segment into `batch` and returns its description.
+    fn finish(self, lo: u64, hi: u64, batch: &mut sled::Batch) -> Segment {
+        let mut encoded: Vec<(Vec<u8>, usize, Vec<u8>)> = Vec::with_capacity(self.postings.len());
+        let mut total = 0;
+        for (term, mut docs) in self.postings {
+            if !docs.is_sorted_by(|a, b| a < b) {
+                docs.sort_unstable();
+                docs.dedup();
+            }
+            if docs.is_empty() {
+                continue;
+            }
+            let bytes = encode_docs(&docs);
+            total += term.len() + bytes.len() + 8;
+            encoded.push((term, docs.len(), bytes));
+        }
+        let buckets = total.div_ceil(BUCKET_BYTES).max(1) as u32;
+        let mut data: Vec<Vec<u8>> = vec![Vec::new(); buckets as usize];
+        for (term, n, bytes) in encoded {
+            let out = &mut data[bucket_of(&term, buckets) as usize];
+            put_varint(out, term.len() as u64);
+            out.extend_from_slice(&term);
+            put_varint(out, n as u64);
+            put_varint(out, bytes.len() as u64);
+            out.extend_from_slice(&bytes);
+        }
+        for (i, d) in data.into_iter().enumerate() {
+            if !d.is_empty() {
+                batch.insert(bucket_key(lo, i as u32), d);
+            }
+        }
+        let seg = Segment {
+            lo,
+            hi,
+            blocks: self.blocks,
+            buckets,
+            events: self.events,
+            streams: self.streams.into_iter().collect(),
+            levels: self.levels.into_iter().collect(),
+        };
+        batch.insert(key(SEGMENT, &[lo]), rmp_serde::to_vec(&seg).expect("a segment always encodes"));
+        seg
+    }
+}
+
+struct Sink<'b> {
+    b: &'b mut Builder,
+    doc: u64,
+}
+
+impl Sink<'_> {
+    fn add(&mut self, term: &[u8]) {
+        let b = &mut *self.b;
+        match b.postings.get_mut(term) {
+            Some(list) => {
+                if list.last() != Some(&self.doc) {
+                    list.push(self.doc);
+                }
+            }
+            None => {
+                b.postings.insert(term.to_vec(), vec![self.doc]);
+            }
+        }
+    }
+}
+
+/// Calls `f` with every index term of `e` (a term may come more than once).
+pub fn event_terms(e: &Event, f: &mut dyn FnMut(&[u8])) {
+    let mut t = Vec::with_capacity(64);
+    term_into(&mut t, b"s:", &[e.stream.as_bytes()]);
+    f(&t);
+    term_into(&mut t, b"l:", &[e.level.as_bytes()]);
+    f(&t);
+    for (k, v) in &e.labels {
+        term_into(&mut t, b"L:", &[k.as_bytes(), b"=", v.as_bytes()]);
+        f(&t);
+    }
+    let mut prev = String::new();
+    let mut cur = String::new();
+    each_token(&e.message, |tok| {
+        cur.clear();
+        if tok.is_ascii() {
+            cur.push_str(tok);
+            cur.make_ascii_lowercase();
+        } else {
+            cur.push_str(&tok.to_lowercase());
+        }
+        if cur.len() <= MAX_TOKEN {
+            term_into(&mut t, b"w:", &[cur.as_bytes()]);
+            f(&t);
+            if !prev.is_empty() {
+                term_into(&mut t, b"b:", &[prev.as_bytes(), b" ", cur.as_bytes()]);
+                f(&t);
+            }
+            std::mem::swap(&mut prev, &mut cur);
+        } else {
+            prev.clear();
+        }
+    });
+    let mut path = String::new();
+    field_terms(&e.fields, &mut path, 0, &mut t, f);
+}
+
+fn field_terms(
+    fields: &serde_json::Map<String, Value>,
+    path: &mut String,
+    depth: usize,
+    t: &mut Vec<u8>,
+    f: &mut dyn FnMut(&[u8]),
+) {
+    for (k, v) in fields {
+        let len = path.len();
+        if !path.is_empty() {
+            path.push('.');
+        }
+        path.push_str(k);
+        match v {
+            Value::Object(m) if depth + 1 < MAX_FIELD_DEPTH => field_terms(m, path, depth + 1, t, f),
+            Value::Object(_) | Value::Array(_) => {}
+            Value::String(s) if s.len() > MAX_FIELD_TEXT => {}
+            Value::String(s) => {
+                term_into(t, b"f:", &[path.as_bytes(), b"=s:", s.as_bytes()]);
+                f(t);
+            }
+            Value::Bool(b) => {
+                term_into(t, b"f:", &[path.as_bytes(), b"=s:", if *b { b"true" } else { b"false" }]);
+                f(t);
+            }
+            Value::Null => {
+                term_into(t, b"f:", &[path.as_bytes(), b"=s:null"]);
+                f(t);
+            }
+            Value::Number(n) => {
+                if let Some(x) = n.as_f64() {
+                    term_into(t, b"f:", &[path.as_bytes(), b"=n:", number_text(x).as_bytes()]);
+                    f(t);
+                }
+            }
+        }
+        path.truncate(len);
+    }
+}
+
+fn term_into(t: &mut Vec<u8>, prefix: &[u8], parts: &[&[u8]]) {
+    t.clear();
+    t.extend_from_slice(prefix);
+    for p in parts {
+        t.extend_from_slice(p);
+    }
+}
+
+/// One number's text in field terms, the same for `5`, `5.0` and `"5"` parsed.
+pub fn number_text(x: f64) -> String {
+    format!("{x}")
+}
+
+/// The term of a message token (lowercased), if tokens that long are indexed.
+pub fn word_term(w: &str) -> Option<Vec<u8>> {
+    (w.len() <= MAX_TOKEN).then(|| [b"w:", w.as_bytes()].concat())
+}
+
+/// The term of two consecutive message tokens.
+pub fn bigram_term(a: &str, b: &str) -> Option<Vec<u8>> {
+    (a.len() <= MAX_TOKEN && b.len() <= MAX_TOKEN).then(|| [b"b:", a.as_bytes(), b" ", b.as_bytes()].concat())
+}
+
+pub fn stream_term(s: &str) -> Vec<u8> {
+    [b"s:", s.as_bytes()].concat()
+}
+
+pub fn level_term(l: &str) -> Vec<u8> {
+    [b"l:", l.as_bytes()].concat()
+}
+
+pub fn label_term(k: &str, v: &str) -> Vec<u8> {
+    [b"L:", k.as_bytes(), b"=", v.as_bytes()].concat()
+}
+
+/// The terms a field equal to `v` may be indexed under: as text, and as a number.
+pub fn field_terms_for(path: &str, v: &str) -> Vec<Vec<u8>> {
+    let mut out = vec![[b"f:", path.as_bytes(), b"=s:", v.as_bytes()].concat()];
+    if let Ok(x) = v.trim().parse::<f64>() {
+        out.push([b"f:", path.as_bytes(), b"=n:", number_text(x).as_bytes()].concat());
+    }
+    out
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn encode_docs(docs: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(docs.len() * 2);
+    let mut prev = 0;
+    for (i, &d) in docs.iter().enumerate() {
+        put_varint(&mut out, if i == 0 { d } else { d - prev });
+        prev = d;
+    }
+    out
+}
+
+fn decode_docs(n: u64, bytes: &[u8]) -> Option<Vec<u64>> {
+    let mut r = Reader { buf: bytes, at: 0 };
+    let mut out = Vec::with_capacity(n.min(1 << 24) as usize);
+    let mut prev = 0u64;
+    for i in 0..n {
+        let d = r.varint()?;
+        prev = if i == 0 { d } else { prev.checked_add(d)? };
+        out.push(prev);
+    }
+    r.done().then_some(out)
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn done(&self) -> bool {
+        self.at >= self.buf.len()
+    }
+
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let byte = *self.buf.get(self.at)?;
+            self.at += 1;
+            v |= u64::from(byte & 0x7f) << shift;
+            if byte < 0x80 {
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    fn bytes(&mut self, n: u64) -> Option<&'a [u8]> {
+        let end = self.at.checked_add(usize::try_from(n).ok()?)?;
+        let out = self.buf.get(self.at..end)?;
+        self.at = end;
+        Some(out)
+    }
+
+    /// One bucket entry: term, document count, encoded documents.
+    fn entry(&mut self) -> Option<(&'a [u8], u64, &'a [u8])> {
+        let tl = self.varint()?;
+        let term = self.bytes(tl)?;
+        let n = self.varint()?;
+        let bl = self.varint()?;
+        Some((term, n, self.bytes(bl)?))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -64,6 +64,10 @@ pub struct QueryBench {
     dataset: PathBuf,
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Keep the node's data here (sled files, for `gossamer admin disk-usage`) instead
+    /// of a temporary directory.
+    #[arg(long)]
+    keep: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -510,7 +514,11 @@ fn query(a: QueryBench) -> Result<()> {
             }
         }
     }
-    let node = NodeProcess::start(&server.url(), &tmp.path().join("node"), a.shards)?;
+    let node_dir = a.keep.clone().unwrap_or_else(|| tmp.path().join("node"));
+    if node_dir.join("sled").exists() {
+        anyhow::bail!("{} already holds a node's data: give an empty directory", node_dir.display());
+    }
+    let node = NodeProcess::start(&server.url(), &node_dir, a.shards)?;
     eprintln!("ingesting through the request/reply path ...");
     rt.block_on(async {
         let client = gossamer_bus::connect(&server.url(), Duration::from_secs(10)).await?;
@@ -519,6 +527,22 @@ fn query(a: QueryBench) -> Result<()> {
     })?;
     drop(msgs);
     let base = format!("{}/api/v1", node.http);
+    // Queries are complete while the index lags, but the figures are of indexed data.
+    let waited = Instant::now();
+    let bar = indicatif::ProgressBar::new_spinner();
+    loop {
+        let st: serde_json::Value = ureq::get(&format!("{base}/index")).call()?.into_json()?;
+        let lag = st["lag_events"].as_u64().unwrap_or(u64::MAX);
+        bar.set_message(format!("indexing: {lag} events left"));
+        bar.tick();
+        if lag == 0 && st["dirty_blocks"] == 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bar.finish_and_clear();
+    let index_wait_s = waited.elapsed().as_secs_f64();
+    eprintln!("the index caught up {index_wait_s:.1} s after the last event was stored");
     let rg = std::process::Command::new("rg").arg("--version").output().is_ok();
     let f = ndjson.display();
     let mix: Vec<(&'static str, String, String, Option<String>)> = vec![
@@ -578,9 +602,9 @@ fn query(a: QueryBench) -> Result<()> {
     }
     let peak_rss_kb = peak_rss_kb(node.child.id());
     node.stop()?;
-    let sled_bytes = dir_size(&tmp.path().join("node").join("sled"));
+    let sled_bytes = dir_size(&node_dir.join("sled"));
     drop(server);
-    println!("{} events, {} shards, {} timed runs per query", a.events, a.shards, a.runs);
+    println!("{} events, {} shards, {} timed runs per query; index caught up {index_wait_s:.1} s after ingest", a.events, a.shards, a.runs);
     println!("{:<38} {:>10} {:>10} {:>12}  answer", "query", "p50 ms", "p99 ms", "ripgrep ms");
     for q in &figures {
         println!(
@@ -609,6 +633,7 @@ fn query(a: QueryBench) -> Result<()> {
                 "peak_rss_kb": peak_rss_kb,
                 "sled_bytes": sled_bytes,
                 "ndjson_bytes": ndjson_bytes,
+                "index_caught_up_after_s": index_wait_s,
             }))?,
         )?;
     }

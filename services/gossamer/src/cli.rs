@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 use gossamer_config::Config;
 
@@ -46,6 +46,12 @@ enum AdminCmd {
         /// Wait until the index has caught up, showing progress.
         #[arg(long)]
         wait: bool,
+    },
+    /// Bytes of a stopped node's sled data by kind: event blocks, id index, postings.
+    DiskUsage {
+        /// The node's data directory.
+        #[arg(long, default_value = "gossamer-data")]
+        data: PathBuf,
     },
     /// Show how far the index is behind the stored events.
     Index {
@@ -423,6 +429,36 @@ fn retention(a: RetentionCmd) -> Result<()> {
 
 fn admin(a: AdminCmd) -> Result<()> {
     match a {
+        AdminCmd::DiskUsage { data } => {
+            let sled = data.join("sled");
+            if !sled.exists() {
+                bail!("{} holds no node data (no sled directory)", data.display());
+            }
+            let store = gossamer_storage::Store::open(&sled).context("opening sled (is the node still running?)")?;
+            let usage = store.usage()?;
+            let total: u64 = usage.values().map(|u| u.1).sum();
+            println!("{:<24} {:>12} {:>14}", "kind", "keys", "bytes");
+            for (kind, (keys, bytes)) in &usage {
+                println!("{kind:<24} {keys:>12} {bytes:>14}");
+            }
+            println!("{:<24} {:>12} {total:>14}", "keys and values", "");
+            println!("{:<24} {:>12} {:>14}", "sled on disk", "", store.size_on_disk());
+            let mut terms: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+            let mut shard = 0;
+            while store.has_shard(shard)? {
+                for (kind, (n, bytes)) in gossamer_index::ShardIndex::new(store.shard(shard)?).term_usage()? {
+                    let e = terms.entry(kind).or_default();
+                    e.0 += n;
+                    e.1 += bytes;
+                }
+                shard += 1;
+            }
+            println!("\nindex terms by kind (uncompressed)");
+            for (kind, (n, bytes)) in &terms {
+                println!("{kind:<24} {n:>12} {bytes:>14}");
+            }
+            Ok(())
+        }
         AdminCmd::Index { server } => {
             let st = call(ureq::get(&format!("{}/api/v1/index", server.trim_end_matches('/'))), None)?;
             println!(

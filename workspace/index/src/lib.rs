@@ -7,7 +7,9 @@
 //!   unindexed tail, which queries scan, so answers are complete while the index lags;
 //! - `g` + lo: a segment: the blocks with ids in `[lo, hi]` (their ids, counts and time
 //!   bounds as indexed), the streams and levels it holds, its bucket count;
-//! - `p` + lo + bucket: the postings of the segment's terms that hash to that bucket.
+//! - `p` + lo + bucket: the terms of the segment that hash to that bucket, each with its
+//!   document count and, unless it is long, its posting list;
+//! - `q` + lo + term: a long posting list.
 //!
 //! A posting list holds documents, `block index in the segment << 16 | position in the
 //! block`, ascending. Terms are namespaced strings: `w:` message token, `b:` two
@@ -24,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use gossamer_schemas::batch::{compress, decompress};
 use gossamer_schemas::text::each_token;
 use gossamer_schemas::Event;
 use gossamer_storage::{BlockMeta, ShardStore, StorageError};
@@ -31,13 +34,23 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The layout version written to `m:format`.
-pub const FORMAT: u64 = 1;
+pub const FORMAT: u64 = 4;
 const FORMAT_KEY: &[u8] = b"m:format";
 const INDEXED: &[u8] = b"m:indexed";
+/// Changes with every write, so readers know when their cached segments are stale.
+const GENERATION: &[u8] = b"m:gen";
 const SEGMENT: u8 = b'g';
 const BUCKET: u8 = b'p';
-/// Target bytes of postings per bucket.
-const BUCKET_BYTES: usize = 16 << 10;
+/// Target bytes of postings per bucket (before compression).
+const BUCKET_BYTES: usize = 4 << 10;
+/// A bucket this big is compressed.
+const COMPRESS_BUCKET_BYTES: usize = 512;
+const BUCKET_LEVEL: i32 = 3;
+const RAW: u8 = 0;
+const COMPRESSED: u8 = 1;
+/// A posting list longer than this (encoded) is kept under its own key.
+const EXTERNAL_BYTES: usize = 1024;
+const EXTERNAL: u8 = b'q';
 /// Segments of one tier merged together.
 const FANIN: usize = 8;
 /// Events in a tier-0 segment at most; each tier holds eight times more.
@@ -48,7 +61,19 @@ pub const MAX_TOKEN: usize = 64;
 const MAX_FIELD_TEXT: usize = 256;
 /// Deepest nested field path indexed.
 const MAX_FIELD_DEPTH: usize = 4;
-const POS_BITS: u32 = 16;
+/// Bits of a document number that hold the position in the block (blocks hold at most
+/// 512 events).
+const POS_BITS: u32 = 9;
+
+/// The block index (in its segment) of a document.
+pub fn doc_block(doc: u64) -> usize {
+    (doc >> POS_BITS) as usize
+}
+
+/// The position in its block of a document.
+pub fn doc_pos(doc: u64) -> u32 {
+    (doc & ((1 << POS_BITS) - 1)) as u32
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -86,7 +111,7 @@ pub struct Segment {
 impl Segment {
     /// The block and position of a document.
     pub fn locate(&self, doc: u64) -> (BlockEntry, u32) {
-        (self.blocks[(doc >> POS_BITS) as usize], (doc & ((1 << POS_BITS) - 1)) as u32)
+        (self.blocks[doc_block(doc)], doc_pos(doc))
     }
 
     /// Every document of the segment, ascending.
@@ -204,13 +229,29 @@ impl ShardIndex {
         if u64_of(self.tree().get(FORMAT_KEY)?) != Some(FORMAT) {
             return Ok(View { indexed: 0, segments: Vec::new(), dirty });
         }
-        match (self.indexed(), self.segments()) {
-            (Ok(indexed), Ok(segments)) => Ok(View { indexed, segments, dirty }),
+        match (self.indexed(), self.cached_segments()) {
+            (Ok(indexed), Ok(segments)) => Ok(View { indexed, segments: segments.as_ref().clone(), dirty }),
             (Err(IndexError::Damaged { .. }), _) | (_, Err(IndexError::Damaged { .. })) => {
                 Ok(View { indexed: 0, segments: Vec::new(), dirty })
             }
             (Err(e), _) | (_, Err(e)) => Err(e),
         }
+    }
+
+    /// Every segment, from memory when the index has not changed since they were read.
+    fn cached_segments(&self) -> Result<Arc<Vec<Segment>>> {
+        let generation = u64_of(self.tree().get(GENERATION)?).unwrap_or(0);
+        let slot = self.store.index_cache();
+        if let Some((g, any)) = &*slot.lock().unwrap_or_else(|p| p.into_inner()) {
+            if *g == generation {
+                if let Ok(segs) = any.clone().downcast::<Vec<Segment>>() {
+                    return Ok(segs);
+                }
+            }
+        }
+        let segs = Arc::new(self.segments()?);
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, segs.clone()));
+        Ok(segs)
     }
 
     /// Every segment, by block range.
@@ -226,18 +267,80 @@ impl ShardIndex {
 
     /// The documents of `seg` holding `term`, ascending.
     pub fn postings(&self, seg: &Segment, term: &[u8]) -> Result<Vec<u64>> {
+        match self.lookup(seg, term, true)? {
+            Some((n, bytes)) => decode_docs(n, &bytes).ok_or_else(|| self.damaged("posting list")),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// How many documents of `seg` hold `term`, without reading the list.
+    pub fn posting_count(&self, seg: &Segment, term: &[u8]) -> Result<u64> {
+        Ok(self.lookup(seg, term, false)?.map_or(0, |(n, _)| n))
+    }
+
+    /// A term's document count and (when `list`) its encoded list.
+    fn lookup(&self, seg: &Segment, term: &[u8], list: bool) -> Result<Option<(u64, Vec<u8>)>> {
         let bucket = bucket_of(term, seg.buckets);
         let Some(data) = self.tree().get(bucket_key(seg.lo, bucket))? else {
-            return Ok(Vec::new());
+            return Ok(None);
         };
+        let data = self.bucket_bytes(seg, bucket, &data)?;
         let mut r = Reader { buf: &data, at: 0 };
         while !r.done() {
-            let entry = r.entry().ok_or_else(|| self.damaged(format!("bucket {bucket} of segment {}", seg.lo)))?;
-            if entry.0 == term {
-                return decode_docs(entry.1, entry.2).ok_or_else(|| self.damaged("posting list"));
+            let (t, n, inline) = r.entry().ok_or_else(|| self.damaged(format!("bucket {bucket} of segment {}", seg.lo)))?;
+            if t != term {
+                continue;
+            }
+            if !list {
+                return Ok(Some((n, Vec::new())));
+            }
+            return match inline {
+                Some(bytes) => Ok(Some((n, bytes.to_vec()))),
+                None => match self.tree().get(external_key(seg.lo, term))? {
+                    Some(v) => Ok(Some((n, v.to_vec()))),
+                    None => Err(self.damaged(format!("segment {}: a long posting list is missing", seg.lo))),
+                },
+            };
+        }
+        Ok(None)
+    }
+
+    /// Terms and their bytes (term text plus inline postings, before compression) by
+    /// kind: message words, word pairs, streams, levels, labels, fields.
+    pub fn term_usage(&self) -> Result<BTreeMap<String, (u64, u64)>> {
+        let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for seg in self.segments()? {
+            for bucket in 0..seg.buckets {
+                let Some(data) = self.tree().get(bucket_key(seg.lo, bucket))? else { continue };
+                let data = self.bucket_bytes(&seg, bucket, &data)?;
+                let mut r = Reader { buf: &data, at: 0 };
+                while !r.done() {
+                    let (term, _, inline) = r.entry().ok_or_else(|| self.damaged("bucket"))?;
+                    let kind = match term.get(..2) {
+                        Some(b"w:") => "words",
+                        Some(b"b:") => "word pairs",
+                        Some(b"s:") => "streams",
+                        Some(b"l:") => "levels",
+                        Some(b"L:") => "labels",
+                        Some(b"f:") => "fields",
+                        _ => "other",
+                    };
+                    let e = out.entry(kind.to_string()).or_default();
+                    e.0 += 1;
+                    e.1 += (term.len() + inline.map_or(0, <[u8]>::len)) as u64;
+                }
             }
         }
-        Ok(Vec::new())
+        Ok(out)
+    }
+
+    fn bucket_bytes<'d>(&self, seg: &Segment, bucket: u32, data: &'d [u8]) -> Result<std::borrow::Cow<'d, [u8]>> {
+        let bad = |what: String| self.damaged(format!("bucket {bucket} of segment {}: {what}", seg.lo));
+        match data.split_first() {
+            Some((&RAW, rest)) => Ok(std::borrow::Cow::Borrowed(rest)),
+            Some((&COMPRESSED, rest)) => Ok(std::borrow::Cow::Owned(decompress(rest).map_err(|e| bad(e.to_string()))?)),
+            _ => Err(bad("unknown encoding".into())),
+        }
     }
 
     /// How far the index is behind the shard.
@@ -266,18 +369,33 @@ impl ShardIndex {
         let mut out = Step::default();
         if u64_of(self.tree().get(FORMAT_KEY)?) != Some(FORMAT) {
             out.reset = !self.tree().is_empty();
-            self.tree().clear()?;
-            self.tree().insert(FORMAT_KEY, &FORMAT.to_be_bytes())?;
+            self.reset()?;
         }
         match self.step_inner(budget, &mut out) {
             Err(IndexError::Damaged { what, .. }) => {
                 tracing::warn!(shard = self.shard(), %what, "index damaged: dropping it to rebuild from the shard's blocks");
-                self.tree().clear()?;
-                self.tree().insert(FORMAT_KEY, &FORMAT.to_be_bytes())?;
+                self.reset()?;
                 Ok(Step { reset: true, ..out })
             }
             r => r.map(|()| out),
         }
+    }
+
+    /// An empty index of this format, with a generation no cache can hold.
+    fn reset(&self) -> Result<()> {
+        self.tree().clear()?;
+        let fresh = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
+        self.tree().insert(GENERATION, &fresh.to_be_bytes())?;
+        self.tree().insert(FORMAT_KEY, &FORMAT.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Writes `batch` with the next generation.
+    fn commit(&self, mut batch: sled::Batch) -> Result<()> {
+        let generation = u64_of(self.tree().get(GENERATION)?).unwrap_or(0);
+        batch.insert(GENERATION, &generation.wrapping_add(1).to_be_bytes());
+        self.tree().apply_batch(batch)?;
+        Ok(())
     }
 
     fn step_inner(&self, budget: u64, out: &mut Step) -> Result<()> {
@@ -286,7 +404,8 @@ impl ShardIndex {
         let indexed = self.indexed()?;
         let applied = self.store.applied_seq()?;
         // New blocks: only those of fully applied writes.
-        let mut tail = self.store.blocks_between(indexed + 1, (applied << 16) | 0xffff)?;
+        let last = (applied << gossamer_storage::PART_BITS) | ((1 << gossamer_storage::PART_BITS) - 1);
+        let mut tail = self.store.blocks_between(indexed + 1, last)?;
         if tail.is_empty() && !dirty.keys().any(|&id| id <= indexed) && !self.merge_pending.load(Ordering::SeqCst) {
             return Ok(());
         }
@@ -335,7 +454,7 @@ impl ShardIndex {
             b.events = b.blocks.iter().map(|e| u64::from(e.count)).sum();
             b.streams.extend(seg.streams.iter().cloned());
             b.levels.extend(seg.levels.iter().cloned());
-            remove_segment(&mut batch, seg);
+            self.remove_segment(&mut batch, seg)?;
             let new = b.finish(seg.lo, seg.hi, &mut batch);
             *segments.iter_mut().find(|s| s.lo == *lo).expect("found above") = new;
             out.rebuilt_segments += 1;
@@ -366,7 +485,7 @@ impl ShardIndex {
             segments.push(seg);
             batch.insert(INDEXED, &new_indexed.to_be_bytes());
         }
-        self.tree().apply_batch(batch)?;
+        self.commit(batch)?;
         for (id, stamp) in dirty.iter().filter(|(id, _)| **id <= new_indexed) {
             self.store.clear_dirty(*id, *stamp)?;
         }
@@ -386,10 +505,10 @@ impl ShardIndex {
                 b.streams.extend(seg.streams.iter().cloned());
                 b.levels.extend(seg.levels.iter().cloned());
                 self.absorb(&mut b, seg, &|i| Some(i + offset))?;
-                remove_segment(&mut batch, seg);
+                self.remove_segment(&mut batch, seg)?;
             }
             b.finish(run[0].lo, run[FANIN - 1].hi, &mut batch);
-            self.tree().apply_batch(batch)?;
+            self.commit(batch)?;
             out.merged_segments = FANIN as u64;
         } else {
             self.merge_pending.store(false, Ordering::SeqCst);
@@ -402,10 +521,19 @@ impl ShardIndex {
     fn absorb(&self, b: &mut Builder, seg: &Segment, remap: &dyn Fn(usize) -> Option<usize>) -> Result<()> {
         for bucket in 0..seg.buckets {
             let Some(data) = self.tree().get(bucket_key(seg.lo, bucket))? else { continue };
+            let data = self.bucket_bytes(seg, bucket, &data)?;
             let mut r = Reader { buf: &data, at: 0 };
             while !r.done() {
-                let (term, n, bytes) =
+                let (term, n, inline) =
                     r.entry().ok_or_else(|| self.damaged(format!("bucket {bucket} of segment {}", seg.lo)))?;
+                let external;
+                let bytes = match inline {
+                    Some(b) => b,
+                    None => {
+                        external = self.tree().get(external_key(seg.lo, term))?.ok_or_else(|| self.damaged("a long posting list is missing"))?;
+                        &external[..]
+                    }
+                };
                 let docs = decode_docs(n, bytes).ok_or_else(|| self.damaged("posting list"))?;
                 let list = b.postings.entry(term.to_vec()).or_default();
                 for d in docs {
@@ -423,11 +551,24 @@ fn entry_of(m: &BlockMeta) -> BlockEntry {
     BlockEntry { id: m.seq, count: m.count, min_ts: m.min_ts, max_ts: m.max_ts }
 }
 
-fn remove_segment(batch: &mut sled::Batch, seg: &Segment) {
-    batch.remove(key(SEGMENT, &[seg.lo]));
-    for b in 0..seg.buckets {
-        batch.remove(bucket_key(seg.lo, b));
+impl ShardIndex {
+    fn remove_segment(&self, batch: &mut sled::Batch, seg: &Segment) -> Result<()> {
+        batch.remove(key(SEGMENT, &[seg.lo]));
+        for b in 0..seg.buckets {
+            batch.remove(bucket_key(seg.lo, b));
+        }
+        for k in self.tree().scan_prefix(key(EXTERNAL, &[seg.lo])).keys() {
+            batch.remove(k?);
+        }
+        Ok(())
     }
+}
+
+/// Where a long posting list lives, apart from its bucket.
+fn external_key(lo: u64, term: &[u8]) -> Vec<u8> {
+    let mut k = key(EXTERNAL, &[lo]);
+    k.extend_from_slice(term);
+    k
 }
 
 fn bucket_of(term: &[u8], buckets: u32) -> u32 {
@@ -473,19 +614,37 @@ impl Builder {
             encoded.push((term, docs.len(), bytes));
         }
         let buckets = total.div_ceil(BUCKET_BYTES).max(1) as u32;
+        // Sorted terms compress better, and zstd takes most of what they repeat.
+        encoded.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut data: Vec<Vec<u8>> = vec![Vec::new(); buckets as usize];
         for (term, n, bytes) in encoded {
             let out = &mut data[bucket_of(&term, buckets) as usize];
             put_varint(out, term.len() as u64);
             out.extend_from_slice(&term);
             put_varint(out, n as u64);
-            put_varint(out, bytes.len() as u64);
-            out.extend_from_slice(&bytes);
+            if bytes.len() > EXTERNAL_BYTES {
+                // Long lists stay out of the bucket: a lookup of a rare term does not
+                // decompress them, and a count does not read them at all.
+                put_varint(out, 1);
+                batch.insert(external_key(lo, &term), bytes);
+            } else {
+                put_varint(out, (bytes.len() as u64) << 1);
+                out.extend_from_slice(&bytes);
+            }
         }
         for (i, d) in data.into_iter().enumerate() {
-            if !d.is_empty() {
-                batch.insert(bucket_key(lo, i as u32), d);
+            if d.is_empty() {
+                continue;
             }
+            let mut v = Vec::with_capacity(d.len() + 1);
+            if d.len() >= COMPRESS_BUCKET_BYTES {
+                v.push(COMPRESSED);
+                v.extend_from_slice(&compress(&d, BUCKET_LEVEL).expect("a bucket is far below the frame limit"));
+            } else {
+                v.push(RAW);
+                v.extend_from_slice(&d);
+            }
+            batch.insert(bucket_key(lo, i as u32), v);
         }
         let seg = Segment {
             lo,
@@ -546,7 +705,7 @@ pub fn event_terms(e: &Event, f: &mut dyn FnMut(&[u8])) {
         if cur.len() <= MAX_TOKEN {
             term_into(&mut t, b"w:", &[cur.as_bytes()]);
             f(&t);
-            if !prev.is_empty() {
+            if !prev.is_empty() && pair_indexed(&prev, &cur) {
                 term_into(&mut t, b"b:", &[prev.as_bytes(), b" ", cur.as_bytes()]);
                 f(&t);
             }
@@ -617,9 +776,18 @@ pub fn word_term(w: &str) -> Option<Vec<u8>> {
     (w.len() <= MAX_TOKEN).then(|| [b"w:", w.as_bytes()].concat())
 }
 
-/// The term of two consecutive message tokens.
+/// The term of two consecutive message tokens, if such pairs are indexed.
 pub fn bigram_term(a: &str, b: &str) -> Option<Vec<u8>> {
-    (a.len() <= MAX_TOKEN && b.len() <= MAX_TOKEN).then(|| [b"b:", a.as_bytes(), b" ", b.as_bytes()].concat())
+    (a.len() <= MAX_TOKEN && b.len() <= MAX_TOKEN && pair_indexed(a, b))
+        .then(|| [b"b:", a.as_bytes(), b" ", b.as_bytes()].concat())
+}
+
+/// Pairs with a number in them are not indexed: numbers are nearly unique, and their
+/// pairs would double the term dictionary for phrases nobody types. A phrase with
+/// one is found through its words, then checked.
+fn pair_indexed(a: &str, b: &str) -> bool {
+    let number = |t: &str| t.bytes().all(|c| c.is_ascii_digit());
+    !number(a) && !number(b)
 }
 
 pub fn stream_term(s: &str) -> Vec<u8> {
@@ -703,13 +871,17 @@ impl<'a> Reader<'a> {
         Some(out)
     }
 
-    /// One bucket entry: term, document count, encoded documents.
-    fn entry(&mut self) -> Option<(&'a [u8], u64, &'a [u8])> {
+    /// One bucket entry: term, document count, and the encoded documents unless they
+    /// are kept apart (`None`).
+    fn entry(&mut self) -> Option<(&'a [u8], u64, Option<&'a [u8]>)> {
         let tl = self.varint()?;
         let term = self.bytes(tl)?;
         let n = self.varint()?;
-        let bl = self.varint()?;
-        Some((term, n, self.bytes(bl)?))
+        let len = self.varint()?;
+        if len & 1 == 1 {
+            return Some((term, n, None));
+        }
+        Some((term, n, Some(self.bytes(len >> 1)?)))
     }
 }
 

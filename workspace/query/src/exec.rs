@@ -184,15 +184,42 @@ pub fn search(shards: &[ShardStore], p: &SearchParams) -> Result<SearchPage, Que
         Order::Asc => blocks.sort_by_key(|b| b.1.min_ts),
     }
     let mut top = TopK::new(p.order, k);
-    for (i, w) in blocks {
-        if top.excludes(w.min_ts, w.max_ts) {
-            break;
-        }
-        read_matches(&shards[i], &w, &p.expr, range, |e| {
+    // Blocks are read a few at a time on every core; a wave whose first block cannot
+    // enter the page ends the search.
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+    let read = |(i, w): &(usize, BlockWork)| -> Result<Vec<Event>, QueryError> {
+        let mut out = Vec::new();
+        read_matches(&shards[*i], w, &p.expr, range, |e| {
             if past_cursor(p.order, p.cursor, &e) {
-                top.push(e);
+                out.push(e);
             }
         })?;
+        Ok(out)
+    };
+    for wave in blocks.chunks(threads * 4) {
+        let open: Vec<&(usize, BlockWork)> = wave.iter().filter(|(_, w)| !top.excludes(w.min_ts, w.max_ts)).collect();
+        if open.is_empty() {
+            break;
+        }
+        let found: Vec<Result<Vec<Event>, QueryError>> = if threads == 1 || open.len() == 1 {
+            open.iter().map(|b| read(b)).collect()
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..threads.min(open.len()))
+                    .map(|t| {
+                        let mine: Vec<&(usize, BlockWork)> = open.iter().skip(t).step_by(threads).copied().collect();
+                        let read = &read;
+                        scope.spawn(move || mine.into_iter().map(read).collect::<Vec<_>>())
+                    })
+                    .collect();
+                handles.into_iter().flat_map(|h| h.join().expect("a query thread panicked")).collect()
+            })
+        };
+        for events in found {
+            for e in events? {
+                top.push(e);
+            }
+        }
     }
     // In page order: the newest first for `Desc`, the oldest first for `Asc`.
     let mut events = top.into_sorted();

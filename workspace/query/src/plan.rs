@@ -131,7 +131,7 @@ impl ShardPlan {
                 Docs::Full => true,
                 Docs::List(docs) => {
                     for &d in docs {
-                        per_block.entry((d >> 16) as usize).or_default().push((d & 0xffff) as u32);
+                        per_block.entry(index::doc_block(d)).or_default().push(index::doc_pos(d));
                     }
                     false
                 }
@@ -183,10 +183,15 @@ impl ShardPlan {
                     Facet::Stream => index::stream_term(v),
                     Facet::Level => index::level_term(v),
                 };
-                let docs = self.index.postings(seg, &term)?;
                 let n = match &hits.docs {
-                    Docs::Full => docs.iter().filter(|d| !dirty.contains(&((*d >> 16) as usize))).count(),
-                    Docs::List(hit) => intersect(&docs, hit).iter().filter(|d| !dirty.contains(&((*d >> 16) as usize))).count(),
+                    Docs::Full if dirty.is_empty() => self.index.posting_count(seg, &term)? as usize,
+                    Docs::Full => {
+                        self.index.postings(seg, &term)?.iter().filter(|&&d| !dirty.contains(&index::doc_block(d))).count()
+                    }
+                    Docs::List(hit) => intersect(&self.index.postings(seg, &term)?, hit)
+                        .iter()
+                        .filter(|&&d| !dirty.contains(&index::doc_block(d)))
+                        .count(),
                 };
                 if n > 0 {
                     *counts.entry(v.clone()).or_default() += n as u64;
@@ -322,16 +327,28 @@ impl Eval<'_> {
                 0 => Hits::exact(Vec::new()),
                 1 => return self.term(&Term::Word(ws[0].clone())),
                 n => {
+                    // Every indexed pair, and the words of the pairs that are not.
+                    let mut exact = n == 2;
                     let mut acc: Option<Vec<u64>> = None;
                     for pair in ws.windows(2) {
-                        let Some(term) = index::bigram_term(&pair[0], &pair[1]) else { return Ok(Hits::UNKNOWN) };
-                        let d = self.postings(term)?;
-                        acc = Some(match acc {
-                            None => d,
-                            Some(a) => intersect(&a, &d),
-                        });
+                        let terms = match index::bigram_term(&pair[0], &pair[1]) {
+                            Some(t) => vec![t],
+                            None => {
+                                exact = false;
+                                let words: Option<Vec<Vec<u8>>> = pair.iter().map(|w| index::word_term(w)).collect();
+                                let Some(words) = words else { return Ok(Hits::UNKNOWN) };
+                                words
+                            }
+                        };
+                        for term in terms {
+                            let d = self.postings(term)?;
+                            acc = Some(match acc {
+                                None => d,
+                                Some(a) => intersect(&a, &d),
+                            });
+                        }
                     }
-                    Hits { docs: Docs::List(acc.unwrap_or_default()), exact: n == 2 }
+                    Hits { docs: Docs::List(acc.unwrap_or_default()), exact }
                 }
             },
             Term::Stream(glob) if !glob.contains('*') => Hits::exact(self.postings(index::stream_term(glob))?),
@@ -445,8 +462,11 @@ mod tests {
         }
     }
 
-    const WORDS: [&str; 7] = ["alpha", "beta", "gamma", "delta", "Reset", "peer", "x1"];
-    const QUERIES: [&str; 22] = [
+    const WORDS: [&str; 8] = ["alpha", "beta", "gamma", "delta", "Reset", "peer", "x1", "42"];
+    const QUERIES: [&str; 25] = [
+        "\"peer 42\"",
+        "\"42 alpha beta\"",
+        "42",
         "",
         "alpha",
         "alpha beta",
@@ -472,7 +492,7 @@ mod tests {
     ];
 
     fn event(rng: &mut Rng, n: u128) -> Event {
-        let words: Vec<&str> = (0..1 + rng.below(5)).map(|_| WORDS[rng.below(7) as usize]).collect();
+        let words: Vec<&str> = (0..1 + rng.below(5)).map(|_| WORDS[rng.below(8) as usize]).collect();
         let mut labels = BTreeMap::new();
         labels.insert("app".to_string(), format!("a{}", rng.below(3)));
         let mut fields = serde_json::Map::new();

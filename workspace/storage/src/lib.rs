@@ -3,7 +3,7 @@
 //! One sled database per node, one tree per shard. A shard's tree holds:
 //! - `b` + block id (u64 BE: the last sequence of the apply call that added the events,
 //!   shifted left 16 bits, plus a part number): up to 512 events in time order,
-//!   compressed;
+//!   compressed in frames of 128 (so one event is read without decompressing the block);
 //!   the value starts with the block's min and max `ts` and its event count so time
 //!   ranges skip blocks without decompressing them;
 //! - `h` + seq: the block's header alone, to list time bounds without reading blocks;
@@ -40,7 +40,10 @@ const HEAD: u8 = b'h';
 const DIRTY: u8 = b'd';
 const HEADER: usize = 20;
 /// zstd level for stored blocks.
-const BLOCK_LEVEL: i32 = 3;
+const BLOCK_LEVEL: i32 = 6;
+/// Events per compressed frame of a block: reading one event decompresses its frame
+/// alone.
+const FRAME_EVENTS: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -61,7 +64,12 @@ pub struct Store {
     gate: Arc<FlushGate>,
     /// One id filter per shard, shared by every handle on that shard.
     filters: Arc<Mutex<BTreeMap<u32, SharedFilter>>>,
+    /// One index cache slot per shard, likewise.
+    caches: Arc<Mutex<BTreeMap<u32, IndexCache>>>,
 }
+
+/// Whatever the index keeps in memory for a shard, with the index generation it is of.
+pub type IndexCache = Arc<Mutex<Option<(u64, Arc<dyn std::any::Any + Send + Sync>)>>>;
 
 /// A shard's id filter, built on its first apply.
 type SharedFilter = Arc<Mutex<Option<IdFilter>>>;
@@ -79,14 +87,15 @@ struct FlushGate {
 impl Store {
     pub fn open(path: &Path) -> Result<Self> {
         let db = sled::Config::new().path(path).cache_capacity(128 << 20).open()?;
-        Ok(Self { db, gate: Arc::default(), filters: Arc::default() })
+        Ok(Self { db, gate: Arc::default(), filters: Arc::default(), caches: Arc::default() })
     }
 
     pub fn shard(&self, shard: u32) -> Result<ShardStore> {
         let tree = self.db.open_tree(format!("shard-{shard}"))?;
         let index = self.db.open_tree(format!("index-{shard}"))?;
         let filter = self.filters.lock().unwrap_or_else(|p| p.into_inner()).entry(shard).or_default().clone();
-        Ok(ShardStore { shard, tree, index, db: self.db.clone(), gate: self.gate.clone(), filter })
+        let index_cache = self.caches.lock().unwrap_or_else(|p| p.into_inner()).entry(shard).or_default().clone();
+        Ok(ShardStore { shard, tree, index, index_cache, db: self.db.clone(), gate: self.gate.clone(), filter })
     }
 
     pub fn flush(&self) -> Result<()> {
@@ -116,6 +125,41 @@ impl Store {
         };
         meta.flush()?;
         Ok(())
+    }
+
+    /// Keys and bytes (keys plus values) by kind, over every tree: what the data is made
+    /// of, apart from sled's own overhead.
+    pub fn usage(&self) -> Result<BTreeMap<String, (u64, u64)>> {
+        let mut out: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        for name in self.db.tree_names() {
+            let tree = self.db.open_tree(&name)?;
+            let name = String::from_utf8_lossy(&name).into_owned();
+            let family = name.split('-').next().unwrap_or("").to_string();
+            for kv in tree.iter() {
+                let (k, v) = kv?;
+                let kind = match (family.as_str(), k.first()) {
+                    ("shard", Some(&BLOCK)) => "shard: event blocks",
+                    ("shard", Some(&HEAD)) => "shard: block headers",
+                    ("shard", Some(&ID)) => "shard: id index",
+                    ("shard", _) => "shard: other",
+                    ("index", Some(b'p')) => "index: terms, short postings",
+                    ("index", Some(b'q')) => "index: long postings",
+                    ("index", Some(b'g')) => "index: segments",
+                    ("index", _) => "index: other",
+                    _ => "other",
+                };
+                let e = out.entry(kind.to_string()).or_default();
+                e.0 += 1;
+                e.1 += (k.len() + v.len()) as u64;
+            }
+        }
+        Ok(out)
+    }
+
+    /// True when shard `n` has a tree in this database.
+    pub fn has_shard(&self, n: u32) -> Result<bool> {
+        let name = format!("shard-{n}");
+        Ok(self.db.tree_names().iter().any(|t| t.as_ref() == name.as_bytes()))
     }
 
     /// Bytes sled uses on disk.
@@ -162,7 +206,7 @@ const FRESH: u64 = u64::MAX;
 /// Events per new block.
 const BLOCK_EVENTS: usize = 512;
 /// A block's key is its apply call's last adding sequence, shifted, plus its part.
-const PART_BITS: u32 = 16;
+pub const PART_BITS: u32 = 16;
 
 impl<'s> Work<'s> {
     fn new(store: &'s ShardStore) -> Result<Self> {
@@ -370,6 +414,7 @@ pub struct ShardStore {
     tree: sled::Tree,
     /// The shard's index tree, for the index actor and queries.
     index: sled::Tree,
+    index_cache: IndexCache,
     db: sled::Db,
     gate: Arc<FlushGate>,
     /// Built on the first apply: which ids may be stored, so new ids skip the lookup.
@@ -587,6 +632,11 @@ impl ShardStore {
         &self.index
     }
 
+    /// The index's in-memory slot for this shard, shared by every handle on it.
+    pub fn index_cache(&self) -> &IndexCache {
+        &self.index_cache
+    }
+
     /// Blocks rewritten or removed since the index last covered them, with the
     /// sequence that marked each.
     pub fn dirty_blocks(&self) -> Result<BTreeMap<u64, u64>> {
@@ -629,8 +679,22 @@ impl ShardStore {
     /// The events at `positions` (ascending) of block `id`, with their positions.
     pub fn read_block_at(&self, id: u64, positions: &[u32]) -> Result<Vec<(u32, Event)>> {
         match self.tree.get(key(BLOCK, &id.to_be_bytes()))? {
-            Some(v) if v.len() >= HEADER => Ok(decode_events_at(&v[HEADER..], positions)?),
-            Some(_) => Err(self.corrupt("short block".into())),
+            Some(v) => {
+                let frames = self.frames(&v)?;
+                let mut out = Vec::with_capacity(positions.len());
+                let mut rest = positions;
+                while let Some(&first) = rest.first() {
+                    let f = first as usize / FRAME_EVENTS;
+                    let n = rest.iter().take_while(|&&p| p as usize / FRAME_EVENTS == f).count();
+                    let base = (f * FRAME_EVENTS) as u32;
+                    let local: Vec<u32> = rest[..n].iter().map(|p| p - base).collect();
+                    if let Some(frame) = frames.get(f) {
+                        out.extend(decode_events_at(frame, &local)?.into_iter().map(|(p, e)| (p + base, e)));
+                    }
+                    rest = &rest[n..];
+                }
+                Ok(out)
+            }
             None => Ok(Vec::new()),
         }
     }
@@ -670,10 +734,26 @@ impl ShardStore {
     }
 
     fn decode_block(&self, v: &[u8]) -> Result<Vec<Event>> {
-        if v.len() < HEADER {
-            return Err(self.corrupt("short block".into()));
+        let mut out = Vec::new();
+        for frame in self.frames(v)? {
+            out.extend(decode_events(frame)?);
         }
-        Ok(decode_events(&v[HEADER..])?)
+        Ok(out)
+    }
+
+    /// The compressed frames of a block value.
+    fn frames<'v>(&self, v: &'v [u8]) -> Result<Vec<&'v [u8]>> {
+        let short = || self.corrupt("short block".into());
+        let n = u16::from_be_bytes(v.get(HEADER..HEADER + 2).ok_or_else(short)?.try_into().unwrap()) as usize;
+        let mut at = HEADER + 2 + 4 * n;
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            let o = HEADER + 2 + 4 * i;
+            let len = u32::from_be_bytes(v.get(o..o + 4).ok_or_else(short)?.try_into().unwrap()) as usize;
+            out.push(v.get(at..at + len).ok_or_else(short)?);
+            at += len;
+        }
+        Ok(out)
     }
 
     fn corrupt(&self, what: String) -> StorageError {
@@ -693,12 +773,19 @@ fn put_block(batch: &mut sled::Batch, seq: u64, events: &[Event]) -> Result<()> 
 fn encode_block(events: &[Event]) -> Result<Vec<u8>> {
     let min = events.iter().map(|e| e.ts).min().unwrap_or(0);
     let max = events.iter().map(|e| e.ts).max().unwrap_or(0);
-    let body = encode_events(events, BLOCK_LEVEL)?;
-    let mut v = Vec::with_capacity(HEADER + body.len());
+    let frames = events.chunks(FRAME_EVENTS).map(|c| encode_events(c, BLOCK_LEVEL)).collect::<std::result::Result<Vec<_>, _>>()?;
+    let body: usize = frames.iter().map(Vec::len).sum();
+    let mut v = Vec::with_capacity(HEADER + 2 + 4 * frames.len() + body);
     v.extend_from_slice(&min.to_be_bytes());
     v.extend_from_slice(&max.to_be_bytes());
     v.extend_from_slice(&(events.len() as u32).to_be_bytes());
-    v.extend_from_slice(&body);
+    v.extend_from_slice(&(frames.len() as u16).to_be_bytes());
+    for f in &frames {
+        v.extend_from_slice(&(f.len() as u32).to_be_bytes());
+    }
+    for f in &frames {
+        v.extend_from_slice(f);
+    }
     Ok(v)
 }
 

@@ -157,6 +157,215 @@ pub fn decode_events_at(bytes: &[u8], wanted: &[u32]) -> Result<Vec<(u32, Event)
     Ok(Picker(wanted).deserialize(&mut de)?)
 }
 
+/// A field value as [`for_each_lite`] sees it: scalars borrowed, anything nested left
+/// unread.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LiteValue<'a> {
+    Str(&'a str),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Bool(bool),
+    Null,
+    /// An array or an object.
+    Nested,
+}
+
+/// An event's parts that aggregations read, borrowed from the decompressed block: no
+/// id, no message, top-level fields only.
+#[derive(Debug, Default)]
+pub struct LiteEvent<'a> {
+    pub ts: i64,
+    pub stream: &'a str,
+    pub level: &'a str,
+    pub labels: Vec<(&'a str, &'a str)>,
+    pub fields: Vec<(&'a str, LiteValue<'a>)>,
+}
+
+impl<'a> LiteEvent<'a> {
+    pub fn label(&self, k: &str) -> Option<&'a str> {
+        self.labels.iter().find(|(n, _)| *n == k).map(|(_, v)| *v)
+    }
+
+    pub fn field(&self, k: &str) -> Option<LiteValue<'a>> {
+        self.fields.iter().find(|(n, _)| *n == k).map(|(_, v)| *v)
+    }
+}
+
+/// Calls `f` with the events at `positions` (ascending; `None`: every event) of a block
+/// frame made by [`encode_events`], each decoded without its id and message.
+pub fn for_each_lite(bytes: &[u8], positions: Option<&[u32]>, f: &mut dyn FnMut(u32, &LiteEvent<'_>)) -> Result<(), CodecError> {
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use std::fmt;
+
+    struct Value<'a>(std::marker::PhantomData<&'a ()>);
+    impl<'de> Visitor<'de> for Value<'de> {
+        type Value = LiteValue<'de>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a field value")
+        }
+        fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(LiteValue::Str(v))
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Self::Value, E> {
+            Err(E::custom("a field string that cannot be borrowed"))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+            Ok(LiteValue::Int(v))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+            Ok(LiteValue::UInt(v))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+            Ok(LiteValue::Float(v))
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(LiteValue::Bool(v))
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(LiteValue::Null)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(LiteValue::Null)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            while a.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(LiteValue::Nested)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<Self::Value, A::Error> {
+            while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(LiteValue::Nested)
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Value<'de> {
+        type Value = LiteValue<'de>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    /// A map of borrowed keys, into a reused vector.
+    struct Pairs<'s, 'de, V>(&'s mut Vec<(&'de str, V)>);
+    impl<'de> Visitor<'de> for Pairs<'_, 'de, &'de str> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("labels")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+            while let Some((k, v)) = a.next_entry::<&'de str, &'de str>()? {
+                self.0.push((k, v));
+            }
+            Ok(())
+        }
+    }
+    impl<'de> Visitor<'de> for Pairs<'_, 'de, LiteValue<'de>> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("fields")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+            while let Some(k) = a.next_key::<&'de str>()? {
+                let v = a.next_value_seed(Value(std::marker::PhantomData))?;
+                self.0.push((k, v));
+            }
+            Ok(())
+        }
+    }
+    macro_rules! seed_for {
+        ($v:ty) => {
+            impl<'de> DeserializeSeed<'de> for Pairs<'_, 'de, $v> {
+                type Value = ();
+                fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+                    d.deserialize_map(self)
+                }
+            }
+        };
+    }
+    seed_for!(&'de str);
+    seed_for!(LiteValue<'de>);
+
+    /// One event, as the array serde makes of [`Event`].
+    struct One<'s, 'de>(&'s mut LiteEvent<'de>);
+    impl<'de> Visitor<'de> for One<'_, 'de> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an event")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+            use serde::de::Error;
+            let e = self.0;
+            let missing = || A::Error::custom("a short event");
+            a.next_element::<IgnoredAny>()?.ok_or_else(missing)?;
+            e.ts = a.next_element()?.ok_or_else(missing)?;
+            e.stream = a.next_element()?.ok_or_else(missing)?;
+            e.level = a.next_element()?.ok_or_else(missing)?;
+            a.next_element::<IgnoredAny>()?.ok_or_else(missing)?;
+            e.labels.clear();
+            a.next_element_seed(Pairs(&mut e.labels))?.ok_or_else(missing)?;
+            e.fields.clear();
+            a.next_element_seed(Pairs(&mut e.fields))?.ok_or_else(missing)?;
+            while a.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(())
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for One<'_, 'de> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    struct All<'f, 'p> {
+        positions: Option<&'p [u32]>,
+        f: &'f mut dyn FnMut(u32, &LiteEvent<'_>),
+    }
+    impl<'de> Visitor<'de> for All<'_, '_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of events")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+            let mut e = LiteEvent::default();
+            let mut wanted = self.positions.map(|p| p.iter().copied().peekable());
+            let mut i = 0u32;
+            loop {
+                let take = match &mut wanted {
+                    None => true,
+                    Some(w) => match w.peek() {
+                        None => break,
+                        Some(&p) => p == i,
+                    },
+                };
+                if take {
+                    if a.next_element_seed(One(&mut e))?.is_none() {
+                        break;
+                    }
+                    (self.f)(i, &e);
+                    if let Some(w) = &mut wanted {
+                        w.next();
+                    }
+                } else if a.next_element::<IgnoredAny>()?.is_none() {
+                    break;
+                }
+                i += 1;
+            }
+            while a.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(())
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for All<'_, '_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+
+    let raw = decompress(bytes)?;
+    let mut de = rmp_serde::Deserializer::from_read_ref(&raw);
+    All { positions, f }.deserialize(&mut de)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,6 +406,41 @@ mod tests {
             let want: Vec<(u32, Event)> =
                 wanted.iter().filter(|&&i| (i as usize) < n).map(|&i| (i, events[i as usize].clone())).collect();
             prop_assert_eq!(got, want);
+        }
+
+        #[test]
+        fn lite_events_hold_what_the_full_ones_hold(n in 0usize..30, pick in proptest::collection::btree_set(0u32..35, 0..8)) {
+            let mut events: Vec<Event> = (0..n).map(|i| event(format!("m{i}"), i as i64 - 7, format!("l{i}"))).collect();
+            for (i, e) in events.iter_mut().enumerate() {
+                e.fields.insert("s".into(), serde_json::json!(format!("v{i}")));
+                e.fields.insert("f".into(), serde_json::json!(i as f64 + 0.5));
+                e.fields.insert("neg".into(), serde_json::json!(-(i as i64)));
+                e.fields.insert("b".into(), serde_json::json!(i % 2 == 0));
+                e.fields.insert("z".into(), serde_json::Value::Null);
+                e.fields.insert("o".into(), serde_json::json!({"x": [1, 2]}));
+            }
+            let block = encode_events(&events, 3).unwrap();
+            let wanted: Vec<u32> = pick.into_iter().collect();
+            for positions in [None, Some(wanted.as_slice())] {
+                let mut seen = Vec::new();
+                for_each_lite(&block, positions, &mut |i, l| {
+                    let e = &events[i as usize];
+                    assert_eq!((l.ts, l.stream, l.level), (e.ts, e.stream.as_str(), e.level.as_str()));
+                    assert_eq!(l.label("k"), Some(e.labels["k"].as_str()));
+                    assert_eq!(l.field("s"), Some(LiteValue::Str(e.fields["s"].as_str().unwrap())));
+                    assert_eq!(l.field("f"), Some(LiteValue::Float(i as f64 + 0.5)));
+                    assert_eq!(l.field("b"), Some(LiteValue::Bool(i % 2 == 0)));
+                    assert_eq!(l.field("z"), Some(LiteValue::Null));
+                    assert_eq!(l.field("o"), Some(LiteValue::Nested));
+                    assert!(matches!(l.field("neg"), Some(LiteValue::Int(_) | LiteValue::UInt(0))));
+                    seen.push(i);
+                }).unwrap();
+                let want: Vec<u32> = match positions {
+                    None => (0..n as u32).collect(),
+                    Some(p) => p.iter().copied().filter(|&i| (i as usize) < n).collect(),
+                };
+                prop_assert_eq!(seen, want);
+            }
         }
 
         #[test]

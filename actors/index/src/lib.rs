@@ -15,7 +15,7 @@ use serde::Serialize;
 use tracing::{info, warn};
 
 /// Events indexed into one new segment at most.
-const STEP_EVENTS: u64 = 64 * 1024;
+const STEP_EVENTS: u64 = 16 * 1024;
 /// The pause when there was nothing to do.
 const IDLE: Duration = Duration::from_millis(100);
 

@@ -68,6 +68,12 @@ pub struct QueryBench {
     /// of a temporary directory.
     #[arg(long)]
     keep: Option<PathBuf>,
+    /// Also draw the figures as a PNG chart here.
+    #[arg(long)]
+    png: Option<PathBuf>,
+    /// Run the node without the index role: every query scans (what the index buys).
+    #[arg(long)]
+    no_index: bool,
 }
 
 #[derive(Args)]
@@ -298,10 +304,15 @@ struct NodeProcess {
 
 impl NodeProcess {
     fn start(nats: &str, data: &Path, shards: u32) -> Result<Self> {
+        Self::start_with(nats, data, shards, &[])
+    }
+
+    fn start_with(nats: &str, data: &Path, shards: u32, extra: &[&str]) -> Result<Self> {
         use std::io::BufRead;
         let mut child = std::process::Command::new(std::env::current_exe()?)
             .args(["node", "--nats", nats, "--http", "127.0.0.1:0", "--shards", &shards.to_string(), "--data"])
             .arg(data)
+            .args(extra)
             .env("GOSSAMER_LOG", "warn")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
@@ -518,19 +529,48 @@ fn query(a: QueryBench) -> Result<()> {
     if node_dir.join("sled").exists() {
         anyhow::bail!("{} already holds a node's data: give an empty directory", node_dir.display());
     }
-    let node = NodeProcess::start(&server.url(), &node_dir, a.shards)?;
+    // The bus alone, with the same messages, then one event per message (at most a
+    // million of them): the rates Gossamer's ingest is measured against.
+    eprintln!("raw JetStream publish of the same {} messages ...", msgs.len());
+    let (raw_rate, raw_single_rate) = rt.block_on(async {
+        let client = gossamer_bus::connect(&server.url(), Duration::from_secs(10)).await?;
+        let js = async_nats::jetstream::new(client);
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "BENCH_RAW".into(),
+            subjects: vec!["bench.raw.>".into()],
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the raw stream: {e}"))?;
+        let raw_s = publish_all(&js, "bench.raw.", &msgs, 256).await?;
+        js.get_stream("BENCH_RAW").await?.purge().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let singles: Vec<(String, Bytes)> = msgs
+            .iter()
+            .flat_map(|(s, body)| {
+                body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| (s.clone(), body.slice_ref(l))).collect::<Vec<_>>()
+            })
+            .take(1_000_000)
+            .collect();
+        let single_s = publish_all(&js, "bench.raw.", &singles, 4096).await?;
+        js.delete_stream("BENCH_RAW").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok::<_, anyhow::Error>((a.events as f64 / raw_s, singles.len() as f64 / single_s))
+    })?;
+    let roles: &[&str] = if a.no_index { &["--roles", "ingest,shard,admin"] } else { &[] };
+    let node = NodeProcess::start_with(&server.url(), &node_dir, a.shards, roles)?;
     eprintln!("ingesting through the request/reply path ...");
+    let ingest_start = Instant::now();
     rt.block_on(async {
         let client = gossamer_bus::connect(&server.url(), Duration::from_secs(10)).await?;
         request_all(&client, "gossamer.default.ingest.", &msgs, 256).await?;
         wait_stored(&node, "loghub.", a.events as u64, Instant::now()).await
     })?;
+    let ingest_rate = a.events as f64 / ingest_start.elapsed().as_secs_f64();
     drop(msgs);
     let base = format!("{}/api/v1", node.http);
     // Queries are complete while the index lags, but the figures are of indexed data.
     let waited = Instant::now();
     let bar = indicatif::ProgressBar::new_spinner();
-    loop {
+    while !a.no_index {
         let st: serde_json::Value = ureq::get(&format!("{base}/index")).call()?.into_json()?;
         let lag = st["lag_events"].as_u64().unwrap_or(u64::MAX);
         bar.set_message(format!("indexing: {lag} events left"));
@@ -605,6 +645,9 @@ fn query(a: QueryBench) -> Result<()> {
     let sled_bytes = dir_size(&node_dir.join("sled"));
     drop(server);
     println!("{} events, {} shards, {} timed runs per query; index caught up {index_wait_s:.1} s after ingest", a.events, a.shards, a.runs);
+    println!(
+        "ingest, request/reply to queryable {ingest_rate:.0} events/s; raw JetStream publish {raw_rate:.0} events/s (same messages), {raw_single_rate:.0} events/s (one per message)"
+    );
     println!("{:<38} {:>10} {:>10} {:>12}  answer", "query", "p50 ms", "p99 ms", "ripgrep ms");
     for q in &figures {
         println!(
@@ -623,6 +666,18 @@ fn query(a: QueryBench) -> Result<()> {
         ndjson_bytes as f64 / a.events as f64,
         sled_bytes as f64 / ndjson_bytes as f64
     );
+    if let Some(path) = &a.png {
+        let bars: Vec<crate::chart::Bar> = figures
+            .iter()
+            .map(|q| crate::chart::Bar { label: q.name.to_string(), p50: q.p50_ms, p99: q.p99_ms, ripgrep: q.ripgrep_ms })
+            .collect();
+        let title = format!(
+            "Gossamer, {} events on one node ({} shards): query latency, ms (log scale)",
+            a.events, a.shards
+        );
+        crate::chart::latency_png(path, &title, &bars)?;
+        eprintln!("chart written to {}", path.display());
+    }
     if let Some(path) = a.json {
         std::fs::write(
             &path,
@@ -634,6 +689,9 @@ fn query(a: QueryBench) -> Result<()> {
                 "sled_bytes": sled_bytes,
                 "ndjson_bytes": ndjson_bytes,
                 "index_caught_up_after_s": index_wait_s,
+                "ingest_events_per_s": ingest_rate,
+                "raw_jetstream_events_per_s": raw_rate,
+                "raw_jetstream_single_events_per_s": raw_single_rate,
             }))?,
         )?;
     }

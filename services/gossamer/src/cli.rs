@@ -434,7 +434,8 @@ fn admin(a: AdminCmd) -> Result<()> {
             if !sled.exists() {
                 bail!("{} holds no node data (no sled directory)", data.display());
             }
-            let store = gossamer_storage::Store::open(&sled).context("opening sled (is the node still running?)")?;
+            let cache = gossamer_config::Config::load(None)?.sled_cache_mb << 20;
+            let store = gossamer_storage::Store::open_with_cache(&sled, cache).context("opening sled (is the node still running?)")?;
             let usage = store.usage()?;
             let total: u64 = usage.values().map(|u| u.1).sum();
             println!("{:<24} {:>12} {:>14}", "kind", "keys", "bytes");

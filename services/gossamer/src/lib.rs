@@ -2,6 +2,7 @@
 //! `bench`.
 
 pub mod bench;
+pub mod chart;
 pub mod cli;
 pub mod client;
 pub mod commands;

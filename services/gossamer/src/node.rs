@@ -39,7 +39,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     let names = gossamer_bus::ensure_streams(&js, &cfg).await?;
 
     let sled_dir = cfg.data.join("sled");
-    let store = tokio::task::spawn_blocking(move || Store::open(&sled_dir))
+    let cache = cfg.sled_cache_mb << 20;
+    let store = tokio::task::spawn_blocking(move || Store::open_with_cache(&sled_dir, cache))
         .await?
         .context("opening sled (the data directory may be in use by another node)")?;
     let shard_count = cfg.shards;

@@ -35,6 +35,9 @@ pub struct Config {
     pub retention_every_secs: u64,
     /// What one payload and one event may hold.
     pub limits: gossamer_schemas::decode::Limits,
+    /// sled's page cache, in MiB. sled's resident memory runs several times this when
+    /// much of the store is read (its in-memory pages are bigger than their count).
+    pub sled_cache_mb: u64,
 }
 
 impl Default for Config {
@@ -53,6 +56,7 @@ impl Default for Config {
             ingest_batch: 2000,
             retention_every_secs: 60,
             limits: Default::default(),
+            sled_cache_mb: 64,
         }
     }
 }
@@ -102,6 +106,9 @@ impl Config {
         }
         if let Some(v) = get("GOSSAMER_SHARDS") {
             self.shards = v.parse().context("GOSSAMER_SHARDS must be a number")?;
+        }
+        if let Some(v) = get("GOSSAMER_SLED_CACHE_MB") {
+            self.sled_cache_mb = v.parse().context("GOSSAMER_SLED_CACHE_MB must be a number of MiB")?;
         }
         Ok(())
     }

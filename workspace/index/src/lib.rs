@@ -16,8 +16,8 @@
 //! consecutive tokens (phrases), `s:` stream, `l:` level, `L:` label `key=value`, `f:`
 //! field `path=s:text` or `path=n:number`.
 //!
-//! New blocks become small segments; segments of one size tier merge eight at a time,
-//! from their postings, so a shard keeps a few dozen segments at most. A block the shard
+//! New blocks become small segments; segments of one size tier merge four at a time,
+//! from their postings, so a shard keeps about a dozen segments at most. A block the shard
 //! rewrote (delete, update, retention) is marked dirty in the shard tree in the same
 //! write; queries scan dirty blocks instead of trusting their postings, and the next
 //! step rebuilds the segment holding them and clears the mark.
@@ -52,9 +52,11 @@ const COMPRESSED: u8 = 1;
 const EXTERNAL_BYTES: usize = 1024;
 const EXTERNAL: u8 = b'q';
 /// Segments of one tier merged together.
-const FANIN: usize = 8;
-/// Events in a tier-0 segment at most; each tier holds eight times more.
-const TIER0_EVENTS: u64 = 4096;
+const FANIN: usize = 4;
+/// Events in a tier-0 segment at most; each tier holds four times more.
+const TIER0_EVENTS: u64 = 2048;
+/// No merge makes a segment bigger than this: a merge holds its postings in memory.
+const MAX_SEGMENT_EVENTS: u64 = 128 * 1024;
 /// Longest token indexed; a longer one is found by scanning.
 pub const MAX_TOKEN: usize = 64;
 /// Longest field text value indexed.
@@ -495,7 +497,10 @@ impl ShardIndex {
 
         // One merge of FANIN neighbouring segments of one tier.
         segments.sort_by_key(|s| s.lo);
-        if let Some(run) = segments.windows(FANIN).find(|w| w.iter().all(|s| s.tier() == w[0].tier())) {
+        let mergeable = |w: &&[Segment]| {
+            w.iter().all(|s| s.tier() == w[0].tier()) && w.iter().map(|s| s.events).sum::<u64>() <= MAX_SEGMENT_EVENTS
+        };
+        if let Some(run) = segments.windows(FANIN).find(mergeable) {
             let mut b = Builder::default();
             let mut batch = sled::Batch::default();
             for seg in run {
@@ -535,10 +540,10 @@ impl ShardIndex {
                     }
                 };
                 let docs = decode_docs(n, bytes).ok_or_else(|| self.damaged("posting list"))?;
-                let list = b.postings.entry(term.to_vec()).or_default();
+                let list = b.postings.entry(term.into()).or_default();
                 for d in docs {
-                    if let Some(to) = remap((d >> POS_BITS) as usize) {
-                        list.push(((to as u64) << POS_BITS) | (d & ((1 << POS_BITS) - 1)));
+                    if let Some(to) = remap(doc_block(d)) {
+                        list.push(((to as u32) << POS_BITS) | doc_pos(d));
                     }
                 }
             }
@@ -579,7 +584,7 @@ fn bucket_of(term: &[u8], buckets: u32) -> u32 {
 #[derive(Default)]
 struct Builder {
     /// Lists may be out of order after a rebuild adds changed blocks: sorted on finish.
-    postings: HashMap<Vec<u8>, Vec<u64>>,
+    postings: HashMap<Box<[u8]>, Vec<u32>>,
     blocks: Vec<BlockEntry>,
     events: u64,
     streams: BTreeSet<String>,
@@ -589,7 +594,7 @@ struct Builder {
 impl Builder {
     fn add_events(&mut self, block: usize, events: &[Event]) {
         for (pos, e) in events.iter().enumerate() {
-            let doc = ((block as u64) << POS_BITS) | pos as u64;
+            let doc = ((block as u32) << POS_BITS) | pos as u32;
             self.streams.insert(e.stream.clone());
             self.levels.insert(e.level.clone());
             let mut sink = Sink { b: self, doc };
@@ -599,7 +604,7 @@ impl Builder {
 
     /// Writes the segment into `batch` and returns its description.
     fn finish(self, lo: u64, hi: u64, batch: &mut sled::Batch) -> Segment {
-        let mut encoded: Vec<(Vec<u8>, usize, Vec<u8>)> = Vec::with_capacity(self.postings.len());
+        let mut encoded: Vec<(Box<[u8]>, usize, Vec<u8>)> = Vec::with_capacity(self.postings.len());
         let mut total = 0;
         for (term, mut docs) in self.postings {
             if !docs.is_sorted_by(|a, b| a < b) {
@@ -662,7 +667,7 @@ impl Builder {
 
 struct Sink<'b> {
     b: &'b mut Builder,
-    doc: u64,
+    doc: u32,
 }
 
 impl Sink<'_> {
@@ -675,7 +680,7 @@ impl Sink<'_> {
                 }
             }
             None => {
-                b.postings.insert(term.to_vec(), vec![self.doc]);
+                b.postings.insert(term.into(), vec![self.doc]);
             }
         }
     }
@@ -819,11 +824,11 @@ fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
-fn encode_docs(docs: &[u64]) -> Vec<u8> {
+fn encode_docs(docs: &[u32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(docs.len() * 2);
     let mut prev = 0;
     for (i, &d) in docs.iter().enumerate() {
-        put_varint(&mut out, if i == 0 { d } else { d - prev });
+        put_varint(&mut out, u64::from(if i == 0 { d } else { d - prev }));
         prev = d;
     }
     out

@@ -3,7 +3,7 @@
 //! aggregates that merge exactly (count, sum, min, max) or within the sketch's bound
 //! (percentiles: DDSketch with 1% relative accuracy).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use gossamer_schemas::time::format_rfc3339;
 use gossamer_schemas::Event;
@@ -12,7 +12,8 @@ use serde_json::{Map, Value};
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
 use crate::ast::{number_of, Expr};
-use crate::plan::{read_matches, Facet, ShardPlan};
+use crate::plan::{read_matches, Facet, Pick, ShardPlan};
+use gossamer_schemas::batch::{LiteEvent, LiteValue};
 use crate::timerange::TimeRange;
 use crate::QueryError;
 
@@ -266,8 +267,17 @@ fn aggregate_some(shards: &[(usize, &ShardStore)], expr: &Expr, range: TimeRange
     };
     let mut total = Aggregation::default();
     for (_, s) in shards {
-        let mut part = Aggregation::default();
         let plan = ShardPlan::new(s, expr, range)?;
+        if facet.is_none() {
+            if let Some(part) = aggregate_lite(s, &plan, expr, range, spec)? {
+                total.merge(part);
+                if total.groups.len() > MAX_GROUPS {
+                    return Err(QueryError::BadRequest(format!("the aggregation has more than {MAX_GROUPS} groups")));
+                }
+                continue;
+            }
+        }
+        let mut part = Aggregation::default();
         let blocks = match facet {
             Some(facet) => {
                 let (counts, rest) = plan.count_by(facet, range)?;
@@ -297,6 +307,118 @@ fn aggregate_some(shards: &[(usize, &ShardStore)], expr: &Expr, range: TimeRange
         }
     }
     Ok(total)
+}
+
+/// A shard's aggregate read through [`LiteEvent`]s (no ids, no messages, nothing
+/// allocated per event) when every block it reads needs no match check. `None` when the
+/// spec or the data needs whole events: dotted names, a nested value as a group.
+fn aggregate_lite(store: &ShardStore, plan: &ShardPlan, expr: &Expr, range: TimeRange, spec: &AggSpec) -> Result<Option<Aggregation>, QueryError> {
+    let dotted = |k: &str| k.contains('.') && k != "stream" && k != "level";
+    if spec.by.iter().any(|k| dotted(k)) || spec.field.as_deref().is_some_and(dotted) {
+        return Ok(None);
+    }
+    let blocks = plan.blocks(range);
+    let all = matches!(expr, Expr::All);
+    if !blocks.iter().all(|w| matches!(w.pick, Pick::Exact(_)) || (all && w.pick == Pick::Scan)) {
+        return Ok(None);
+    }
+    let mut groups: Vec<(GroupKey, Partial)> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut key = String::new();
+    let mut failed: Option<QueryError> = None;
+    let mut nested = false;
+    for w in &blocks {
+        let positions = match &w.pick {
+            Pick::Exact(p) => Some(p.as_slice()),
+            _ => None,
+        };
+        store.read_block_lite(w.id, positions, &mut |_, e| {
+            if failed.is_some() || nested || !range.contains(e.ts) {
+                return;
+            }
+            let bucket = spec.bucket_ns.map(|b| e.ts.div_euclid(b) * b);
+            key.clear();
+            if let Some(b) = bucket {
+                key.push_str(&b.to_string());
+            }
+            for k in &spec.by {
+                key.push('\u{1}');
+                match lite_group_value(e, k) {
+                    Err(()) => {
+                        nested = true;
+                        return;
+                    }
+                    Ok(None) => key.push('\u{0}'),
+                    Ok(Some(v)) => {
+                        key.push('\u{2}');
+                        key.push_str(&v);
+                    }
+                }
+            }
+            let at = match index.get(key.as_str()) {
+                Some(&at) => at,
+                None => {
+                    if groups.len() >= MAX_GROUPS {
+                        failed = Some(QueryError::BadRequest(format!(
+                            "the aggregation has more than {MAX_GROUPS} groups: narrow the query, group by fewer labels or widen the bucket"
+                        )));
+                        return;
+                    }
+                    let owned: Vec<Option<String>> =
+                        spec.by.iter().map(|k| lite_group_value(e, k).ok().flatten().map(|v| v.into_owned())).collect();
+                    groups.push(((bucket, owned), Partial::new(spec.func)));
+                    index.insert(key.clone(), groups.len() - 1);
+                    groups.len() - 1
+                }
+            };
+            let v = spec.field.as_deref().and_then(|f| lite_number(e.field(f)?));
+            groups[at].1.add(v);
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        if nested {
+            return Ok(None);
+        }
+    }
+    let mut out = Aggregation::default();
+    for (k, p) in groups {
+        out.groups.insert(k, p);
+    }
+    Ok(Some(out))
+}
+
+/// [`group_value`] of a lite event; `Err` when the value is nested (its text needs the
+/// whole event).
+fn lite_group_value<'a>(e: &LiteEvent<'a>, key: &str) -> Result<Option<std::borrow::Cow<'a, str>>, ()> {
+    use std::borrow::Cow;
+    Ok(match key {
+        "stream" => Some(Cow::Borrowed(e.stream)),
+        "level" => Some(Cow::Borrowed(e.level)),
+        _ => match e.label(key) {
+            Some(v) => Some(Cow::Borrowed(v)),
+            None => match e.field(key) {
+                None | Some(LiteValue::Null) => None,
+                Some(LiteValue::Str(s)) => Some(Cow::Borrowed(s)),
+                Some(LiteValue::Int(i)) => Some(Cow::Owned(i.to_string())),
+                Some(LiteValue::UInt(u)) => Some(Cow::Owned(u.to_string())),
+                Some(LiteValue::Float(f)) => Some(Cow::Owned(Value::from(f).to_string())),
+                Some(LiteValue::Bool(b)) => Some(Cow::Borrowed(if b { "true" } else { "false" })),
+                Some(LiteValue::Nested) => return Err(()),
+            },
+        },
+    })
+}
+
+/// [`number_of`] for a lite value.
+fn lite_number(v: LiteValue<'_>) -> Option<f64> {
+    match v {
+        LiteValue::Int(i) => Some(i as f64),
+        LiteValue::UInt(u) => Some(u as f64),
+        LiteValue::Float(f) => Some(f),
+        LiteValue::Str(s) => s.trim().parse().ok(),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -448,7 +448,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::agg::{aggregate, AggSpec};
+    use crate::agg::{aggregate, AggFn, AggSpec};
     use crate::exec::{count, search, Cursor, SearchParams};
     use crate::parse;
 
@@ -556,6 +556,22 @@ mod tests {
                     .map(|g| (g["key"]["level"].as_str().unwrap().to_string(), g["value"].as_u64().unwrap()))
                     .collect();
                 assert_eq!(got, levels, "count by level {q:?} {range:?} {when}");
+                // Other aggregations (read through lite events where they can be) equal
+                // the same aggregation of the scanned events.
+                let specs = [
+                    AggSpec { func: AggFn::Sum, field: Some("n".into()), by: vec!["app".into(), "stream".into()], bucket_ns: Some(1000) },
+                    AggSpec { func: AggFn::Quantile(0.9), field: Some("n".into()), by: vec!["n".into()], bucket_ns: None },
+                    AggSpec { func: AggFn::Count, field: None, by: vec!["o".into()], bucket_ns: None },
+                    AggSpec { func: AggFn::Max, field: Some("n".into()), by: vec!["o.k".into()], bucket_ns: None },
+                ];
+                for spec in &specs {
+                    let mut scanned = crate::agg::Aggregation::default();
+                    for e in &want {
+                        scanned.add(spec, e).unwrap();
+                    }
+                    let got = aggregate(shards, &expr, range, spec).unwrap().finish(spec);
+                    assert_eq!(got, scanned.finish(spec), "{spec:?} of {q:?} {range:?} {when}");
+                }
             }
         }
     }

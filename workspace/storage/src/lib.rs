@@ -26,7 +26,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use gossamer_schemas::batch::{decode_events, decode_events_at, encode_events, CodecError};
+use gossamer_schemas::batch::{decode_events, decode_events_at, encode_events, for_each_lite, CodecError, LiteEvent};
 use gossamer_schemas::{Event, ShardCommand};
 use uuid::Uuid;
 
@@ -86,7 +86,12 @@ struct FlushGate {
 
 impl Store {
     pub fn open(path: &Path) -> Result<Self> {
-        let db = sled::Config::new().path(path).cache_capacity(128 << 20).open()?;
+        Self::open_with_cache(path, 64 << 20)
+    }
+
+    /// [`Store::open`] with sled's page cache set to `cache_bytes`.
+    pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self> {
+        let db = sled::Config::new().path(path).cache_capacity(cache_bytes).open()?;
         Ok(Self { db, gate: Arc::default(), filters: Arc::default(), caches: Arc::default() })
     }
 
@@ -697,6 +702,34 @@ impl ShardStore {
             }
             None => Ok(Vec::new()),
         }
+    }
+
+    /// Calls `f` with the events at `positions` (ascending; `None`: all) of block `id`,
+    /// decoded without their ids and messages (see [`for_each_lite`]).
+    pub fn read_block_lite(&self, id: u64, positions: Option<&[u32]>, f: &mut dyn FnMut(u32, &LiteEvent<'_>)) -> Result<()> {
+        let Some(v) = self.tree.get(key(BLOCK, &id.to_be_bytes()))? else { return Ok(()) };
+        let frames = self.frames(&v)?;
+        match positions {
+            None => {
+                for (n, frame) in frames.iter().enumerate() {
+                    let base = (n * FRAME_EVENTS) as u32;
+                    for_each_lite(frame, None, &mut |p, e| f(p + base, e))?;
+                }
+            }
+            Some(mut rest) => {
+                while let Some(&first) = rest.first() {
+                    let n = first as usize / FRAME_EVENTS;
+                    let count = rest.iter().take_while(|&&p| p as usize / FRAME_EVENTS == n).count();
+                    let base = (n * FRAME_EVENTS) as u32;
+                    let local: Vec<u32> = rest[..count].iter().map(|p| p - base).collect();
+                    if let Some(frame) = frames.get(n) {
+                        for_each_lite(frame, Some(&local), &mut |p, e| f(p + base, e))?;
+                    }
+                    rest = &rest[count..];
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The time bounds of every block overlapping `[from, to)`, from the headers alone.

@@ -7,7 +7,9 @@
 //!   the value starts with the block's min and max `ts` and its event count so time
 //!   ranges skip blocks without decompressing them;
 //! - `h` + seq: the block's header alone, to list time bounds without reading blocks;
-//! - `i` + event id (16 bytes): the seq of the block holding that event (dedupe, get);
+//! - `k` + block id: the block's event ids, sorted, each with its position (dedupe, get
+//!   and delete by id): one key per block, not per event; in memory, a Bloom filter over
+//!   every id and one per block say which lists to read;
 //! - `s` + stream name: events stored for that stream (u64 BE);
 //! - `m:applied`, `m:count`: the last applied shard-log sequence and the event count;
 //! - `d` + block id: a block rewritten or removed (by a delete, an update or retention)
@@ -33,7 +35,9 @@ use uuid::Uuid;
 const APPLIED: &[u8] = b"m:applied";
 const COUNT: &[u8] = b"m:count";
 const BLOCK: u8 = b'b';
-const ID: u8 = b'i';
+/// `k` + block id: the block's ids, sorted, each with its position in the block.
+const IDS: u8 = b'k';
+const ID_ENTRY: usize = 18;
 const STREAM: u8 = b's';
 const RESULT: u8 = b'r';
 const HEAD: u8 = b'h';
@@ -145,7 +149,7 @@ impl Store {
                 let kind = match (family.as_str(), k.first()) {
                     ("shard", Some(&BLOCK)) => "shard: event blocks",
                     ("shard", Some(&HEAD)) => "shard: block headers",
-                    ("shard", Some(&ID)) => "shard: id index",
+                    ("shard", Some(&IDS)) => "shard: id lists",
                     ("shard", _) => "shard: other",
                     ("index", Some(b'p')) => "index: terms, short postings",
                     ("index", Some(b'q')) => "index: long postings",
@@ -200,7 +204,8 @@ struct Work<'s> {
     /// The new block and the last sequence that added to it.
     fresh: Vec<Event>,
     fresh_seq: u64,
-    /// Ids added (`Some(block seq)`, `u64::MAX` for the new block) or removed (`None`).
+    /// Where this call put ids: `Some(block seq)` ([`FRESH`] for the new block), or
+    /// removed (`None`).
     ids: std::collections::HashMap<Uuid, Option<u64>>,
     streams: BTreeMap<String, i64>,
     count: u64,
@@ -218,7 +223,7 @@ impl<'s> Work<'s> {
         let count = store.event_count()?;
         let mut filter = store.filter.lock().unwrap_or_else(|p| p.into_inner());
         if filter.as_ref().is_none_or(|f| f.inserted >= f.capacity) {
-            *filter = Some(IdFilter::build(&store.tree, count)?);
+            *filter = Some(IdFilter::build(&store.tree, count, store.shard)?);
         }
         Ok(Self {
             store,
@@ -237,10 +242,10 @@ impl<'s> Work<'s> {
         if let Some(at) = self.ids.get(id) {
             return Ok(*at);
         }
-        if self.filter.as_ref().is_some_and(|f| !f.may_contain(id)) {
-            return Ok(None);
+        match self.filter.as_ref() {
+            Some(f) => Ok(f.find(&self.store.tree, id, self.store.shard)?.map(|(block, _)| block)),
+            None => Ok(None),
         }
-        Ok(self.store.tree.get(key(ID, id.as_bytes()))?.map(|v| u64_of(Some(v))))
     }
 
     fn insert(&mut self, seq: u64, e: Event) {
@@ -355,34 +360,29 @@ impl<'s> Work<'s> {
     /// The sled batch holding every change; `stamp` marks the blocks it rewrites.
     fn finish(self, stamp: u64) -> Result<sled::Batch> {
         let mut batch = sled::Batch::default();
+        let mut filter = self.filter;
         for (seq, events) in &self.blocks {
             batch.insert(key(DIRTY, &seq.to_be_bytes()), &stamp.to_be_bytes());
             if events.is_empty() {
                 batch.remove(key(BLOCK, &seq.to_be_bytes()));
                 batch.remove(key(HEAD, &seq.to_be_bytes()));
+                batch.remove(key(IDS, &seq.to_be_bytes()));
+                if let Some(f) = &mut *filter {
+                    f.blocks.remove(seq);
+                }
             } else {
                 put_block(&mut batch, *seq, events)?;
+                put_ids(&mut batch, &mut filter, *seq, events);
             }
         }
         // New events, in time order, in blocks of at most BLOCK_EVENTS: narrow time
         // bounds let newest-first searches stop after the newest blocks.
         let mut fresh = self.fresh;
         fresh.sort_by_key(|e| e.ts);
-        let mut fresh_block: std::collections::HashMap<Uuid, u64> = std::collections::HashMap::with_capacity(fresh.len());
         for (part, chunk) in fresh.chunks(BLOCK_EVENTS).enumerate() {
             let block = (self.fresh_seq << PART_BITS) | part as u64;
-            for e in chunk {
-                fresh_block.insert(e.id, block);
-            }
             put_block(&mut batch, block, chunk)?;
-        }
-        for (id, at) in &self.ids {
-            let k = key(ID, id.as_bytes());
-            match at {
-                Some(FRESH) => batch.insert(k, &fresh_block[id].to_be_bytes()),
-                Some(block) => batch.insert(k, &block.to_be_bytes()),
-                None => batch.remove(k),
-            }
+            put_ids(&mut batch, &mut filter, block, chunk);
         }
         for (name, delta) in &self.streams {
             if *delta == 0 {
@@ -426,50 +426,129 @@ pub struct ShardStore {
     filter: SharedFilter,
 }
 
-/// A Bloom filter over the shard's stored ids. "No" is certain, so a new event needs no
-/// sled lookup; "maybe" is checked in sled. Deleted ids stay in it (a false "maybe"
-/// costs one lookup). It doubles, rebuilt from the id keys, when it fills up.
+/// Where a shard's ids are, without a sled key per event: every block's ids are one
+/// sorted list (`k` + block id). In memory, a Bloom filter over every id says "no" for
+/// certain, so a new event costs no read, and a small filter per block says which
+/// lists to read for a "maybe". Deleted ids leave the global filter only when it is
+/// rebuilt (a false "maybe" costs a few lookups); it doubles, rebuilt from the lists,
+/// when it fills up.
 struct IdFilter {
     bits: Vec<u64>,
     /// Ids it was sized for.
     capacity: u64,
     inserted: u64,
+    blocks: BTreeMap<u64, Vec<u64>>,
 }
 
 /// Bits per id (with 4 probes: about 0.2% false "maybe").
 const FILTER_BITS_PER_ID: u64 = 16;
 const FILTER_MIN_CAPACITY: u64 = 1 << 16;
+/// Bits per id in a block's filter (4 probes: about 1% false "maybe").
+const BLOCK_FILTER_BITS_PER_ID: usize = 10;
+
+fn probes(id: &Uuid, nbits: u64) -> impl Iterator<Item = usize> {
+    let h = xxhash_rust::xxh3::xxh3_128(id.as_bytes());
+    let (h1, h2) = (h as u64, (h >> 64) as u64 | 1);
+    (0..4u64).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % nbits) as usize)
+}
+
+fn bloom_has(bits: &[u64], id: &Uuid) -> bool {
+    probes(id, bits.len() as u64 * 64).all(|b| bits[b / 64] & (1 << (b % 64)) != 0)
+}
+
+fn bloom_add(bits: &mut [u64], id: &Uuid) {
+    let n = bits.len() as u64 * 64;
+    for b in probes(id, n) {
+        bits[b / 64] |= 1 << (b % 64);
+    }
+}
+
+fn block_bloom<'a>(ids: impl ExactSizeIterator<Item = &'a Uuid>) -> Vec<u64> {
+    let mut bits = vec![0u64; (ids.len() * BLOCK_FILTER_BITS_PER_ID).div_ceil(64).max(1)];
+    for id in ids {
+        bloom_add(&mut bits, id);
+    }
+    bits
+}
+
+/// The `(id, position)` entries of an id list value.
+fn id_entries(v: &[u8]) -> impl Iterator<Item = (Uuid, u16)> + '_ {
+    v.chunks_exact(ID_ENTRY).map(|c| (Uuid::from_slice(&c[..16]).expect("16 bytes"), u16::from_be_bytes([c[16], c[17]])))
+}
 
 impl IdFilter {
-    fn build(tree: &sled::Tree, at_least: u64) -> Result<Self> {
+    fn build(tree: &sled::Tree, at_least: u64, shard: u32) -> Result<Self> {
         let capacity = (at_least * 2).max(FILTER_MIN_CAPACITY).next_power_of_two();
-        let mut f = Self { bits: vec![0; (capacity * FILTER_BITS_PER_ID / 64) as usize], capacity, inserted: 0 };
-        for k in tree.scan_prefix([ID]).keys() {
-            let k = k?;
-            if let Ok(id) = Uuid::from_slice(&k[1..]) {
-                f.insert(&id);
+        let mut f =
+            Self { bits: vec![0; (capacity * FILTER_BITS_PER_ID / 64) as usize], capacity, inserted: 0, blocks: BTreeMap::new() };
+        for kv in tree.scan_prefix([IDS]) {
+            let (k, v) = kv?;
+            let block = k.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+            let (Some(block), true) = (block, v.len() % ID_ENTRY == 0) else {
+                return Err(StorageError::Corrupt { shard, what: "an id list".into() });
+            };
+            let ids: Vec<Uuid> = id_entries(&v).map(|(id, _)| id).collect();
+            for id in &ids {
+                f.insert(id);
             }
+            f.blocks.insert(block, block_bloom(ids.iter()));
         }
         Ok(f)
     }
 
-    fn probes(&self, id: &Uuid) -> impl Iterator<Item = usize> {
-        let h = xxhash_rust::xxh3::xxh3_128(id.as_bytes());
-        let (h1, h2) = (h as u64, (h >> 64) as u64 | 1);
-        let nbits = self.bits.len() as u64 * 64;
-        (0..4u64).map(move |i| (h1.wrapping_add(i.wrapping_mul(h2)) % nbits) as usize)
-    }
-
     fn may_contain(&self, id: &Uuid) -> bool {
-        self.probes(id).all(|b| self.bits[b / 64] & (1 << (b % 64)) != 0)
+        bloom_has(&self.bits, id)
     }
 
     fn insert(&mut self, id: &Uuid) {
-        let probes: Vec<usize> = self.probes(id).collect();
-        for b in probes {
-            self.bits[b / 64] |= 1 << (b % 64);
-        }
+        bloom_add(&mut self.bits, id);
         self.inserted += 1;
+    }
+
+    /// The block and position of `id`, if the shard holds it.
+    fn find(&self, tree: &sled::Tree, id: &Uuid, shard: u32) -> Result<Option<(u64, u16)>> {
+        if !self.may_contain(id) {
+            return Ok(None);
+        }
+        for (block, bits) in &self.blocks {
+            if !bloom_has(bits, id) {
+                continue;
+            }
+            let Some(v) = tree.get(key(IDS, &block.to_be_bytes()))? else { continue };
+            if v.len() % ID_ENTRY != 0 {
+                return Err(StorageError::Corrupt { shard, what: format!("the id list of block {block}") });
+            }
+            let n = v.len() / ID_ENTRY;
+            let (mut lo, mut hi) = (0, n);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                let at = &v[mid * ID_ENTRY..mid * ID_ENTRY + 16];
+                match at.cmp(id.as_bytes()) {
+                    std::cmp::Ordering::Less => lo = mid + 1,
+                    std::cmp::Ordering::Greater => hi = mid,
+                    std::cmp::Ordering::Equal => {
+                        let pos = u16::from_be_bytes([v[mid * ID_ENTRY + 16], v[mid * ID_ENTRY + 17]]);
+                        return Ok(Some((*block, pos)));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Writes block `seq`'s id list and updates the filters.
+fn put_ids(batch: &mut sled::Batch, filter: &mut Option<IdFilter>, seq: u64, events: &[Event]) {
+    let mut ids: Vec<(Uuid, u16)> = events.iter().enumerate().map(|(i, e)| (e.id, i as u16)).collect();
+    ids.sort_unstable();
+    let mut v = Vec::with_capacity(ids.len() * ID_ENTRY);
+    for (id, pos) in &ids {
+        v.extend_from_slice(id.as_bytes());
+        v.extend_from_slice(&pos.to_be_bytes());
+    }
+    batch.insert(key(IDS, &seq.to_be_bytes()), v);
+    if let Some(f) = filter {
+        f.blocks.insert(seq, block_bloom(ids.iter().map(|(id, _)| id)));
     }
 }
 
@@ -570,7 +649,11 @@ impl ShardStore {
             batch.insert(key(RESULT, &seq.to_be_bytes()), &n.to_be_bytes());
         }
         batch.insert(APPLIED, &applied_seq.to_be_bytes());
-        self.tree.apply_batch(batch)?;
+        if let Err(e) = self.tree.apply_batch(batch) {
+            // The filters already hold this call's changes: rebuild them from what sled has.
+            *self.filter.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            return Err(e.into());
+        }
         self.make_durable()?;
         Ok(outcome)
     }
@@ -596,13 +679,15 @@ impl ShardStore {
 
     /// The event with this id, if this shard holds it.
     pub fn get(&self, id: &Uuid) -> Result<Option<Event>> {
-        let Some(seq) = self.tree.get(key(ID, id.as_bytes()))? else {
-            return Ok(None);
+        let found = {
+            let mut filter = self.filter.lock().unwrap_or_else(|p| p.into_inner());
+            if filter.is_none() {
+                *filter = Some(IdFilter::build(&self.tree, self.event_count()?, self.shard)?);
+            }
+            filter.as_ref().expect("built above").find(&self.tree, id, self.shard)?
         };
-        let Some(block) = self.tree.get(key(BLOCK, &seq))? else {
-            return Err(self.corrupt(format!("id {id} points at a missing block")));
-        };
-        Ok(self.decode_block(&block)?.into_iter().find(|e| e.id == *id))
+        let Some((block, pos)) = found else { return Ok(None) };
+        Ok(self.read_block_at(block, &[u32::from(pos)])?.into_iter().map(|(_, e)| e).find(|e| e.id == *id))
     }
 
     /// Calls `f` with every block whose time bounds overlap `[from, to)`, newest

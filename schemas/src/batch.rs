@@ -73,6 +73,48 @@ pub fn compress(raw: &[u8], level: i32) -> Result<Vec<u8>, CodecError> {
     Ok(out)
 }
 
+/// Runs `f` over the bytes of a frame made by [`compress`], decompressed into a buffer
+/// the thread keeps (reading many frames allocates, and faults in, no fresh pages).
+pub fn with_decompressed<R>(frame: &[u8], f: impl FnOnce(&[u8]) -> Result<R, CodecError>) -> Result<R, CodecError> {
+    thread_local! {
+        static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    let (len, body) = frame
+        .split_first_chunk::<4>()
+        .ok_or_else(|| CodecError::Frame("shorter than its length prefix".into()))?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if len > MAX_RAW {
+        return Err(CodecError::Frame(format!("declares {len} bytes, over the {MAX_RAW}-byte limit")));
+    }
+    BUF.with(|buf| {
+        // A reentrant call (f decompressing again) gets a buffer of its own.
+        let mut own = Vec::new();
+        let mut guard = buf.try_borrow_mut().ok();
+        let out: &mut Vec<u8> = match guard.as_deref_mut() {
+            Some(b) => b,
+            None => &mut own,
+        };
+        out.clear();
+        out.reserve(len);
+        let n = DECOMPRESSOR.with(|d| -> Result<usize, CodecError> {
+            let mut d = d.borrow_mut();
+            if d.is_none() {
+                *d = Some(zstd::bulk::Decompressor::new()?);
+            }
+            Ok(d.as_mut().expect("just set").decompress_to_buffer(body, out)?)
+        })?;
+        if n != len {
+            return Err(CodecError::Frame(format!("declares {len} bytes, holds {n}")));
+        }
+        let r = f(out);
+        // Keep a reasonable buffer, not the largest frame ever seen.
+        if out.capacity() > 4 << 20 {
+            *out = Vec::new();
+        }
+        r
+    })
+}
+
 /// The bytes of a frame made by [`compress`].
 pub fn decompress(frame: &[u8]) -> Result<Vec<u8>, CodecError> {
     let (len, body) = frame
@@ -105,23 +147,93 @@ impl ShardCommand {
     }
 }
 
-/// A list of events as stored in one block: MessagePack, zstd-compressed.
+/// An event with its message left out (an empty string in its place), serialized as
+/// the same array as [`Event`].
+#[derive(Serialize)]
+struct Shell<'a> {
+    id: &'a uuid::Uuid,
+    ts: i64,
+    stream: &'a str,
+    level: &'a str,
+    message: &'static str,
+    labels: &'a std::collections::BTreeMap<String, String>,
+    fields: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+/// A list of events as stored in one block frame, in two parts compressed apart: the
+/// events without their messages, then the messages. Aggregations read the first part
+/// alone; messages, the bulk of the bytes, also compress better together.
+/// Layout: the first part's length (u32 LE), the first part, the second.
 pub fn encode_events(events: &[Event], level: i32) -> Result<Vec<u8>, CodecError> {
-    compress(&rmp_serde::to_vec(events)?, level)
+    let shells: Vec<Shell<'_>> = events
+        .iter()
+        .map(|e| Shell {
+            id: &e.id,
+            ts: e.ts,
+            stream: &e.stream,
+            level: &e.level,
+            message: "",
+            labels: &e.labels,
+            fields: &e.fields,
+        })
+        .collect();
+    let meta = compress(&rmp_serde::to_vec(&shells)?, level)?;
+    let messages: Vec<&str> = events.iter().map(|e| e.message.as_str()).collect();
+    let messages = compress(&rmp_serde::to_vec(&messages)?, level)?;
+    let mut out = Vec::with_capacity(4 + meta.len() + messages.len());
+    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(&messages);
+    Ok(out)
+}
+
+/// The two parts of a frame made by [`encode_events`].
+fn parts(bytes: &[u8]) -> Result<(&[u8], &[u8]), CodecError> {
+    let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(|| CodecError::Frame("a block frame without its parts".into()))?;
+    let len = u32::from_le_bytes(*len) as usize;
+    if len > rest.len() {
+        return Err(CodecError::Frame(format!("a block frame part of {len} bytes in {} bytes", rest.len())));
+    }
+    Ok(rest.split_at(len))
 }
 
 pub fn decode_events(bytes: &[u8]) -> Result<Vec<Event>, CodecError> {
-    Ok(rmp_serde::from_slice(&decompress(bytes)?)?)
+    let (meta, messages) = parts(bytes)?;
+    let mut events: Vec<Event> = with_decompressed(meta, |raw| Ok(rmp_serde::from_slice(raw)?))?;
+    let texts: Vec<String> = with_decompressed(messages, |raw| Ok(rmp_serde::from_slice(raw)?))?;
+    if texts.len() != events.len() {
+        return Err(CodecError::Frame(format!("{} events but {} messages", events.len(), texts.len())));
+    }
+    for (e, m) in events.iter_mut().zip(texts) {
+        e.message = m;
+    }
+    Ok(events)
 }
 
 /// The events at positions `wanted` (ascending) of a block made by [`encode_events`],
 /// with their positions; the others are skipped without being built.
 pub fn decode_events_at(bytes: &[u8], wanted: &[u32]) -> Result<Vec<(u32, Event)>, CodecError> {
-    use serde::de::{DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
+    let (meta, messages) = parts(bytes)?;
+    let mut events: Vec<(u32, Event)> = with_decompressed(meta, |raw| pick(raw, wanted))?;
+    let texts: Vec<(u32, String)> = with_decompressed(messages, |raw| pick(raw, wanted))?;
+    if texts.len() != events.len() {
+        return Err(CodecError::Frame(format!("{} events but {} messages", events.len(), texts.len())));
+    }
+    for ((_, e), (_, m)) in events.iter_mut().zip(texts) {
+        e.message = m;
+    }
+    Ok(events)
+}
 
-    struct Picker<'w>(&'w [u32]);
-    impl<'de> Visitor<'de> for Picker<'_> {
-        type Value = Vec<(u32, Event)>;
+/// The items at positions `wanted` (ascending) of a MessagePack list, with their
+/// positions; the others are skipped without being built.
+fn pick<T: serde::de::DeserializeOwned>(raw: &[u8], wanted: &[u32]) -> Result<Vec<(u32, T)>, CodecError> {
+    use serde::de::{DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
+    use std::marker::PhantomData;
+
+    struct Picker<'w, T>(&'w [u32], PhantomData<T>);
+    impl<'de, T: serde::de::DeserializeOwned> Visitor<'de> for Picker<'_, T> {
+        type Value = Vec<(u32, T)>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a list of events")
         }
@@ -131,7 +243,7 @@ pub fn decode_events_at(bytes: &[u8], wanted: &[u32]) -> Result<Vec<(u32, Event)
             let mut i = 0u32;
             while let Some(&want) = next.peek() {
                 if i == want {
-                    match seq.next_element::<Event>()? {
+                    match seq.next_element::<T>()? {
                         Some(e) => out.push((i, e)),
                         None => break,
                     }
@@ -146,15 +258,14 @@ pub fn decode_events_at(bytes: &[u8], wanted: &[u32]) -> Result<Vec<(u32, Event)
             Ok(out)
         }
     }
-    impl<'de> DeserializeSeed<'de> for Picker<'_> {
-        type Value = Vec<(u32, Event)>;
+    impl<'de, T: serde::de::DeserializeOwned> DeserializeSeed<'de> for Picker<'_, T> {
+        type Value = Vec<(u32, T)>;
         fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
             d.deserialize_seq(self)
         }
     }
-    let raw = decompress(bytes)?;
-    let mut de = rmp_serde::Deserializer::from_read_ref(&raw);
-    Ok(Picker(wanted).deserialize(&mut de)?)
+    let mut de = rmp_serde::Deserializer::from_read_ref(raw);
+    Ok(Picker(wanted, PhantomData).deserialize(&mut de)?)
 }
 
 /// A field value as [`for_each_lite`] sees it: scalars borrowed, anything nested left
@@ -360,10 +471,12 @@ pub fn for_each_lite(bytes: &[u8], positions: Option<&[u32]>, f: &mut dyn FnMut(
         }
     }
 
-    let raw = decompress(bytes)?;
-    let mut de = rmp_serde::Deserializer::from_read_ref(&raw);
-    All { positions, f }.deserialize(&mut de)?;
-    Ok(())
+    let (meta, _) = parts(bytes)?;
+    with_decompressed(meta, |raw| {
+        let mut de = rmp_serde::Deserializer::from_read_ref(raw);
+        All { positions, f }.deserialize(&mut de)?;
+        Ok(())
+    })
 }
 
 #[cfg(test)]

@@ -231,12 +231,25 @@ impl ShardIndex {
         if u64_of(self.tree().get(FORMAT_KEY)?) != Some(FORMAT) {
             return Ok(View { indexed: 0, segments: Vec::new(), dirty });
         }
-        match (self.indexed(), self.cached_segments()) {
-            (Ok(indexed), Ok(segments)) => Ok(View { indexed, segments: segments.as_ref().clone(), dirty }),
-            (Err(IndexError::Damaged { .. }), _) | (_, Err(IndexError::Damaged { .. })) => {
-                Ok(View { indexed: 0, segments: Vec::new(), dirty })
+        match self.consistent() {
+            Ok((indexed, segments)) => Ok(View { indexed, segments: segments.as_ref().clone(), dirty }),
+            Err(IndexError::Damaged { .. }) => Ok(View { indexed: 0, segments: Vec::new(), dirty }),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The indexed watermark and the segments, read with no index write in between:
+    /// each write changes the generation, so a read that saw the same generation before
+    /// and after saw one state (a segment list and watermark that do not overlap the
+    /// unindexed tail, nor leave a gap before it).
+    fn consistent(&self) -> Result<(u64, Arc<Vec<Segment>>)> {
+        loop {
+            let before = u64_of(self.tree().get(GENERATION)?).unwrap_or(0);
+            let indexed = self.indexed()?;
+            let segments = self.cached_segments()?;
+            if u64_of(self.tree().get(GENERATION)?).unwrap_or(0) == before {
+                return Ok((indexed, segments));
             }
-            (Err(e), _) | (_, Err(e)) => Err(e),
         }
     }
 

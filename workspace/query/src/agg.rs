@@ -323,7 +323,7 @@ fn aggregate_lite(store: &ShardStore, plan: &ShardPlan, expr: &Expr, range: Time
         return Ok(None);
     }
     let mut groups: Vec<(GroupKey, Partial)> = Vec::new();
-    let mut index: HashMap<String, usize> = HashMap::new();
+    let mut index: HashMap<String, usize, xxhash_rust::xxh3::Xxh3DefaultBuilder> = HashMap::default();
     let mut key = String::new();
     let mut failed: Option<QueryError> = None;
     let mut nested = false;
@@ -339,7 +339,8 @@ fn aggregate_lite(store: &ShardStore, plan: &ShardPlan, expr: &Expr, range: Time
             let bucket = spec.bucket_ns.map(|b| e.ts.div_euclid(b) * b);
             key.clear();
             if let Some(b) = bucket {
-                key.push_str(&b.to_string());
+                use std::fmt::Write;
+                let _ = write!(key, "{b}");
             }
             for k in &spec.by {
                 key.push('\u{1}');

@@ -30,6 +30,38 @@ enum BenchWhat {
     /// Publish at a fixed rate with a query load for a while; report RSS and lag over
     /// time and reconcile every acked event at the end.
     Soak(SoakBench),
+    /// Draw the PNG chart of a `bench query --json` file again.
+    Chart(ChartArgs),
+}
+
+#[derive(Args)]
+pub struct ChartArgs {
+    /// A file written by `bench query --json`.
+    #[arg(long)]
+    json: PathBuf,
+    #[arg(long)]
+    png: PathBuf,
+}
+
+fn chart(a: ChartArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&a.json).with_context(|| format!("reading {}", a.json.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", a.json.display()))?;
+    let Some(queries) = v["queries"].as_array() else {
+        anyhow::bail!("{} has no `queries`: is it from `bench query --json`?", a.json.display());
+    };
+    let bars: Vec<crate::chart::Bar> = queries
+        .iter()
+        .map(|q| crate::chart::Bar {
+            label: q["name"].as_str().unwrap_or("?").to_string(),
+            p50: q["p50_ms"].as_f64().unwrap_or(0.0),
+            p99: q["p99_ms"].as_f64().unwrap_or(0.0),
+            ripgrep: q["ripgrep_ms"].as_f64(),
+        })
+        .collect();
+    let title = format!("Gossamer, {} events on one node ({} shards): query latency, ms (log scale)", v["events"], v["shards"]);
+    crate::chart::latency_png(&a.png, &title, &bars)?;
+    eprintln!("chart written to {}", a.png.display());
+    Ok(())
 }
 
 #[derive(Args)]
@@ -133,6 +165,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchWhat::Ingest(a) => ingest(a),
         BenchWhat::Query(a) => query(a),
         BenchWhat::Soak(a) => soak(a),
+        BenchWhat::Chart(a) => chart(a),
     }
 }
 
@@ -570,15 +603,17 @@ fn query(a: QueryBench) -> Result<()> {
     // Queries are complete while the index lags, but the figures are of indexed data.
     let waited = Instant::now();
     let bar = indicatif::ProgressBar::new_spinner();
-    while !a.no_index {
+    // Without the index role there is nothing to wait for.
+    let mut waiting = !a.no_index;
+    while waiting {
         let st: serde_json::Value = ureq::get(&format!("{base}/index")).call()?.into_json()?;
         let lag = st["lag_events"].as_u64().unwrap_or(u64::MAX);
         bar.set_message(format!("indexing: {lag} events left"));
         bar.tick();
-        if lag == 0 && st["dirty_blocks"] == 0 {
-            break;
+        waiting = !(lag == 0 && st["dirty_blocks"] == 0);
+        if waiting {
+            std::thread::sleep(Duration::from_millis(100));
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
     bar.finish_and_clear();
     let index_wait_s = waited.elapsed().as_secs_f64();

@@ -31,12 +31,13 @@ fn register_font() {
 pub fn latency_png(path: &Path, title: &str, bars: &[Bar]) -> Result<()> {
     register_font();
     let err = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
-    let height = 140 + 90 * bars.len() as u32;
+    // One band per query, and one more at the bottom for the legend.
+    let height = 230 + 90 * bars.len() as u32;
     let root = BitMapBackend::new(path, (1200, height)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let top = bars.iter().flat_map(|b| [b.p99, b.ripgrep.unwrap_or(0.0)]).fold(1.0, f64::max) * 2.0;
     let bottom = bars.iter().map(|b| b.p50).fold(1.0, f64::min).max(0.01) / 2.0;
-    let n = bars.len() as f64;
+    let n = bars.len() as f64 + 1.0;
     let mut chart = ChartBuilder::on(&root)
         .caption(title, (FONT, 20))
         .margin(20)
@@ -48,7 +49,7 @@ pub fn latency_png(path: &Path, title: &str, bars: &[Bar]) -> Result<()> {
     chart
         .configure_mesh()
         .disable_y_mesh()
-        .y_labels(bars.len() * 2 + 1)
+        .y_labels((bars.len() + 1) * 2 + 1)
         .y_label_formatter(&|y| {
             // Labels sit at the middle of each query's band.
             let i = (*y - 0.5).round();

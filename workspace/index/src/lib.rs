@@ -859,6 +859,9 @@ fn decode_docs(n: u64, bytes: &[u8]) -> Option<Vec<u64>> {
     r.done().then_some(out)
 }
 
+/// A bucket entry: term, document count, and the inline list (`None`: kept apart).
+type Entry<'a> = (&'a [u8], u64, Option<&'a [u8]>);
+
 struct Reader<'a> {
     buf: &'a [u8],
     at: usize,
@@ -891,7 +894,7 @@ impl<'a> Reader<'a> {
 
     /// One bucket entry: term, document count, and the encoded documents unless they
     /// are kept apart (`None`).
-    fn entry(&mut self) -> Option<(&'a [u8], u64, Option<&'a [u8]>)> {
+    fn entry(&mut self) -> Option<Entry<'a>> {
         let tl = self.varint()?;
         let term = self.bytes(tl)?;
         let n = self.varint()?;

@@ -264,6 +264,37 @@ async fn publish_all(js: &async_nats::jetstream::Context, prefix: &str, msgs: &[
     Ok(start.elapsed().as_secs_f64())
 }
 
+/// The bus alone: events/s publishing `msgs` to a scratch stream (`in_flight` acks
+/// pending), then at most `max_singles` of their events one per message (4,096 acks
+/// pending, FIELD-NOTES' best case).
+async fn raw_rates(
+    js: &async_nats::jetstream::Context,
+    msgs: &[(String, Bytes)],
+    in_flight: usize,
+    max_singles: usize,
+) -> Result<(f64, f64)> {
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH_RAW".into(),
+        subjects: vec!["bench.raw.>".into()],
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("creating the raw stream: {e}"))?;
+    let events: usize = msgs.iter().map(|(_, b)| b.split(|c| *c == b'\n').filter(|l| !l.is_empty()).count()).sum();
+    let raw_s = publish_all(js, "bench.raw.", msgs, in_flight).await?;
+    js.get_stream("BENCH_RAW").await?.purge().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let singles: Vec<(String, Bytes)> = msgs
+        .iter()
+        .flat_map(|(s, body)| {
+            body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| (s.clone(), body.slice_ref(l))).collect::<Vec<_>>()
+        })
+        .take(max_singles)
+        .collect();
+    let single_s = publish_all(js, "bench.raw.", &singles, 4096).await?;
+    js.delete_stream("BENCH_RAW").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok((events as f64 / raw_s, singles.len() as f64 / single_s))
+}
+
 /// Sends every message as an ingest request and checks each answer.
 async fn request_all(client: &async_nats::Client, prefix: &str, msgs: &[(String, Bytes)], in_flight: usize) -> Result<()> {
     let mut replies = FuturesUnordered::new();
@@ -415,29 +446,7 @@ fn ingest(a: IngestBench) -> Result<()> {
         let (msgs, ndjson_bytes) = payloads(&datasets, a.events, a.batch, "");
 
         eprintln!("raw JetStream publish of {} messages ...", msgs.len());
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: "BENCH_RAW".into(),
-            subjects: vec!["bench.raw.>".into()],
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("creating the raw stream: {e}"))?;
-        let raw_s = publish_all(&js, "bench.raw.", &msgs, a.in_flight).await?;
-        js.get_stream("BENCH_RAW").await?.purge().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        // One event per message, with 4,096 acks in flight (FIELD-NOTES' best case).
-        let singles: Vec<(String, Bytes)> = msgs
-            .iter()
-            .flat_map(|(s, body)| {
-                body.split(|b| *b == b'\n')
-                    .filter(|l| !l.is_empty())
-                    .map(|l| (s.clone(), body.slice_ref(l)))
-                    .collect::<Vec<_>>()
-            })
-            .collect();
-        let single_s = publish_all(&js, "bench.raw.", &singles, 4096).await?;
-        drop(singles);
-        js.delete_stream("BENCH_RAW").await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let raw_single = a.events as f64 / single_s;
+        let (raw_rate, raw_single) = raw_rates(&js, &msgs, a.in_flight, usize::MAX).await?;
 
         let node = NodeProcess::start(&url, &tmp.path().join("node"), a.shards)?;
         let node_pid = node.child.id();
@@ -475,7 +484,7 @@ fn ingest(a: IngestBench) -> Result<()> {
             messages: msgs.len(),
             events_per_message: a.batch,
             ndjson_bytes,
-            raw_jetstream_events_per_s: a.events as f64 / raw_s,
+            raw_jetstream_events_per_s: raw_rate,
             raw_jetstream_single_events_per_s: raw_single,
             request_reply,
             logs,
@@ -567,26 +576,7 @@ fn query(a: QueryBench) -> Result<()> {
     eprintln!("raw JetStream publish of the same {} messages ...", msgs.len());
     let (raw_rate, raw_single_rate) = rt.block_on(async {
         let client = gossamer_bus::connect(&server.url(), Duration::from_secs(10)).await?;
-        let js = async_nats::jetstream::new(client);
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: "BENCH_RAW".into(),
-            subjects: vec!["bench.raw.>".into()],
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("creating the raw stream: {e}"))?;
-        let raw_s = publish_all(&js, "bench.raw.", &msgs, 256).await?;
-        js.get_stream("BENCH_RAW").await?.purge().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let singles: Vec<(String, Bytes)> = msgs
-            .iter()
-            .flat_map(|(s, body)| {
-                body.split(|b| *b == b'\n').filter(|l| !l.is_empty()).map(|l| (s.clone(), body.slice_ref(l))).collect::<Vec<_>>()
-            })
-            .take(1_000_000)
-            .collect();
-        let single_s = publish_all(&js, "bench.raw.", &singles, 4096).await?;
-        js.delete_stream("BENCH_RAW").await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        Ok::<_, anyhow::Error>((a.events as f64 / raw_s, singles.len() as f64 / single_s))
+        raw_rates(&async_nats::jetstream::new(client), &msgs, 256, 1_000_000).await
     })?;
     let roles: &[&str] = if a.no_index { &["--roles", "ingest,shard,admin"] } else { &[] };
     let node = NodeProcess::start_with(&server.url(), &node_dir, a.shards, roles)?;

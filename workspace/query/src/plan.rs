@@ -111,15 +111,19 @@ impl ShardPlan {
 
     /// Every block to read, with what to read of it.
     pub fn blocks(&self, range: TimeRange) -> Vec<BlockWork> {
-        let mut out: Vec<BlockWork> = self
-            .scan
-            .iter()
-            .map(|m| BlockWork { id: m.seq, min_ts: m.min_ts, max_ts: m.max_ts, count: m.count, pick: Pick::Scan })
-            .collect();
+        let mut out = self.scanned();
         for (seg, hits) in &self.segments {
             out.extend(self.segment_blocks(seg, hits, range));
         }
         out
+    }
+
+    /// The blocks the index cannot speak for, to scan whole.
+    fn scanned(&self) -> Vec<BlockWork> {
+        self.scan
+            .iter()
+            .map(|m| BlockWork { id: m.seq, min_ts: m.min_ts, max_ts: m.max_ts, count: m.count, pick: Pick::Scan })
+            .collect()
     }
 
     /// The blocks of one segment to read (its rewritten blocks are in `scan`).
@@ -160,11 +164,7 @@ impl ShardPlan {
     /// returned to be read.
     pub fn count_by(&self, facet: Facet, range: TimeRange) -> Result<(BTreeMap<String, u64>, Vec<BlockWork>), QueryError> {
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-        let mut rest: Vec<BlockWork> = self
-            .scan
-            .iter()
-            .map(|m| BlockWork { id: m.seq, min_ts: m.min_ts, max_ts: m.max_ts, count: m.count, pick: Pick::Scan })
-            .collect();
+        let mut rest = self.scanned();
         for (seg, hits) in &self.segments {
             // Rewritten blocks are in `scan` already.
             let usable = hits.exact

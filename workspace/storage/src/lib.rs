@@ -772,17 +772,12 @@ impl ShardStore {
             Some(v) => {
                 let frames = self.frames(&v)?;
                 let mut out = Vec::with_capacity(positions.len());
-                let mut rest = positions;
-                while let Some(&first) = rest.first() {
-                    let f = first as usize / FRAME_EVENTS;
-                    let n = rest.iter().take_while(|&&p| p as usize / FRAME_EVENTS == f).count();
-                    let base = (f * FRAME_EVENTS) as u32;
-                    let local: Vec<u32> = rest[..n].iter().map(|p| p - base).collect();
-                    if let Some(frame) = frames.get(f) {
-                        out.extend(decode_events_at(frame, &local)?.into_iter().map(|(p, e)| (p + base, e)));
+                by_frame(positions, |n, base, local| {
+                    if let Some(frame) = frames.get(n) {
+                        out.extend(decode_events_at(frame, local)?.into_iter().map(|(p, e)| (p + base, e)));
                     }
-                    rest = &rest[n..];
-                }
+                    Ok(())
+                })?;
                 Ok(out)
             }
             None => Ok(Vec::new()),
@@ -801,18 +796,12 @@ impl ShardStore {
                     for_each_lite(frame, None, &mut |p, e| f(p + base, e))?;
                 }
             }
-            Some(mut rest) => {
-                while let Some(&first) = rest.first() {
-                    let n = first as usize / FRAME_EVENTS;
-                    let count = rest.iter().take_while(|&&p| p as usize / FRAME_EVENTS == n).count();
-                    let base = (n * FRAME_EVENTS) as u32;
-                    let local: Vec<u32> = rest[..count].iter().map(|p| p - base).collect();
-                    if let Some(frame) = frames.get(n) {
-                        for_each_lite(frame, Some(&local), &mut |p, e| f(p + base, e))?;
-                    }
-                    rest = &rest[count..];
+            Some(positions) => by_frame(positions, |n, base, local| {
+                if let Some(frame) = frames.get(n) {
+                    for_each_lite(frame, Some(local), &mut |p, e| f(p + base, e))?;
                 }
-            }
+                Ok(())
+            })?,
         }
         Ok(())
     }
@@ -877,6 +866,21 @@ impl ShardStore {
     fn corrupt(&self, what: String) -> StorageError {
         StorageError::Corrupt { shard: self.shard, what }
     }
+}
+
+/// Calls `f` once per frame that `positions` (ascending, in a block) fall in, with the
+/// frame's number, its first position and the positions within it.
+fn by_frame(positions: &[u32], mut f: impl FnMut(usize, u32, &[u32]) -> Result<()>) -> Result<()> {
+    let mut rest = positions;
+    while let Some(&first) = rest.first() {
+        let n = first as usize / FRAME_EVENTS;
+        let count = rest.iter().take_while(|&&p| p as usize / FRAME_EVENTS == n).count();
+        let base = (n * FRAME_EVENTS) as u32;
+        let local: Vec<u32> = rest[..count].iter().map(|p| p - base).collect();
+        f(n, base, &local)?;
+        rest = &rest[count..];
+    }
+    Ok(())
 }
 
 /// Writes a block and, apart, its header, so time bounds can be listed without reading

@@ -104,6 +104,8 @@ struct UpArgs {
     /// Number of logical shards (fixed when the data directory is created).
     #[arg(long)]
     shards: Option<u32>,
+    #[command(flatten)]
+    tokens: TokenArgs,
 }
 
 #[derive(Args)]
@@ -135,6 +137,43 @@ struct NodeArgs {
     /// How often per-stream retention runs, in seconds.
     #[arg(long)]
     retention_every_secs: Option<u64>,
+    #[command(flatten)]
+    tokens: TokenArgs,
+}
+
+/// The API's bearer tokens (`GOSSAMER_ADMIN_TOKEN`, `GOSSAMER_READ_TOKEN` too).
+#[derive(Args)]
+struct TokenArgs {
+    /// Token for every API route; without any token the API is open.
+    #[arg(long, conflicts_with = "admin_token_file")]
+    admin_token: Option<String>,
+    /// The admin token, from a file (kept out of the process list).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+    /// Token for reads only (GET routes, POST /api/v1/query, /metrics).
+    #[arg(long, conflicts_with = "read_token_file")]
+    read_token: Option<String>,
+    #[arg(long)]
+    read_token_file: Option<PathBuf>,
+}
+
+impl TokenArgs {
+    fn apply(self, cfg: &mut Config) -> Result<()> {
+        use gossamer_config::Secret;
+        if let Some(t) = self.admin_token {
+            cfg.admin_token = Some(Secret(t));
+        }
+        if let Some(p) = self.admin_token_file {
+            cfg.admin_token = Some(Secret::from_file(&p)?);
+        }
+        if let Some(t) = self.read_token {
+            cfg.read_token = Some(Secret(t));
+        }
+        if let Some(p) = self.read_token_file {
+            cfg.read_token = Some(Secret::from_file(&p)?);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Args)]
@@ -316,6 +355,7 @@ fn node(a: NodeArgs) -> Result<()> {
     if let Some(v) = a.retention_every_secs {
         cfg.retention_every_secs = v.max(1);
     }
+    a.tokens.apply(&mut cfg)?;
     run_node_blocking(cfg)
 }
 
@@ -329,6 +369,7 @@ fn up(a: UpArgs) -> Result<()> {
     if let Some(s) = a.shards {
         cfg.shards = s;
     }
+    a.tokens.apply(&mut cfg)?;
     let _server = match a.nats {
         Some(url) => {
             cfg.nats = url;
@@ -388,6 +429,7 @@ fn publish(a: PublishCmd) -> Result<()> {
 
 /// Sends a JSON request and prints the answer's `field`, or fails with the API's error.
 fn call(req: ureq::Request, body: Option<serde_json::Value>) -> Result<serde_json::Value> {
+    let req = crate::client::with_token(req);
     let result = match body {
         Some(b) => req.send_json(b),
         None => req.call(),

@@ -233,6 +233,14 @@ pub struct QueryArgs {
 }
 
 /// Runs a search or a count against a node and prints the answer.
+/// Adds the API token from `GOSSAMER_TOKEN` (admin or read-only), when it is set.
+pub fn with_token(req: ureq::Request) -> ureq::Request {
+    match std::env::var("GOSSAMER_TOKEN") {
+        Ok(t) if !t.trim().is_empty() => req.set("Authorization", &format!("Bearer {}", t.trim())),
+        _ => req,
+    }
+}
+
 pub fn query(args: QueryArgs, out: &mut impl std::io::Write) -> Result<()> {
     let base = args.server.trim_end_matches('/');
     let path = match (&args.agg, args.count) {
@@ -240,7 +248,7 @@ pub fn query(args: QueryArgs, out: &mut impl std::io::Write) -> Result<()> {
         (None, true) => "count",
         (None, false) => "search",
     };
-    let mut req = ureq::get(&format!("{base}/api/v1/{path}")).query("q", &args.q);
+    let mut req = with_token(ureq::get(&format!("{base}/api/v1/{path}")).query("q", &args.q));
     if let Some(f) = &args.agg {
         req = req.query("fn", f);
         for (k, v) in [("field", &args.field), ("by", &args.by), ("bucket", &args.bucket)] {

@@ -28,6 +28,12 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    TooLarge(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -54,6 +60,9 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -73,9 +82,17 @@ pub fn bind(node: Arc<NodeHandle>, addr: &str) -> anyhow::Result<(Server, std::n
         App::new()
             .app_data(data.clone())
             .app_data(web::JsonConfig::default().limit(MAX_BODY).error_handler(|err, _| {
-                let msg = format!("invalid JSON body: {err}");
-                actix_web::error::InternalError::from_response(err, ApiError::BadRequest(msg).error_response()).into()
+                use actix_web::error::JsonPayloadError;
+                let e = match &err {
+                    JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
+                        ApiError::TooLarge(format!("the request body is over the {MAX_BODY}-byte limit"))
+                    }
+                    _ => ApiError::BadRequest(format!("invalid JSON body: {err}")),
+                };
+                actix_web::error::InternalError::from_response(err, e.error_response()).into()
             }))
+            .app_data(web::PayloadConfig::default().limit(MAX_BODY))
+            .wrap(actix_web::middleware::from_fn(authorize))
             .app_data(web::QueryConfig::default().error_handler(|err, _| {
                 let msg = format!("invalid query parameters: {err}");
                 actix_web::error::InternalError::from_response(err, ApiError::BadRequest(msg).error_response()).into()
@@ -110,6 +127,70 @@ pub fn bind(node: Arc<NodeHandle>, addr: &str) -> anyhow::Result<(Server, std::n
     .map_err(|e| anyhow::anyhow!("binding the HTTP API on {addr}: {e}"))?;
     let bound = server.addrs()[0];
     Ok((server.run(), bound))
+}
+
+/// What a request needs: nothing (the console page), a read token, or the admin token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Access {
+    Open,
+    Read,
+    Admin,
+}
+
+fn required(method: &actix_web::http::Method, path: &str) -> Access {
+    use actix_web::http::Method;
+    if !path.starts_with("/api/") && path != "/metrics" {
+        return Access::Open;
+    }
+    if *method == Method::GET || *method == Method::HEAD || (*method == Method::POST && path == "/api/v1/query") {
+        Access::Read
+    } else {
+        Access::Admin
+    }
+}
+
+/// Checks the bearer token against the configured ones, in constant time (`subtle`).
+fn granted(cfg: &gossamer_config::Config, header: Option<&str>) -> Result<Access, ApiError> {
+    use subtle::ConstantTimeEq;
+    let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) else {
+        return Err(ApiError::Unauthorized("this API needs a bearer token: Authorization: Bearer <token>".into()));
+    };
+    let same = |t: &Option<gossamer_config::Secret>| t.as_ref().is_some_and(|t| bool::from(t.0.as_bytes().ct_eq(given.as_bytes())));
+    if same(&cfg.admin_token) {
+        Ok(Access::Admin)
+    } else if same(&cfg.read_token) {
+        Ok(Access::Read)
+    } else {
+        Err(ApiError::Unauthorized("the bearer token is not valid".into()))
+    }
+}
+
+/// Bearer tokens, when configured: 401 without a valid one, 403 when a read token asks
+/// for a change. The token is never logged.
+async fn authorize(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody + 'static>, actix_web::Error> {
+    let verdict = match req.app_data::<Node>() {
+        Some(node) if node.cfg.admin_token.is_some() => {
+            let need = required(req.method(), req.path());
+            if need == Access::Open {
+                Ok(())
+            } else {
+                let header = req.headers().get(actix_web::http::header::AUTHORIZATION).and_then(|h| h.to_str().ok());
+                match granted(&node.cfg, header) {
+                    Ok(have) if have >= need => Ok(()),
+                    Ok(_) => Err(ApiError::Forbidden("the read token cannot change anything: use the admin token".into())),
+                    Err(e) => Err(e),
+                }
+            }
+        }
+        _ => Ok(()),
+    };
+    match verdict {
+        Ok(()) => Ok(next.call(req).await?.map_into_left_body()),
+        Err(e) => Ok(req.into_response(e.error_response()).map_into_right_body()),
+    }
 }
 
 async fn console() -> HttpResponse {

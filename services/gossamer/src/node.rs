@@ -89,6 +89,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     let (server, addr) = crate::http::bind(handle.clone(), &cfg.http)?;
     let server_handle = server.handle();
     let serving = actix_rt::spawn(server);
+    if cfg.admin_token.is_none() {
+        tracing::warn!("api-open: no admin token is set, so every API route is open to whoever reaches {addr}");
+    }
     info!(node = %cfg.node_id, http = %addr, shards = cfg.shards, "node-ready");
     on_ready(addr);
     let retention = actix_rt::spawn(crate::commands::retention_loop(handle.clone()));

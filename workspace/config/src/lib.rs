@@ -38,6 +38,35 @@ pub struct Config {
     /// sled's page cache, in MiB. sled's resident memory runs several times this when
     /// much of the store is read (its in-memory pages are bigger than their count).
     pub sled_cache_mb: u64,
+    /// Bearer token for every API route (reads and changes). With neither token set,
+    /// the API is open (a warning says so at start).
+    pub admin_token: Option<Secret>,
+    /// Bearer token for reads only: GET routes, `POST /api/v1/query`, `/metrics`.
+    pub read_token: Option<Secret>,
+}
+
+/// A credential: its `Debug` never shows it, so logging a config cannot leak it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl Secret {
+    /// A token read from a file (surrounding whitespace dropped), so it stays out of
+    /// the process list.
+    pub fn from_file(path: &std::path::Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading the token file {}", path.display()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            bail!("the token file {} is empty", path.display());
+        }
+        Ok(Self(token.to_string()))
+    }
 }
 
 impl Default for Config {
@@ -57,6 +86,8 @@ impl Default for Config {
             retention_every_secs: 60,
             limits: Default::default(),
             sled_cache_mb: 64,
+            admin_token: None,
+            read_token: None,
         }
     }
 }
@@ -107,6 +138,12 @@ impl Config {
         if let Some(v) = get("GOSSAMER_SHARDS") {
             self.shards = v.parse().context("GOSSAMER_SHARDS must be a number")?;
         }
+        if let Some(v) = get("GOSSAMER_ADMIN_TOKEN") {
+            self.admin_token = Some(Secret(v));
+        }
+        if let Some(v) = get("GOSSAMER_READ_TOKEN") {
+            self.read_token = Some(Secret(v));
+        }
         if let Some(v) = get("GOSSAMER_SLED_CACHE_MB") {
             self.sled_cache_mb = v.parse().context("GOSSAMER_SLED_CACHE_MB must be a number of MiB")?;
         }
@@ -127,6 +164,14 @@ impl Config {
         }
         if !token_ok(&self.node_id) {
             bail!("node id {:?} must be letters, digits, '_' or '-'", self.node_id);
+        }
+        for (name, t) in [("admin", &self.admin_token), ("read", &self.read_token)] {
+            if t.as_ref().is_some_and(|t| t.0.len() < 16 || t.0.chars().any(char::is_whitespace)) {
+                bail!("the {name} token must be at least 16 characters, without spaces");
+            }
+        }
+        if self.read_token.is_some() && self.admin_token.is_none() {
+            bail!("a read token without an admin token would leave changes open: set --admin-token too");
         }
         for r in &self.roles {
             if !ALL_ROLES.contains(&r.as_str()) {

@@ -117,24 +117,7 @@ pub fn with_decompressed<R>(frame: &[u8], f: impl FnOnce(&[u8]) -> Result<R, Cod
 
 /// The bytes of a frame made by [`compress`].
 pub fn decompress(frame: &[u8]) -> Result<Vec<u8>, CodecError> {
-    let (len, body) = frame
-        .split_first_chunk::<4>()
-        .ok_or_else(|| CodecError::Frame("shorter than its length prefix".into()))?;
-    let len = u32::from_le_bytes(*len) as usize;
-    if len > MAX_RAW {
-        return Err(CodecError::Frame(format!("declares {len} bytes, over the {MAX_RAW}-byte limit")));
-    }
-    let raw = DECOMPRESSOR.with(|d| -> Result<Vec<u8>, CodecError> {
-        let mut d = d.borrow_mut();
-        if d.is_none() {
-            *d = Some(zstd::bulk::Decompressor::new()?);
-        }
-        Ok(d.as_mut().expect("just set").decompress(body, len)?)
-    })?;
-    if raw.len() != len {
-        return Err(CodecError::Frame(format!("declares {len} bytes, holds {}", raw.len())));
-    }
-    Ok(raw)
+    with_decompressed(frame, |raw| Ok(raw.to_vec()))
 }
 
 impl ShardCommand {

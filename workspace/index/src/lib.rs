@@ -177,6 +177,8 @@ pub struct ShardIndex {
     store: ShardStore,
     /// Set when segments changed since the last look for a merge.
     merge_pending: Arc<AtomicBool>,
+    /// Set once this handle checked the index against the shard (first step).
+    verified: Arc<AtomicBool>,
 }
 
 fn key(prefix: u8, parts: &[u64]) -> Vec<u8> {
@@ -200,7 +202,7 @@ fn u64_of(v: Option<sled::IVec>) -> Option<u64> {
 
 impl ShardIndex {
     pub fn new(store: ShardStore) -> Self {
-        Self { store, merge_pending: Arc::new(AtomicBool::new(true)) }
+        Self { store, merge_pending: Arc::new(AtomicBool::new(true)), verified: Arc::new(AtomicBool::new(false)) }
     }
 
     pub fn shard(&self) -> u32 {
@@ -386,7 +388,8 @@ impl ShardIndex {
             out.reset = !self.tree().is_empty();
             self.reset()?;
         }
-        match self.step_inner(budget, &mut out) {
+        let checked = if self.verified.swap(true, Ordering::SeqCst) { Ok(()) } else { self.verify() };
+        match checked.and_then(|()| self.step_inner(budget, &mut out)) {
             Err(IndexError::Damaged { what, .. }) => {
                 tracing::warn!(shard = self.shard(), %what, "index damaged: dropping it to rebuild from the shard's blocks");
                 self.reset()?;
@@ -394,6 +397,35 @@ impl ShardIndex {
             }
             r => r.map(|()| out),
         }
+    }
+
+    /// Checks, once per start, that the index speaks for exactly the shard's blocks below
+    /// its watermark: after a crash the shard replays its log, and an index that kept
+    /// more than the shard did (or a block the index never saw below the watermark)
+    /// would hide events from queries. Such an index counts as damaged and is rebuilt.
+    fn verify(&self) -> Result<()> {
+        if u64_of(self.tree().get(FORMAT_KEY)?) != Some(FORMAT) {
+            return Ok(());
+        }
+        let indexed = self.indexed()?;
+        let applied = self.store.applied_seq()?;
+        let mask = (1u64 << gossamer_storage::PART_BITS) - 1;
+        if indexed > (applied << gossamer_storage::PART_BITS) | mask {
+            return Err(self.damaged(format!("the index covers block {indexed}, past the shard's applied sequence {applied}")));
+        }
+        let mut covered: BTreeSet<u64> = self.segments()?.iter().flat_map(|s| s.blocks.iter().map(|b| b.id)).collect();
+        let present = self.store.blocks_between(0, indexed)?;
+        // Read after the blocks: a block removed meanwhile is marked by then.
+        let dirty = self.store.dirty_blocks()?;
+        for m in present {
+            if !covered.remove(&m.seq) && !dirty.contains_key(&m.seq) {
+                return Err(self.damaged(format!("block {} is below the watermark but in no segment", m.seq)));
+            }
+        }
+        if let Some(gone) = covered.iter().find(|id| !dirty.contains_key(id)) {
+            return Err(self.damaged(format!("segment block {gone} is gone without a mark")));
+        }
+        Ok(())
     }
 
     /// An empty index of this format, with a generation no cache can hold.

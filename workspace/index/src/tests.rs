@@ -182,3 +182,32 @@ fn terms_cover_tokens_bigrams_labels_and_fields() {
     assert!(terms.iter().any(|t| t.starts_with("f:o.k=s:v")));
     assert_eq!(field_terms_for("n", "5.0")[1], b"f:n=n:5".to_vec());
 }
+
+#[test]
+fn an_index_ahead_of_its_shard_is_rebuilt_at_start() {
+    // As after a crash in which the shard tree kept less than the index tree: the index
+    // covers blocks the shard will write again from its log.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let shard = store.shard(1).unwrap();
+    let mut rng = Rng(11);
+    let first: Vec<Event> = (0..40).map(|i| event(&mut rng, i + 1)).collect();
+    shard.apply(vec![(1, ShardCommand::Insert { events: first })]).unwrap();
+    let index = ShardIndex::new(shard.clone());
+    while index.step(1000).unwrap().did_work() {}
+    // The watermark moves past what the shard holds.
+    let ahead = (5u64 << gossamer_storage::PART_BITS) | 3;
+    index.tree().insert(INDEXED, &ahead.to_be_bytes()).unwrap();
+    let second: Vec<Event> = (0..30).map(|i| event(&mut rng, i + 100)).collect();
+    shard.apply(vec![(2, ShardCommand::Insert { events: second })]).unwrap();
+    let restarted = ShardIndex::new(shard.clone());
+    let step = restarted.step(1000).unwrap();
+    assert!(step.reset, "the index must be found inconsistent");
+    while restarted.step(1000).unwrap().did_work() {}
+    let view = restarted.view().unwrap();
+    let want = truth(&restarted, &view);
+    let terms = want.keys().cloned().collect();
+    assert_eq!(indexed(&restarted, &view, &terms), want);
+    let events: u64 = view.segments.iter().map(|s| s.events).sum();
+    assert_eq!(events, 70);
+}

@@ -144,6 +144,9 @@ pub struct View {
     pub segments: Vec<Segment>,
     /// Blocks whose postings must not be trusted: scan them.
     pub dirty: BTreeSet<u64>,
+    /// The index generation this view is of. Postings read under another generation
+    /// may belong to segments merged or rebuilt since: see [`ShardIndex::generation`].
+    pub generation: u64,
 }
 
 /// How far the index is behind its shard.
@@ -231,11 +234,11 @@ impl ShardIndex {
     pub fn view(&self) -> Result<View> {
         let dirty = self.store.dirty_blocks()?.into_keys().collect();
         if u64_of(self.tree().get(FORMAT_KEY)?) != Some(FORMAT) {
-            return Ok(View { indexed: 0, segments: Vec::new(), dirty });
+            return Ok(View { indexed: 0, segments: Vec::new(), dirty, generation: self.generation()? });
         }
         match self.consistent() {
-            Ok((indexed, segments)) => Ok(View { indexed, segments: segments.as_ref().clone(), dirty }),
-            Err(IndexError::Damaged { .. }) => Ok(View { indexed: 0, segments: Vec::new(), dirty }),
+            Ok((generation, indexed, segments)) => Ok(View { indexed, segments: segments.as_ref().clone(), dirty, generation }),
+            Err(IndexError::Damaged { .. }) => Ok(View { indexed: 0, segments: Vec::new(), dirty, generation: self.generation()? }),
             Err(e) => Err(e),
         }
     }
@@ -244,15 +247,21 @@ impl ShardIndex {
     /// each write changes the generation, so a read that saw the same generation before
     /// and after saw one state (a segment list and watermark that do not overlap the
     /// unindexed tail, nor leave a gap before it).
-    fn consistent(&self) -> Result<(u64, Arc<Vec<Segment>>)> {
+    fn consistent(&self) -> Result<(u64, u64, Arc<Vec<Segment>>)> {
         loop {
-            let before = u64_of(self.tree().get(GENERATION)?).unwrap_or(0);
+            let before = self.generation()?;
             let indexed = self.indexed()?;
             let segments = self.cached_segments()?;
-            if u64_of(self.tree().get(GENERATION)?).unwrap_or(0) == before {
-                return Ok((indexed, segments));
+            if self.generation()? == before {
+                return Ok((before, indexed, segments));
             }
         }
+    }
+
+    /// The index's generation: it changes with every write to the index, so a reader
+    /// that saw the same generation before and after its reads saw one state.
+    pub fn generation(&self) -> Result<u64> {
+        Ok(u64_of(self.tree().get(GENERATION)?).unwrap_or(0))
     }
 
     /// Every segment, from memory when the index has not changed since they were read.
@@ -466,10 +475,17 @@ impl ShardIndex {
             }
         }
         let mut batch = sled::Batch::default();
+        let mut skipped: BTreeSet<u64> = BTreeSet::new();
         for (lo, ids) in &stale {
             let seg = segments.iter().find(|s| s.lo == *lo).expect("found above");
             let mut b = Builder::default();
             let current = self.store.blocks_between(seg.lo, seg.hi)?;
+            if !self.store.blocks_between(seg.lo, seg.hi)?.iter().map(|m| m.seq).eq(current.iter().map(|m| m.seq)) {
+                // Blocks changing under the scan: rebuild on the next step, with the
+                // marks left in place.
+                skipped.extend(ids.iter().copied());
+                continue;
+            }
             // Unchanged blocks keep their postings; changed ones are read again.
             let keep: HashMap<u64, usize> = current
                 .iter()
@@ -516,6 +532,16 @@ impl ShardIndex {
             })
             .map_or(tail.len(), |i| i.max(1));
         tail.truncate(take);
+        // The watermark moves past every block read here for good, so a block the scan
+        // did not see would never be found by queries: scan again and take the blocks
+        // only when both scans agree (a scan of a tree being written is not a snapshot).
+        if let Some(last) = tail.last() {
+            let again: Vec<u64> = self.store.blocks_between(indexed + 1, last.seq)?.iter().map(|m| m.seq).collect();
+            if !again.iter().eq(tail.iter().map(|m| &m.seq)) {
+                tracing::debug!(shard = self.shard(), "index-scan-disagreed: trying again");
+                tail.clear();
+            }
+        }
         let mut new_indexed = indexed;
         if let Some(last) = tail.last() {
             let mut b = Builder::default();
@@ -533,7 +559,7 @@ impl ShardIndex {
             batch.insert(INDEXED, &new_indexed.to_be_bytes());
         }
         self.commit(batch)?;
-        for (id, stamp) in dirty.iter().filter(|(id, _)| **id <= new_indexed) {
+        for (id, stamp) in dirty.iter().filter(|(id, _)| **id <= new_indexed && !skipped.contains(id)) {
             self.store.clear_dirty(*id, *stamp)?;
         }
         if out.indexed_events > 0 || out.rebuilt_segments > 0 {

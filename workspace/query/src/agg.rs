@@ -267,7 +267,7 @@ fn aggregate_some(shards: &[(usize, &ShardStore)], expr: &Expr, range: TimeRange
     };
     let mut total = Aggregation::default();
     for (_, s) in shards {
-        let plan = ShardPlan::new(s, expr, range)?;
+        let mut plan = ShardPlan::new(s, expr, range)?;
         if facet.is_none() {
             if let Some(part) = aggregate_lite(s, &plan, expr, range, spec)? {
                 total.merge(part);
@@ -280,7 +280,14 @@ fn aggregate_some(shards: &[(usize, &ShardStore)], expr: &Expr, range: TimeRange
         let mut part = Aggregation::default();
         let blocks = match facet {
             Some(facet) => {
-                let (counts, rest) = plan.count_by(facet, range)?;
+                // Counts read postings after the plan: redo both if the index moved.
+                let (counts, rest) = loop {
+                    let got = plan.count_by(facet, range)?;
+                    if plan.current()? {
+                        break got;
+                    }
+                    plan = ShardPlan::new(s, expr, range)?;
+                };
                 for (value, n) in counts {
                     part.add_count(vec![Some(value)], n)?;
                 }

@@ -78,6 +78,8 @@ impl BlockWork {
 /// A shard's plan: what its index says, and the blocks it cannot speak for.
 pub struct ShardPlan {
     index: ShardIndex,
+    /// The index generation every postings read of this plan was made under.
+    generation: u64,
     segments: Vec<(Segment, Hits)>,
     dirty: BTreeSet<u64>,
     scan: Vec<BlockMeta>,
@@ -89,8 +91,25 @@ fn overlaps(min_ts: i64, max_ts: i64, range: TimeRange) -> bool {
 
 impl ShardPlan {
     pub fn new(store: &ShardStore, expr: &Expr, range: TimeRange) -> Result<Self, QueryError> {
+        // A merge or rebuild that commits while postings are read replaces the segments
+        // the view names: plan again until every read was of one generation.
+        loop {
+            let plan = Self::once(store, expr, range)?;
+            if plan.index.generation()? == plan.generation {
+                return Ok(plan);
+            }
+        }
+    }
+
+    /// True while the index is still the one this plan read (see [`ShardPlan::count_by`]).
+    pub fn current(&self) -> Result<bool, QueryError> {
+        Ok(self.index.generation()? == self.generation)
+    }
+
+    fn once(store: &ShardStore, expr: &Expr, range: TimeRange) -> Result<Self, QueryError> {
         let index = ShardIndex::new(store.clone());
         let view = index.view()?;
+        let generation = view.generation;
         let mut scan: Vec<BlockMeta> = store.blocks_between(view.indexed + 1, u64::MAX)?;
         for &id in view.dirty.iter().filter(|&&id| id <= view.indexed) {
             if let Some(meta) = store.block_header(id)? {
@@ -106,7 +125,7 @@ impl ShardPlan {
             let hits = Eval { index: &index, seg: &seg, cache: HashMap::new() }.expr(expr)?;
             segments.push((seg, hits));
         }
-        Ok(Self { index, segments, dirty: view.dirty, scan })
+        Ok(Self { index, generation, segments, dirty: view.dirty, scan })
     }
 
     /// Every block to read, with what to read of it.

@@ -282,9 +282,11 @@ fn aggregate_some(shards: &[(usize, &ShardStore)], expr: &Expr, range: TimeRange
             Some(facet) => {
                 // Counts read postings after the plan: redo both if the index moved.
                 let (counts, rest) = loop {
-                    let got = plan.count_by(facet, range)?;
-                    if plan.current()? {
-                        break got;
+                    match plan.count_by(facet, range) {
+                        Ok(got) if plan.current()? => break got,
+                        Ok(_) | Err(QueryError::Index(_)) if !plan.current()? => {}
+                        Ok(got) => break got,
+                        Err(e) => return Err(e),
                     }
                     plan = ShardPlan::new(s, expr, range)?;
                 };

@@ -93,10 +93,15 @@ impl ShardPlan {
     pub fn new(store: &ShardStore, expr: &Expr, range: TimeRange) -> Result<Self, QueryError> {
         // A merge or rebuild that commits while postings are read replaces the segments
         // the view names: plan again until every read was of one generation.
+        let index = ShardIndex::new(store.clone());
         loop {
-            let plan = Self::once(store, expr, range)?;
-            if plan.index.generation()? == plan.generation {
-                return Ok(plan);
+            let before = index.generation()?;
+            match Self::once(store, expr, range) {
+                Ok(plan) if plan.index.generation()? == plan.generation => return Ok(plan),
+                Ok(_) => {}
+                // A list half replaced under the read looks damaged: read again.
+                Err(QueryError::Index(_)) if index.generation()? != before => {}
+                Err(e) => return Err(e),
             }
         }
     }
@@ -651,5 +656,81 @@ mod tests {
             assert_eq!(ix.lag().unwrap().events, 0);
         }
         check_all(&shards, "with the index caught up");
+    }
+}
+
+#[cfg(test)]
+mod race {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use gossamer_schemas::ShardCommand;
+    use gossamer_storage::Store;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::exec::count;
+    use crate::parse;
+
+    /// Counts taken while the index builds, merges and catches up are always the full
+    /// answer: a plan never mixes postings of segments before and after a merge.
+    #[test]
+    fn counts_stay_whole_while_the_index_merges() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let shards: Vec<ShardStore> = (0..2).map(|i| store.shard(i).unwrap()).collect();
+        let mut n = 0u128;
+        for seq in 1..=300u64 {
+            for s in &shards {
+                let events: Vec<Event> = (0..50)
+                    .map(|i| {
+                        n += 1;
+                        Event {
+                            id: Uuid::from_u128(n),
+                            ts: n as i64,
+                            stream: format!("s{}", i % 3),
+                            level: "info".into(),
+                            message: if i % 5 == 0 { "alpha beta".into() } else { "gamma".into() },
+                            labels: Default::default(),
+                            fields: Default::default(),
+                        }
+                    })
+                    .collect();
+                s.apply(vec![(seq, ShardCommand::Insert { events })]).unwrap();
+            }
+        }
+        let total = n as u64;
+        let queries = [("alpha", total / 5), ("stream:s*", total), ("\"alpha beta\" OR gamma", total)];
+        let done = Arc::new(AtomicBool::new(false));
+        let indexer = {
+            let shards = shards.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let indexes: Vec<ShardIndex> = shards.into_iter().map(ShardIndex::new).collect();
+                // Small steps: many segments, many merges.
+                loop {
+                    let mut worked = false;
+                    for ix in &indexes {
+                        worked |= ix.step(100).unwrap().did_work();
+                    }
+                    if !worked {
+                        break;
+                    }
+                }
+                done.store(true, Ordering::SeqCst);
+            })
+        };
+        let mut checked = 0;
+        while !done.load(Ordering::SeqCst) || checked == 0 {
+            for (q, want) in queries {
+                assert_eq!(count(&shards, &parse(q).unwrap(), TimeRange::default()).unwrap(), want, "{q} after {checked} checks");
+            }
+            let spec = crate::agg::AggSpec::parse("count", None, Some("stream"), None).unwrap();
+            let groups = crate::agg::aggregate(&shards, &Expr::All, TimeRange::default(), &spec).unwrap().finish(&spec);
+            let sum: u64 = groups.iter().map(|g| g["value"].as_u64().unwrap()).sum();
+            assert_eq!(sum, total, "count by stream after {checked} checks");
+            checked += 1;
+        }
+        indexer.join().unwrap();
     }
 }

@@ -233,7 +233,7 @@ impl<'s> Work<'s> {
             fresh_seq: 0,
             ids: Default::default(),
             streams: BTreeMap::new(),
-            count: store.event_count()?,
+            count,
         })
     }
 

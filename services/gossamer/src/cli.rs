@@ -34,6 +34,9 @@ enum Command {
     /// Operate a node: rebuild its index, see its state.
     #[command(subcommand)]
     Admin(AdminCmd),
+    /// Back up a node's events, verify backups, restore them into an empty node.
+    #[command(subcommand)]
+    Backup(crate::backup_cli::BackupCmd),
 }
 
 #[derive(Subcommand)]
@@ -106,6 +109,8 @@ struct UpArgs {
     shards: Option<u32>,
     #[command(flatten)]
     tokens: TokenArgs,
+    #[command(flatten)]
+    backup: BackupArgs,
 }
 
 #[derive(Args)]
@@ -139,6 +144,8 @@ struct NodeArgs {
     retention_every_secs: Option<u64>,
     #[command(flatten)]
     tokens: TokenArgs,
+    #[command(flatten)]
+    backup: BackupArgs,
 }
 
 /// The API's bearer tokens (`GOSSAMER_ADMIN_TOKEN`, `GOSSAMER_READ_TOKEN` too).
@@ -155,6 +162,33 @@ struct TokenArgs {
     read_token: Option<String>,
     #[arg(long)]
     read_token_file: Option<PathBuf>,
+}
+
+/// Where backups go and how often they are taken.
+#[derive(Args)]
+struct BackupArgs {
+    /// A directory, file://DIR, or nats://BUCKET (a NATS Object Store bucket);
+    /// `backups` in the data directory by default.
+    #[arg(long)]
+    backup_store: Option<String>,
+    /// Take a backup this often (90m, 6h, 1d): the first full, then incrementals.
+    #[arg(long)]
+    backup_every: Option<String>,
+}
+
+impl BackupArgs {
+    fn apply(self, cfg: &mut Config) -> Result<()> {
+        if let Some(s) = self.backup_store {
+            cfg.backup_store = Some(s);
+        }
+        if let Some(every) = self.backup_every {
+            let ns = gossamer_query::agg::parse_duration(every.trim())
+                .filter(|ns| *ns >= 1_000_000_000)
+                .with_context(|| format!("--backup-every {every:?}: use a duration of a second or more, like 90m, 6h, 1d"))?;
+            cfg.backup_every_secs = (ns / 1_000_000_000) as u64;
+        }
+        Ok(())
+    }
 }
 
 impl TokenArgs {
@@ -264,6 +298,7 @@ pub fn main() -> ExitCode {
         Command::Retention(a) => retention(a),
         Command::Bench(a) => crate::bench::run(a),
         Command::Admin(a) => admin(a),
+        Command::Backup(a) => crate::backup_cli::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -356,6 +391,7 @@ fn node(a: NodeArgs) -> Result<()> {
         cfg.retention_every_secs = v.max(1);
     }
     a.tokens.apply(&mut cfg)?;
+    a.backup.apply(&mut cfg)?;
     run_node_blocking(cfg)
 }
 
@@ -370,6 +406,7 @@ fn up(a: UpArgs) -> Result<()> {
         cfg.shards = s;
     }
     a.tokens.apply(&mut cfg)?;
+    a.backup.apply(&mut cfg)?;
     let _server = match a.nats {
         Some(url) => {
             cfg.nats = url;
@@ -428,7 +465,7 @@ fn publish(a: PublishCmd) -> Result<()> {
 }
 
 /// Sends a JSON request and prints the answer's `field`, or fails with the API's error.
-fn call(req: ureq::Request, body: Option<serde_json::Value>) -> Result<serde_json::Value> {
+pub(crate) fn call(req: ureq::Request, body: Option<serde_json::Value>) -> Result<serde_json::Value> {
     let req = crate::client::with_token(req);
     let result = match body {
         Some(b) => req.send_json(b),

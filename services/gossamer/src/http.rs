@@ -34,6 +34,8 @@ pub enum ApiError {
     Forbidden(String),
     #[error("{0}")]
     TooLarge(String),
+    #[error("{0}")]
+    Conflict(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -44,6 +46,18 @@ impl From<QueryError> for ApiError {
             QueryError::BadRequest(m) => ApiError::BadRequest(m),
             QueryError::Storage(s) => ApiError::Internal(s.to_string()),
             QueryError::Index(s) => ApiError::Internal(format!("index: {s}")),
+        }
+    }
+}
+
+impl From<gossamer_backup::BackupError> for ApiError {
+    fn from(e: gossamer_backup::BackupError) -> Self {
+        use gossamer_backup::BackupError as B;
+        match e {
+            B::BadRequest(m) => ApiError::BadRequest(m),
+            B::NotFound(m) => ApiError::NotFound(m),
+            B::Conflict(m) => ApiError::Conflict(m),
+            B::Internal(e) => ApiError::Internal(format!("{e:#}")),
         }
     }
 }
@@ -63,6 +77,7 @@ impl ResponseError for ApiError {
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -118,7 +133,14 @@ pub fn bind(node: Arc<NodeHandle>, addr: &str) -> anyhow::Result<(Server, std::n
                     .route("/streams", web::get().to(streams))
                     .route("/streams/{name}/retention", web::put().to(set_retention))
                     .route("/index", web::get().to(index_state))
-                    .route("/admin/reindex", web::post().to(reindex)),
+                    .route("/admin/reindex", web::post().to(reindex))
+                    .route("/backups", web::get().to(list_backups))
+                    .route("/backups", web::post().to(create_backup))
+                    .route("/backups/{id}", web::get().to(get_backup))
+                    .route("/backups/{id}/verify", web::post().to(verify_backup))
+                    .route("/restore", web::post().to(restore_backup))
+                    .route("/jobs", web::get().to(list_jobs))
+                    .route("/jobs/{id}", web::get().to(get_job)),
             )
             .default_service(web::to(|| async { ApiError::NotFound("no such route".into()).error_response() }))
     })
@@ -244,10 +266,93 @@ async fn metrics(node: Node) -> Result<HttpResponse, ApiError> {
         metric("gossamer_index_events_total", "counter", "events indexed", vec![(node_label.clone(), st.indexed_events_total)]);
         metric("gossamer_index_resets_total", "counter", "indexes dropped and rebuilt", vec![(node_label, st.resets_total)]);
     }
+    if let Some(b) = &node.backups {
+        let node_label = format!("node=\"{n}\"");
+        let jobs = b.jobs();
+        let count = |action: &str, state: gossamer_backup::JobState| {
+            jobs.iter().filter(|j| j.action == action && j.state == state).count() as u64
+        };
+        use gossamer_backup::JobState::{Done, Failed, Running};
+        let by_state = |action: &str| {
+            [("running", Running), ("done", Done), ("failed", Failed)]
+                .into_iter()
+                .map(|(label, st)| (format!("{node_label},action=\"{action}\",state=\"{label}\""), count(action, st)))
+                .collect::<Vec<_>>()
+        };
+        let mut samples = by_state("create");
+        samples.extend(by_state("verify"));
+        samples.extend(by_state("restore"));
+        metric("gossamer_backup_jobs", "gauge", "backup, verify and restore jobs since start, by state", samples);
+        let last_ok = jobs
+            .iter()
+            .filter(|j| j.action == "create" && j.state == Done)
+            .filter_map(|j| j.finished_at.as_deref())
+            .filter_map(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp() as u64)
+            .max()
+            .unwrap_or(0);
+        metric("gossamer_backup_last_success_seconds", "gauge", "Unix time of the last backup made since start (0: none)", vec![(node_label, last_ok)]);
+    }
     let store = node.store.clone();
     let sled = web::block(move || store.size_on_disk()).await?;
     metric("gossamer_sled_bytes", "gauge", "bytes sled uses on disk", vec![(format!("node=\"{n}\""), sled)]);
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out))
+}
+
+fn backups(node: &NodeHandle) -> Result<&Arc<gossamer_backup::Backups>, ApiError> {
+    node.backups.as_ref().ok_or_else(|| ApiError::Unavailable("this node does not run the backup role".into()))
+}
+
+/// A JSON body that may be left out (then `T::default()`).
+fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}
+
+/// `GET /api/v1/backups`: the backups in the store, oldest first, and the job running.
+async fn list_backups(node: Node) -> Result<HttpResponse, ApiError> {
+    let b = backups(&node)?;
+    Ok(HttpResponse::Ok().json(json!({ "store": b.location(), "backups": b.list().await?, "running": b.running() })))
+}
+
+/// `POST /api/v1/backups` `{"kind": "auto"|"full"|"incremental", "name": "..."}` (both
+/// optional): starts a backup; 202 with the job to follow at `/api/v1/jobs/{id}`.
+async fn create_backup(node: Node, body: web::Bytes) -> Result<HttpResponse, ApiError> {
+    let req: gossamer_backup::CreateRequest = optional_body(&body)?;
+    let job = backups(&node)?.create(req).await?;
+    Ok(HttpResponse::Accepted().json(job))
+}
+
+async fn get_backup(node: Node, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(backups(&node)?.manifest(&id).await?))
+}
+
+/// `POST /api/v1/backups/{id}/verify`: starts reading every file of the backup.
+async fn verify_backup(node: Node, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Accepted().json(backups(&node)?.verify(&id).await?))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreRequest {
+    backup: String,
+}
+
+/// `POST /api/v1/restore` `{"backup": ID}`: restores the backup (and the ones it
+/// continues) into this node, which must be empty.
+async fn restore_backup(node: Node, req: web::Json<RestoreRequest>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Accepted().json(backups(&node)?.restore(&req.backup).await?))
+}
+
+async fn list_jobs(node: Node) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(backups(&node)?.jobs()))
+}
+
+async fn get_job(node: Node, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let job = backups(&node)?.job(&id).ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
+    Ok(HttpResponse::Ok().json(job))
 }
 
 /// `GET /api/v1/index`: how far the index is behind the shards.

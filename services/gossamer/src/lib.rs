@@ -1,6 +1,7 @@
 //! The Gossamer node and its command-line tools: `up`, `node`, `publish`, `query`,
-//! `bench`.
+//! `backup`, `bench`.
 
+pub mod backup_cli;
 pub mod bench;
 pub mod chart;
 pub mod cli;

@@ -23,6 +23,7 @@ pub struct NodeHandle {
     pub shard_actors: Vec<Addr<ShardActor>>,
     pub ingest: Option<Addr<IngestActor>>,
     pub index: Option<Addr<IndexActor>>,
+    pub backups: Option<Arc<gossamer_backup::Backups>>,
     pub nats: async_nats::Client,
 }
 
@@ -60,6 +61,24 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     let index = cfg.has_role("index").then(|| IndexActor::new(shards.clone()).start());
     let ingest =
         cfg.has_role("ingest").then(|| IngestActor::new(nats.clone(), cfg.clone(), names.clone()).start());
+    let backups = if cfg.has_role("backup") {
+        let location = cfg.backup_store();
+        let kept = gossamer_backup::store::BackupStore::open(&location, &js, cfg.data.join("backup-scratch"))
+            .await
+            .with_context(|| format!("opening the backup store {location}"))?;
+        let settings = gossamer_backup::Settings {
+            cluster: cfg.cluster.clone(),
+            node: cfg.node_id.clone(),
+            shards_stream: names.shards.clone(),
+            scratch: cfg.data.join("backup-scratch"),
+        };
+        let backups = Arc::new(gossamer_backup::Backups::new(settings, store.clone(), shards.clone(), js.clone(), kept));
+        let every = (cfg.backup_every_secs > 0).then(|| Duration::from_secs(cfg.backup_every_secs));
+        gossamer_backup::BackupActor::new(backups.clone(), every).start();
+        Some(backups)
+    } else {
+        None
+    };
 
     let handle = Arc::new(NodeHandle {
         cfg: cfg.clone(),
@@ -68,6 +87,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         shard_actors,
         ingest,
         index,
+        backups,
         nats: nats.clone(),
     });
     // Ready means producers can be answered: wait for ingest to subscribe and pull.

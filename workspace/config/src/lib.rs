@@ -43,6 +43,13 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// Bearer token for reads only: GET routes, `POST /api/v1/query`, `/metrics`.
     pub read_token: Option<Secret>,
+    /// Where backups go: a directory, `file://DIR`, or `nats://BUCKET` (a NATS Object
+    /// Store bucket). By default `backups` inside the data directory; keep backups
+    /// elsewhere in production, as a lost disk takes both.
+    pub backup_store: Option<String>,
+    /// Take a backup this often, in seconds (0: only on request). The first is full,
+    /// the next ones incremental.
+    pub backup_every_secs: u64,
 }
 
 /// A credential: its `Debug` never shows it, so logging a config cannot leak it.
@@ -88,6 +95,8 @@ impl Default for Config {
             sled_cache_mb: 64,
             admin_token: None,
             read_token: None,
+            backup_store: None,
+            backup_every_secs: 0,
         }
     }
 }
@@ -144,6 +153,9 @@ impl Config {
         if let Some(v) = get("GOSSAMER_READ_TOKEN") {
             self.read_token = Some(Secret(v));
         }
+        if let Some(v) = get("GOSSAMER_BACKUP_STORE") {
+            self.backup_store = Some(v);
+        }
         if let Some(v) = get("GOSSAMER_SLED_CACHE_MB") {
             self.sled_cache_mb = v.parse().context("GOSSAMER_SLED_CACHE_MB must be a number of MiB")?;
         }
@@ -179,6 +191,11 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Where backups go, as [`Config::backup_store`] says.
+    pub fn backup_store(&self) -> String {
+        self.backup_store.clone().unwrap_or_else(|| self.data.join("backups").display().to_string())
     }
 
     pub fn has_role(&self, role: &str) -> bool {

@@ -14,7 +14,9 @@
 //! - `m:applied`, `m:count`: the last applied shard-log sequence and the event count;
 //! - `d` + block id: a block rewritten or removed (by a delete, an update or retention)
 //!   since the index saw it, with the sequence that changed it; the index rebuilds what
-//!   covers it and clears the mark, and until then queries scan that block.
+//!   covers it and clears the mark, and until then queries scan that block;
+//! - `w` + block id: the last sequence that rewrote or removed the block, kept for good
+//!   (an incremental backup takes the blocks changed after its parent's sequence).
 //!
 //! Each shard also has an index tree (`index-<n>`), written by the index actor alone.
 //!
@@ -42,6 +44,8 @@ const STREAM: u8 = b's';
 const RESULT: u8 = b'r';
 const HEAD: u8 = b'h';
 const DIRTY: u8 = b'd';
+/// `w` + block id: the last sequence that rewrote or removed it.
+const REWRITTEN: u8 = b'w';
 const HEADER: usize = 20;
 /// zstd level for stored blocks.
 const BLOCK_LEVEL: i32 = 6;
@@ -57,6 +61,10 @@ pub enum StorageError {
     Codec(#[from] CodecError),
     #[error("shard {shard}: corrupt entry: {what}")]
     Corrupt { shard: u32, what: String },
+    #[error("shard {shard} is not empty: {what}")]
+    NotEmpty { shard: u32, what: String },
+    #[error("shard {shard}: {source}")]
+    Io { shard: u32, source: std::io::Error },
 }
 
 pub type Result<T> = std::result::Result<T, StorageError>;
@@ -70,6 +78,8 @@ pub struct Store {
     filters: Arc<Mutex<BTreeMap<u32, SharedFilter>>>,
     /// One index cache slot per shard, likewise.
     caches: Arc<Mutex<BTreeMap<u32, IndexCache>>>,
+    /// One writer lock per shard, likewise.
+    writers: Arc<Mutex<BTreeMap<u32, Arc<Mutex<()>>>>>,
 }
 
 /// Whatever the index keeps in memory for a shard, with the index generation it is of.
@@ -96,7 +106,7 @@ impl Store {
     /// [`Store::open`] with sled's page cache set to `cache_bytes`.
     pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self> {
         let db = sled::Config::new().path(path).cache_capacity(cache_bytes).open()?;
-        Ok(Self { db, gate: Arc::default(), filters: Arc::default(), caches: Arc::default() })
+        Ok(Self { db, gate: Arc::default(), filters: Arc::default(), caches: Arc::default(), writers: Arc::default() })
     }
 
     pub fn shard(&self, shard: u32) -> Result<ShardStore> {
@@ -104,7 +114,8 @@ impl Store {
         let index = self.db.open_tree(format!("index-{shard}"))?;
         let filter = self.filters.lock().unwrap_or_else(|p| p.into_inner()).entry(shard).or_default().clone();
         let index_cache = self.caches.lock().unwrap_or_else(|p| p.into_inner()).entry(shard).or_default().clone();
-        Ok(ShardStore { shard, tree, index, index_cache, db: self.db.clone(), gate: self.gate.clone(), filter })
+        let writer = self.writers.lock().unwrap_or_else(|p| p.into_inner()).entry(shard).or_default().clone();
+        Ok(ShardStore { shard, tree, index, index_cache, db: self.db.clone(), gate: self.gate.clone(), filter, writer })
     }
 
     pub fn flush(&self) -> Result<()> {
@@ -131,6 +142,22 @@ impl Store {
         match max_age_ns {
             Some(ns) => meta.insert(k, &(ns as u64).to_be_bytes())?,
             None => meta.remove(k)?,
+        };
+        meta.flush()?;
+        Ok(())
+    }
+
+    /// A value of the node's own settings (`meta` tree).
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.open_tree("meta")?.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// Sets (or with `None` removes) a value of the node's own settings, durably.
+    pub fn set_meta(&self, key: &str, value: Option<&[u8]>) -> Result<()> {
+        let meta = self.db.open_tree("meta")?;
+        match value {
+            Some(v) => meta.insert(key, v)?,
+            None => meta.remove(key)?,
         };
         meta.flush()?;
         Ok(())
@@ -363,6 +390,7 @@ impl<'s> Work<'s> {
         let mut filter = self.filter;
         for (seq, events) in &self.blocks {
             batch.insert(key(DIRTY, &seq.to_be_bytes()), &stamp.to_be_bytes());
+            batch.insert(key(REWRITTEN, &seq.to_be_bytes()), &stamp.to_be_bytes());
             if events.is_empty() {
                 batch.remove(key(BLOCK, &seq.to_be_bytes()));
                 batch.remove(key(HEAD, &seq.to_be_bytes()));
@@ -424,6 +452,9 @@ pub struct ShardStore {
     gate: Arc<FlushGate>,
     /// Built on the first apply: which ids may be stored, so new ids skip the lookup.
     filter: SharedFilter,
+    /// Held by every write to the shard tree, and by exports, so an export sees the
+    /// shard as of one applied sequence.
+    writer: Arc<Mutex<()>>,
 }
 
 /// Where a shard's ids are, without a sled key per event: every block's ids are one
@@ -598,6 +629,7 @@ impl ShardStore {
 
     /// [`ShardStore::apply`], with a compiler for `DeleteWhere` queries.
     pub fn apply_with(&self, commands: Vec<(u64, ShardCommand)>, compile: &dyn Fn(&str) -> Option<Predicate>) -> Result<Applied> {
+        let _writing = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let mut applied_seq = self.applied_seq()?;
         let mut w = Work::new(self)?;
         let mut outcome = Applied::default();
@@ -910,6 +942,9 @@ fn encode_block(events: &[Event]) -> Result<Vec<u8>> {
     }
     Ok(v)
 }
+
+pub mod snapshot;
+pub use snapshot::{Exported, Record, Restoring};
 
 #[cfg(test)]
 mod tests;

@@ -1,0 +1,363 @@
+//! Backups: full and incremental, restored into a fresh node and NATS (the answers are
+//! the ones given before the wipe, deletions included, and up to any backup in the
+//! chain); a damaged file named by verify and refused by restore; names that could
+//! escape the store refused; a backup taken during ingest matches the shard log up to
+//! its sequences; the same through a NATS Object Store bucket.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::Duration;
+
+use gossamer_integration::loghub::{self, event_json, Dataset};
+use gossamer_integration::{enc, gossamer_binary, http_post, wait_for, Nats, Node};
+use serde_json::{json, Value};
+
+fn post_json(url: &str, body: Value) -> (u16, Value) {
+    http_post(url, "application/json", body.to_string().as_bytes())
+}
+
+/// Publishes datasets through the request/reply path and waits until the node counts
+/// `want` events in all.
+fn publish(nats: &Nats, node: &Node, cluster: &str, datasets: &[&Dataset], want: u64) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = nats.client().await;
+        for ds in datasets {
+            for chunk in ds.rows.chunks(500) {
+                let body: String = chunk.iter().map(|r| format!("{}\n", event_json(ds, r))).collect();
+                let reply = client.request(format!("gossamer.{cluster}.ingest.{}", ds.stream()), body.into()).await.unwrap();
+                let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+                assert_eq!(reply["accepted"].as_u64(), Some(chunk.len() as u64), "{reply}");
+            }
+        }
+    });
+    node.wait_count("", want, Duration::from_secs(60));
+}
+
+/// Starts a job with a POST and follows it until it ends; the finished job.
+fn run_job(node: &Node, path: &str, body: Value) -> Value {
+    let (status, job) = post_json(&format!("{}{path}", node.http), body);
+    assert_eq!(status, 202, "POST {path}: {job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    wait_for(&format!("job {id}"), Duration::from_secs(120), || {
+        let (status, j) = node.get(&format!("/api/v1/jobs/{id}"));
+        assert_eq!(status, 200, "{j}");
+        (j["state"] != "running").then_some(j)
+    })
+}
+
+/// What a user would look at: every loghub count case, the streams with their counts
+/// and retention, counts by level, and the newest page of one stream.
+fn answers(node: &Node, datasets: &[Dataset]) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    for ds in datasets {
+        for (q, _) in loghub::count_cases(ds) {
+            out.insert(format!("count {q}"), json!(node.count(&q)));
+        }
+    }
+    let (_, streams) = node.get("/api/v1/streams");
+    let streams: Vec<Value> =
+        streams["streams"].as_array().unwrap().iter().map(|s| json!([s["name"], s["events"], s["retention"]])).collect();
+    out.insert("streams".into(), json!(streams));
+    let (status, agg) = node.get("/api/v1/aggregate?q=&fn=count&by=level");
+    assert_eq!(status, 200, "{agg}");
+    out.insert("count by level".into(), agg["groups"].clone());
+    let (_, page) = node.get(&format!("/api/v1/search?q={}&limit=50", enc("stream:loghub.hdfs")));
+    out.insert("hdfs newest page".into(), page["events"].clone());
+    out
+}
+
+fn cli(node: &Node, args: &[&str]) -> std::process::Output {
+    Command::new(gossamer_binary()).args(args).args(["--server", &node.http]).output().unwrap()
+}
+
+#[test]
+fn full_and_incremental_backups_restore_every_answer_into_a_fresh_cluster() {
+    let datasets = loghub::load();
+    let (first, second) = datasets.split_at(8);
+    let store = tempfile::tempdir().unwrap();
+    let store_arg = store.path().to_str().unwrap().to_string();
+
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats, data.path(), &["--backup-store", &store_arg]);
+    let n1: u64 = first.iter().map(|d| d.rows.len() as u64).sum();
+    publish(&nats, &node, "default", &first.iter().collect::<Vec<_>>(), n1);
+    let r = ureq::put(&format!("{}/api/v1/streams/loghub.hdfs/retention", node.http)).send_json(json!({"max_age": "36500d"}));
+    assert_eq!(r.unwrap().status(), 200);
+
+    // A full backup through the CLI.
+    let out = cli(&node, &["backup", "create", "--full", "--name", "base"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("backup base (full)") && said.contains(&format!("{n1} events")), "{said}");
+
+    // More events, then an incremental: it continues the full one and is smaller.
+    let n2: u64 = n1 + second.iter().map(|d| d.rows.len() as u64).sum::<u64>();
+    publish(&nats, &node, "default", &second.iter().collect::<Vec<_>>(), n2);
+    let before_deletes = answers(&node, &datasets);
+    let job = run_job(&node, "/api/v1/backups", json!({"name": "more"}));
+    assert_eq!(job["state"], "done", "{job}");
+    let more = &job["manifest"];
+    assert_eq!((more["kind"].as_str(), more["parent"].as_str(), more["events"].as_u64()), (Some("incremental"), Some("base"), Some(n2)));
+    let (_, base) = node.get("/api/v1/backups/base");
+    let new_block_events: u64 = more["shards"].as_array().unwrap().iter().map(|s| s["block_events"].as_u64().unwrap()).sum();
+    assert_eq!(new_block_events, n2 - n1, "the incremental holds the new events, not the old ones");
+    assert!(more["bytes"].as_u64() < base["bytes"].as_u64().map(|b| b * 2), "{more}");
+
+    // Deletes, then a third backup (auto: incremental).
+    let (status, del) = post_json(&format!("{}/api/v1/delete", node.http), json!({"q": "stream:loghub.hdfs level:warn"}));
+    assert_eq!(status, 200, "{del}");
+    assert!(del["deleted"].as_u64().unwrap() > 0, "{del}");
+    let victim = node.all_ids("stream:loghub.linux")[0];
+    let r = ureq::delete(&format!("{}/api/v1/events/{victim}", node.http)).call().unwrap();
+    assert_eq!(r.status(), 200);
+    let after_deletes = answers(&node, &datasets);
+    assert_ne!(after_deletes, before_deletes);
+    let job = run_job(&node, "/api/v1/backups", json!({}));
+    assert_eq!(job["state"], "done", "{job}");
+    let last = job["manifest"]["id"].as_str().unwrap().to_string();
+    assert_eq!(job["manifest"]["parent"], "more");
+    let out = cli(&node, &["backup", "list"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(["base", "more", last.as_str()].iter().all(|b| listed.contains(b)), "{listed}");
+    let out = cli(&node, &["backup", "verify", &last]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Wipe everything: the node's data and every JetStream stream (a new nats-server
+    // with empty storage). The backups stay in their own directory.
+    drop(node);
+    drop(nats);
+    drop(data);
+
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats, data.path(), &["--backup-store", &store_arg]);
+    assert_eq!(node.count(""), 0);
+    let out = cli(&node, &["backup", "restore", &last]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(answers(&node, &datasets), after_deletes, "the restored node answers as before the wipe");
+    assert_eq!(node.get(&format!("/api/v1/events/{victim}")).0, 404, "a deleted event stays deleted");
+
+    // A restored node refuses a second restore, goes on storing new events after the
+    // restored sequences, and its next backup continues the one it came from.
+    let (status, body) = post_json(&format!("{}/api/v1/restore", node.http), json!({"backup": "base"}));
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("empty"), "{body}");
+    let total = node.count("");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reply = rt.block_on(async {
+        let body: String = (0..300).map(|i| format!("{}\n", json!({"message": format!("after restore {i}")}))).collect();
+        nats.client().await.request("gossamer.default.ingest.later", body.into()).await.unwrap()
+    });
+    assert_eq!(serde_json::from_slice::<Value>(&reply.payload).unwrap()["accepted"], 300);
+    node.wait_count("", total + 300, Duration::from_secs(30));
+    let job = run_job(&node, "/api/v1/backups", json!({"name": "after-restore"}));
+    assert_eq!((job["state"].as_str(), job["manifest"]["parent"].as_str()), (Some("done"), Some(last.as_str())), "{job}");
+    drop(node);
+    drop(nats);
+
+    // Point in time: restoring "more" gives the answers from before the deletes.
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats, data.path(), &["--backup-store", &store_arg]);
+    let job = run_job(&node, "/api/v1/restore", json!({"backup": "more"}));
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(answers(&node, &datasets), before_deletes);
+}
+
+#[test]
+fn a_damaged_backup_is_named_by_verify_and_refused_by_restore() {
+    let datasets = loghub::load();
+    let store = tempfile::tempdir().unwrap();
+    let store_arg = store.path().to_str().unwrap().to_string();
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats, data.path(), &["--backup-store", &store_arg]);
+    let want = (datasets[0].rows.len() + datasets[1].rows.len()) as u64;
+    publish(&nats, &node, "default", &[&datasets[0], &datasets[1]], want);
+
+    // Names that could leave the store, and bad bodies, are refused with a reason.
+    let url = format!("{}/api/v1/backups", node.http);
+    for (body, want) in [
+        (json!({"name": "../escape"}), "path separator"),
+        (json!({"name": "a/b"}), "path separator"),
+        (json!({"name": ".."}), "dot"),
+        (json!({"name": "a b"}), "not allowed"),
+        (json!({"kind": "weekly"}), "invalid JSON body"),
+        (json!({"nmae": "x"}), "unknown field"),
+    ] {
+        let (status, err) = post_json(&url, body.clone());
+        assert_eq!(status, 400, "{body}: {err}");
+        assert!(err["error"].as_str().unwrap().contains(want), "{body}: {err}");
+    }
+    let (status, err) = http_post(&url, "application/json", b"{not json");
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(node.get("/api/v1/backups/..%2Fetc").0, 400);
+    assert_eq!(node.get("/api/v1/backups/missing").0, 404);
+    assert_eq!(post_json(&format!("{}/api/v1/restore", node.http), json!({"backup": "missing"})).0, 404);
+    assert_eq!(post_json(&format!("{}/api/v1/restore", node.http), json!({"id": "x"})).0, 400);
+    let (status, err) = post_json(&url, json!({"kind": "incremental"}));
+    assert_eq!(status, 400, "nothing to continue yet: {err}");
+
+    let job = run_job(&node, "/api/v1/backups", json!({"name": "good"}));
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(post_json(&url, json!({"name": "good"})).0, 409, "a name is used once");
+    let job = run_job(&node, "/api/v1/backups/good/verify", json!({}));
+    assert_eq!(job["state"], "done", "{job}");
+
+    // One byte flipped in the middle of shard 3's file.
+    let file = store.path().join("good").join("shard-3.gsb");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&file, bytes).unwrap();
+    let job = run_job(&node, "/api/v1/backups/good/verify", json!({}));
+    assert_eq!(job["state"], "failed", "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(error.contains("shard 3") && error.contains("shard-3.gsb") && error.contains("checksum"), "{error}");
+    let out = cli(&node, &["backup", "verify", "good"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shard-3.gsb"), "{}", String::from_utf8_lossy(&out.stderr));
+    drop(node);
+    drop(nats);
+
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats, data.path(), &["--backup-store", &store_arg]);
+    let job = run_job(&node, "/api/v1/restore", json!({"backup": "good"}));
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(job["error"].as_str().unwrap().contains("does not verify"), "{job}");
+    assert_eq!(node.count(""), 0, "nothing was restored");
+    let out = cli(&node, &["backup", "restore", "good"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn a_backup_taken_during_ingest_is_the_shard_log_up_to_its_sequences() {
+    let store = tempfile::tempdir().unwrap();
+    let store_arg = store.path().to_str().unwrap().to_string();
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats, data.path(), &["--backup-store", &store_arg]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(nats.client());
+
+    // A producer sends 300 requests of 100 events while two backups are taken.
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let producer = {
+        let client = client.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Runtime::new().unwrap();
+            let mut sent = 0u64;
+            for round in 0..300 {
+                let body: String = (0..100).map(|i| format!("{}\n", json!({"message": format!("round {round} event {i}")}))).collect();
+                let reply = rt.block_on(client.request("gossamer.default.ingest.during", body.into())).unwrap();
+                let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+                assert_eq!(reply["accepted"], 100, "{reply}");
+                sent += 100;
+                if round == 20 {
+                    let _ = stop_tx.send(());
+                }
+            }
+            sent
+        })
+    };
+    stop_rx.recv().unwrap();
+    let full = run_job(&node, "/api/v1/backups", json!({"name": "during-full"}));
+    let incr = run_job(&node, "/api/v1/backups", json!({"name": "during-incr"}));
+    assert_eq!((full["state"].as_str(), incr["state"].as_str()), (Some("done"), Some("done")), "{full} {incr}");
+    let sent = producer.join().unwrap();
+    node.wait_count("", sent, Duration::from_secs(60));
+    assert_eq!(node.all_ids("").len() as u64, sent, "nothing lost or doubled during the backups");
+
+    // Each shard in the backup is exactly the shard log's inserts up to its sequence.
+    let manifest = &incr["manifest"];
+    let mut want = BTreeSet::new();
+    rt.block_on(async {
+        let js = async_nats::jetstream::new(client.clone());
+        let stream = js.get_stream("SHARDS").await.unwrap();
+        for shard in manifest["shards"].as_array().unwrap() {
+            let (n, to) = (shard["shard"].as_u64().unwrap(), shard["to_seq"].as_u64().unwrap());
+            for seq in 1..=to {
+                let Ok(msg) = stream.get_raw_message(seq).await else { continue };
+                if msg.subject.as_str() != format!("gossamer.default.shard.{n}") {
+                    continue;
+                }
+                if let gossamer_schemas::ShardCommand::Insert { events } = gossamer_schemas::ShardCommand::decode(&msg.payload).unwrap() {
+                    want.extend(events.into_iter().map(|e| e.id));
+                }
+            }
+        }
+    });
+    assert!(want.len() as u64 > 0 && (want.len() as u64) < sent, "the backup was taken during ingest: {} of {sent}", want.len());
+    assert_eq!(manifest["events"].as_u64(), Some(want.len() as u64));
+    drop(node);
+    drop(nats);
+
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats, data.path(), &["--backup-store", &store_arg]);
+    let job = run_job(&node, "/api/v1/restore", json!({"backup": "during-incr"}));
+    assert_eq!(job["state"], "done", "{job}");
+    let got: BTreeSet<uuid::Uuid> = node.all_ids("").into_iter().collect();
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "the restored events are the shard log's up to the backup's sequences");
+}
+
+#[test]
+fn backups_in_a_nats_object_store_bucket_restore_into_another_cluster() {
+    let datasets = loghub::load();
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats, data.path(), &["--backup-store", "nats://gossamer-backups"]);
+    let n1 = datasets[2].rows.len() as u64;
+    publish(&nats, &node, "default", &[&datasets[2]], n1);
+    let full = run_job(&node, "/api/v1/backups", json!({"name": "bucket-full"}));
+    assert_eq!(full["state"], "done", "{full}");
+    let n2 = n1 + datasets[3].rows.len() as u64;
+    publish(&nats, &node, "default", &[&datasets[3]], n2);
+    let incr = run_job(&node, "/api/v1/backups", json!({}));
+    assert_eq!((incr["state"].as_str(), incr["manifest"]["kind"].as_str()), (Some("done"), Some("incremental")), "{incr}");
+    let (_, list) = node.get("/api/v1/backups");
+    assert_eq!(list["store"], "nats://gossamer-backups");
+    assert_eq!(list["backups"].as_array().unwrap().len(), 2, "{list}");
+    let before = answers(&node, &datasets[2..4]);
+
+    // Another cluster on the same NATS reads the bucket.
+    let other = tempfile::tempdir().unwrap();
+    let restored = Node::start(&nats, other.path(), &["--cluster", "other", "--backup-store", "nats://gossamer-backups"]);
+    let id = incr["manifest"]["id"].as_str().unwrap();
+    let job = run_job(&restored, "/api/v1/restore", json!({"backup": id}));
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(answers(&restored, &datasets[2..4]), before);
+}
+
+#[test]
+fn scheduled_backups_start_full_and_go_on_incrementally() {
+    let datasets = loghub::load();
+    let store = tempfile::tempdir().unwrap();
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats, data.path(), &["--backup-store", store.path().to_str().unwrap(), "--backup-every", "1s"]);
+    let backups = |want: u64| {
+        wait_for(&format!("a scheduled backup of {want} events"), Duration::from_secs(60), || {
+            let (_, body) = node.get("/api/v1/backups");
+            let list = body["backups"].as_array().cloned().unwrap_or_default();
+            list.last().is_some_and(|b| b["events"].as_u64() == Some(want)).then_some(list)
+        })
+    };
+    let first = datasets[4].rows.len() as u64;
+    publish(&nats, &node, "default", &[&datasets[4]], first);
+    let list = backups(first);
+    assert_eq!(list[0]["kind"], "full", "{list:?}");
+    let second = first + datasets[5].rows.len() as u64;
+    publish(&nats, &node, "default", &[&datasets[5]], second);
+    let list = backups(second);
+    for pair in list.windows(2) {
+        assert_eq!(pair[1]["kind"], "incremental", "{list:?}");
+        assert_eq!(pair[1]["parent"], pair[0]["id"], "{list:?}");
+    }
+    let metrics = ureq::get(&format!("{}/metrics", node.http)).call().unwrap().into_string().unwrap();
+    assert!(metrics.contains("gossamer_backup_jobs{node=\"node-1\",action=\"create\",state=\"done\"}"), "{metrics}");
+}

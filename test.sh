@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/ensure-nats-server.sh
 source scripts/ensure-chromium.sh
+source scripts/ensure-python-nats.sh
 cargo build --locked --bin gossamer
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

@@ -68,4 +68,32 @@ impl Subjects {
     pub fn api_query(&self) -> String {
         format!("gossamer.{}.api.query", self.cluster)
     }
+
+    /// Requests that define, change, list or remove notification queues.
+    pub fn api_queues(&self) -> String {
+        format!("gossamer.{}.api.queues", self.cluster)
+    }
+
+    /// The stream that keeps queue deliveries (`NOTIFY`, or `NOTIFY_<cluster>`).
+    pub fn notify_stream(&self) -> String {
+        self.suffix("NOTIFY")
+    }
+
+    /// Where the events matching queue `queue` are published.
+    pub fn notify(&self, queue: &str) -> String {
+        format!("gossamer.{}.notify.{queue}", self.cluster)
+    }
+
+    pub fn notify_wildcard(&self) -> String {
+        format!("gossamer.{}.notify.*", self.cluster)
+    }
+
+    /// The key-value bucket of queue definitions.
+    pub fn queues_bucket(&self) -> String {
+        if self.cluster == "default" {
+            "gossamer-queues".to_string()
+        } else {
+            format!("gossamer-queues-{}", self.cluster)
+        }
+    }
 }

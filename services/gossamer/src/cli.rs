@@ -37,6 +37,11 @@ enum Command {
     /// Back up a node's events, verify backups, restore them into an empty node.
     #[command(subcommand)]
     Backup(crate::backup_cli::BackupCmd),
+    /// Define notification queues of matching events, see their counters.
+    #[command(subcommand)]
+    Queue(crate::queue_cli::QueueCmd),
+    /// Print events matching a query as they are stored.
+    Tail(crate::queue_cli::TailCmd),
 }
 
 #[derive(Subcommand)]
@@ -271,7 +276,7 @@ struct QueryCmd {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet_default = matches!(cli.command, Command::Publish(_) | Command::Query(_));
+    let quiet_default = matches!(cli.command, Command::Publish(_) | Command::Query(_) | Command::Tail(_));
     init_tracing(if quiet_default { "warn" } else { "info" });
     let result = match cli.command {
         Command::Up(a) => up(a),
@@ -299,6 +304,8 @@ pub fn main() -> ExitCode {
         Command::Bench(a) => crate::bench::run(a),
         Command::Admin(a) => admin(a),
         Command::Backup(a) => crate::backup_cli::run(a),
+        Command::Queue(a) => crate::queue_cli::run(a),
+        Command::Tail(a) => crate::queue_cli::tail(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -62,6 +62,18 @@ impl From<gossamer_backup::BackupError> for ApiError {
     }
 }
 
+impl From<gossamer_queue::QueueError> for ApiError {
+    fn from(e: gossamer_queue::QueueError) -> Self {
+        use gossamer_queue::QueueError as Q;
+        match e {
+            Q::BadRequest(m) => ApiError::BadRequest(m),
+            Q::NotFound(m) => ApiError::NotFound(m),
+            Q::Conflict(m) => ApiError::Conflict(m),
+            Q::Internal(e) => ApiError::Internal(format!("{e:#}")),
+        }
+    }
+}
+
 impl From<actix_web::error::BlockingError> for ApiError {
     fn from(e: actix_web::error::BlockingError) -> Self {
         ApiError::Internal(e.to_string())
@@ -139,6 +151,12 @@ pub fn bind(node: Arc<NodeHandle>, addr: &str) -> anyhow::Result<(Server, std::n
                     .route("/backups/{id}", web::get().to(get_backup))
                     .route("/backups/{id}/verify", web::post().to(verify_backup))
                     .route("/restore", web::post().to(restore_backup))
+                    .route("/queues", web::get().to(list_queues))
+                    .route("/queues", web::post().to(create_queue))
+                    .route("/queues/{name}", web::get().to(get_queue))
+                    .route("/queues/{name}", web::put().to(update_queue))
+                    .route("/queues/{name}", web::delete().to(delete_queue))
+                    .route("/tail", web::get().to(crate::tail::tail))
                     .route("/jobs", web::get().to(list_jobs))
                     .route("/jobs/{id}", web::get().to(get_job)),
             )
@@ -266,6 +284,21 @@ async fn metrics(node: Node) -> Result<HttpResponse, ApiError> {
         metric("gossamer_index_events_total", "counter", "events indexed", vec![(node_label.clone(), st.indexed_events_total)]);
         metric("gossamer_index_resets_total", "counter", "indexes dropped and rebuilt", vec![(node_label, st.resets_total)]);
     }
+    if let Some(q) = &node.queues {
+        let stats = q.all_stats().await;
+        let per = |f: &dyn Fn(&gossamer_queue::QueueStats) -> u64| {
+            stats.iter().map(|(name, st)| (format!("node=\"{n}\",queue=\"{name}\""), f(st))).collect::<Vec<_>>()
+        };
+        metric("gossamer_queue_matched_total", "counter", "events that matched the queue's filter (this node, since start)", per(&|s| s.counters.matched));
+        metric("gossamer_queue_published_total", "counter", "matches stored in NOTIFY (this node, since start)", per(&|s| s.counters.published));
+        metric("gossamer_queue_dead_lettered_total", "counter", "deliveries moved to the dead-letter stream (this node, since start)", per(&|s| s.counters.dead_lettered));
+        metric("gossamer_queue_stored", "gauge", "deliveries kept in NOTIFY", per(&|s| s.stored));
+        metric("gossamer_queue_pending", "gauge", "deliveries not yet handed to a subscriber", per(&|s| s.pending));
+        metric("gossamer_queue_ack_pending", "gauge", "deliveries waiting for an ack", per(&|s| s.ack_pending));
+        metric("gossamer_queue_redelivered", "gauge", "deliveries handed out more than once", per(&|s| s.redelivered));
+        metric("gossamer_queue_acked", "gauge", "deliveries acked", per(&|s| s.acked));
+        metric("gossamer_queue_backlog", "gauge", "shard-log messages the queue has not read", per(&|s| s.backlog));
+    }
     if let Some(b) = &node.backups {
         let node_label = format!("node=\"{n}\"");
         let jobs = b.jobs();
@@ -297,6 +330,34 @@ async fn metrics(node: Node) -> Result<HttpResponse, ApiError> {
     let sled = web::block(move || store.size_on_disk()).await?;
     metric("gossamer_sled_bytes", "gauge", "bytes sled uses on disk", vec![(format!("node=\"{n}\""), sled)]);
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out))
+}
+
+fn queues(node: &NodeHandle) -> Result<&Arc<gossamer_queue::Queues>, ApiError> {
+    node.queues.as_ref().ok_or_else(|| ApiError::Unavailable("this node does not run the queue role".into()))
+}
+
+/// `GET /api/v1/queues`: every queue with its figures.
+async fn list_queues(node: Node) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(json!({ "queues": queues(&node)?.list().await? })))
+}
+
+/// `POST /api/v1/queues` `{"name", "filter", "max_deliver", "ack_wait", "backoff",
+/// "start"}`: defines a queue (201).
+async fn create_queue(node: Node, spec: web::Json<gossamer_queue::QueueSpec>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Created().json(queues(&node)?.create(spec.into_inner()).await?))
+}
+
+async fn get_queue(node: Node, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(queues(&node)?.get(&name).await?))
+}
+
+async fn update_queue(node: Node, name: web::Path<String>, spec: web::Json<gossamer_queue::QueueUpdate>) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(queues(&node)?.update(&name, spec.into_inner()).await?))
+}
+
+async fn delete_queue(node: Node, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    queues(&node)?.delete(&name).await?;
+    Ok(HttpResponse::Ok().json(json!({ "deleted": name.into_inner() })))
 }
 
 fn backups(node: &NodeHandle) -> Result<&Arc<gossamer_backup::Backups>, ApiError> {

@@ -9,4 +9,6 @@ pub mod client;
 pub mod commands;
 pub mod http;
 pub mod nats_server;
+pub mod queue_cli;
 pub mod node;
+pub mod tail;

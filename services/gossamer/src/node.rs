@@ -24,7 +24,14 @@ pub struct NodeHandle {
     pub ingest: Option<Addr<IngestActor>>,
     pub index: Option<Addr<IndexActor>>,
     pub backups: Option<Arc<gossamer_backup::Backups>>,
+    pub queues: Option<Arc<gossamer_queue::Queues>>,
+    /// Held so the actors live as long as the node (an actor with no address stops).
+    pub queue_actor: Option<Addr<gossamer_queue::QueueActor>>,
+    pub backup_actor: Option<Addr<gossamer_backup::BackupActor>>,
     pub nats: async_nats::Client,
+    /// A connection for live tails alone, with small subscription buffers: a slow tail
+    /// loses its own messages (the server drops them for it) and slows nothing else.
+    pub tail_nats: async_nats::Client,
 }
 
 /// How long a node waits for NATS at start.
@@ -61,6 +68,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     let index = cfg.has_role("index").then(|| IndexActor::new(shards.clone()).start());
     let ingest =
         cfg.has_role("ingest").then(|| IngestActor::new(nats.clone(), cfg.clone(), names.clone()).start());
+    let mut backup_actor = None;
     let backups = if cfg.has_role("backup") {
         let location = cfg.backup_store();
         let kept = gossamer_backup::store::BackupStore::open(&location, &js, cfg.data.join("backup-scratch"))
@@ -74,11 +82,25 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         };
         let backups = Arc::new(gossamer_backup::Backups::new(settings, store.clone(), shards.clone(), js.clone(), kept));
         let every = (cfg.backup_every_secs > 0).then(|| Duration::from_secs(cfg.backup_every_secs));
-        gossamer_backup::BackupActor::new(backups.clone(), every).start();
+        backup_actor = Some(gossamer_backup::BackupActor::new(backups.clone(), every).start());
         Some(backups)
     } else {
         None
     };
+
+    let (queues, queue_actor) = if cfg.has_role("queue") {
+        let queues = gossamer_queue::Queues::open(nats.clone(), &cfg.cluster, &names.shards).await?;
+        let actor = gossamer_queue::QueueActor::new(queues.clone()).start();
+        (Some(queues), Some(actor))
+    } else {
+        (None, None)
+    };
+    let tail_nats = async_nats::ConnectOptions::new()
+        .name("gossamer-tail")
+        .subscription_capacity(256)
+        .connect(&cfg.nats)
+        .await
+        .with_context(|| format!("connecting to NATS at {} for live tails", cfg.nats))?;
 
     let handle = Arc::new(NodeHandle {
         cfg: cfg.clone(),
@@ -88,7 +110,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         ingest,
         index,
         backups,
+        queues,
+        queue_actor,
+        backup_actor,
         nats: nats.clone(),
+        tail_nats,
     });
     // Ready means producers can be answered: wait for ingest to subscribe and pull.
     if let Some(ingest) = &handle.ingest {

@@ -1,0 +1,63 @@
+//! Live tail: `GET /api/v1/tail?q=QUERY` streams the events matching a query as they
+//! enter the shard log, as server-sent events (`data: <event JSON>`), until the client
+//! goes away.
+//!
+//! Each tail has its own core NATS subscription to the shard log's subjects, on a
+//! connection of its own with small buffers: JetStream publishes reach plain
+//! subscribers too, and a tail that reads too slowly loses messages of its own (the
+//! client library drops them for that subscription) while ingest goes on untouched.
+
+use std::time::Duration;
+
+use actix_web::{web, HttpResponse};
+use bytes::Bytes;
+use futures::StreamExt;
+use gossamer_schemas::ShardCommand;
+
+use crate::http::ApiError;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TailParams {
+    #[serde(default)]
+    q: String,
+}
+
+/// A comment line every so often, so a dead connection is noticed and closed.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+pub async fn tail(node: web::Data<std::sync::Arc<crate::node::NodeHandle>>, params: web::Query<TailParams>) -> Result<HttpResponse, ApiError> {
+    let q = params.into_inner().q;
+    let expr = match q.trim() {
+        "" => None,
+        text => Some(gossamer_query::parse(text).map_err(|e| ApiError::BadRequest(e.to_string()))?),
+    };
+    let subjects = gossamer_schemas::subjects::Subjects::new(&node.cfg.cluster);
+    let sub = node
+        .tail_nats
+        .subscribe(subjects.shards_wildcard())
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("cannot subscribe to the shard log: {e}")))?;
+    // Registered with the server before the client hears it is tailing.
+    node.tail_nats.flush().await.map_err(|e| ApiError::Unavailable(format!("NATS: {e}")))?;
+    let events = sub.flat_map(move |msg| {
+        let mut out = Vec::new();
+        if let Ok(ShardCommand::Insert { events }) = ShardCommand::decode(&msg.payload) {
+            for e in events.iter().filter(|e| expr.as_ref().is_none_or(|x| x.matches(e))) {
+                out.push(Ok::<_, actix_web::Error>(Bytes::from(format!("data: {}\n\n", e.to_json()))));
+            }
+        }
+        futures::stream::iter(out)
+    });
+    let keep_alive = futures::stream::unfold((), |()| async {
+        tokio::time::sleep(KEEP_ALIVE).await;
+        Some((Ok(Bytes::from_static(b": keep-alive\n\n")), ()))
+    });
+    let ready = futures::stream::once(async move { Ok(Bytes::from(format!(": tailing {q}\n\n"))) });
+    let body = ready.chain(futures::stream::select(events, keep_alive));
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .insert_header(("X-Accel-Buffering", "no"))
+        .streaming(body))
+}

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs nats-server and chromium if they are missing,
-# builds the `gossamer` binary the integration tests start, and runs every test with
-# cargo-nextest (or cargo test when nextest is not installed).
+# Runs the whole test suite: installs nats-server and chromium if they are missing and
+# makes a Python environment with nats-py (target/pyvenv), builds the `gossamer` binary
+# the integration tests start, runs every test with cargo-nextest (or cargo test when
+# nextest is not installed), then a short fuzz run of the decoders and the parser.
 set -euo pipefail
 cd "$(dirname "$0")"
 source scripts/ensure-nats-server.sh
@@ -13,3 +14,5 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --locked --no-fail-fast
 fi
+# A short coverage-guided fuzz run of the decoders and the query parser.
+scripts/fuzz-smoke.sh

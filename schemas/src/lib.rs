@@ -6,6 +6,7 @@ pub mod api;
 pub mod batch;
 pub mod decode;
 pub mod event;
+pub mod fuzzing;
 pub mod subjects;
 pub mod text;
 pub mod time;

@@ -33,8 +33,9 @@ use gossamer_storage::{BlockMeta, ShardStore, StorageError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-/// The layout version written to `m:format`.
-pub const FORMAT: u64 = 4;
+/// The layout version written to `m:format` (5: tokens keep only token characters once
+/// lowercased).
+pub const FORMAT: u64 = 5;
 const FORMAT_KEY: &[u8] = b"m:format";
 const INDEXED: &[u8] = b"m:indexed";
 /// Changes with every write, so readers know when their cached segments are stale.
@@ -772,11 +773,9 @@ pub fn event_terms(e: &Event, f: &mut dyn FnMut(&[u8])) {
     let mut cur = String::new();
     each_token(&e.message, |tok| {
         cur.clear();
-        if tok.is_ascii() {
-            cur.push_str(tok);
-            cur.make_ascii_lowercase();
-        } else {
-            cur.push_str(&tok.to_lowercase());
+        gossamer_schemas::text::lower_token(tok, &mut cur);
+        if cur.is_empty() {
+            return;
         }
         if cur.len() <= MAX_TOKEN {
             term_into(&mut t, b"w:", &[cur.as_bytes()]);

@@ -4,6 +4,7 @@
 pub mod agg;
 pub mod ast;
 pub mod exec;
+pub mod fuzzing;
 pub mod parse;
 pub mod plan;
 pub mod timerange;

@@ -62,6 +62,10 @@ pub struct IngestState {
     pub requests: u64,
     /// Both ways in are open: requests are subscribed and LOGS is being pulled.
     pub ready: bool,
+    /// Times ingest stopped taking events because the node was behind.
+    pub paused_total: u64,
+    /// Ingest is waiting for the node to catch up now.
+    pub paused: bool,
     pub last_error: Option<String>,
 }
 
@@ -76,6 +80,7 @@ pub struct IngestActor {
     names: StreamNames,
     counters: Arc<Counters>,
     last_error: Arc<Mutex<Option<String>>>,
+    pressure: Arc<gossamer_bus::Pressure>,
 }
 
 /// The actor's two ways in.
@@ -88,9 +93,10 @@ enum Path {
 }
 
 impl IngestActor {
-    pub fn new(client: async_nats::Client, cfg: Config, names: StreamNames) -> Self {
+    /// `pressure` says when the node's writers are too far behind to take more.
+    pub fn new(client: async_nats::Client, cfg: Config, names: StreamNames, pressure: Arc<gossamer_bus::Pressure>) -> Self {
         let js = jetstream::new(client.clone());
-        Self { client, js, cfg, names, counters: Arc::default(), last_error: Arc::default() }
+        Self { client, js, cfg, names, counters: Arc::default(), last_error: Arc::default(), pressure }
     }
 
     fn start_loop(&self, ctx: &mut Context<Self>, path: Path) {
@@ -102,6 +108,7 @@ impl IngestActor {
             batch: self.cfg.ingest_batch.max(1),
             names: self.names.clone(),
             counters: self.counters.clone(),
+            pressure: self.pressure.clone(),
         };
         let client = self.client.clone();
         let last_error = self.last_error.clone();
@@ -149,6 +156,8 @@ impl Handler<GetState> for IngestActor {
             batches: c.batches.load(Ordering::Relaxed),
             requests: c.requests.load(Ordering::Relaxed),
             ready: c.serving_requests.load(Ordering::SeqCst) && c.pulling_logs.load(Ordering::SeqCst),
+            paused_total: self.pressure.paused_total.load(Ordering::Relaxed),
+            paused: self.pressure.paused.load(Ordering::SeqCst),
             last_error: self.last_error.lock().unwrap().clone(),
         }
     }
@@ -162,7 +171,11 @@ struct Runner {
     batch: usize,
     names: StreamNames,
     counters: Arc<Counters>,
+    pressure: Arc<gossamer_bus::Pressure>,
 }
+
+/// How long a request round waits for the node to catch up before it answers busy.
+const REQUEST_PATIENCE: Duration = Duration::from_secs(5);
 
 impl Runner {
     async fn run(&self) -> Result<()> {
@@ -197,6 +210,17 @@ impl Runner {
         while let Some(chunk) = messages.next().await {
             let chunk = linger(&mut messages, chunk, |m| m.as_ref().map(|m| m.payload.len()).unwrap_or(0)).await;
             let msgs = chunk.into_iter().collect::<Result<Vec<_>, _>>().context("receiving from LOGS")?;
+            // Behind: hold these (telling the bus they are being worked on, so they are
+            // not sent again) and pull nothing more until the node catches up.
+            let _ = self
+                .pressure
+                .wait(None, || {
+                    for m in &msgs {
+                        let m = m.clone();
+                        tokio::spawn(async move { m.ack_with(AckKind::Progress).await });
+                    }
+                })
+                .await;
             if let Err(e) = self.round(&msgs).await {
                 // Let them come back at once rather than after the ack wait.
                 for m in &msgs {
@@ -264,9 +288,16 @@ impl Runner {
                 .context("publishing a shard batch")?;
             pending.push(std::future::IntoFuture::into_future(ack));
         }
+        let mut stored = 0;
         while let Some(ack) = pending.next().await {
-            ack.context("the bus refused a shard batch or a dead letter")?;
+            let ack = ack.context("the bus refused a shard batch or a dead letter")?;
+            // A repeated batch (a redelivered LOGS message) is dropped by the bus and
+            // never applied: only new ones add to the backlog.
+            if ack.stream == self.names.shards && !ack.duplicate {
+                stored += 1;
+            }
         }
+        self.pressure.published.fetch_add(stored, Ordering::Relaxed);
         let c = &self.counters;
         c.events.fetch_add(prepared.events, Ordering::Relaxed);
         c.dead_letters.fetch_add(prepared.dead.len() as u64, Ordering::Relaxed);
@@ -313,6 +344,14 @@ impl Runner {
                 replies.push(reply);
             }
             if inputs.is_empty() {
+                continue;
+            }
+            if let Err(reason) = self.pressure.wait(Some(REQUEST_PATIENCE), || {}).await {
+                // Nothing taken: the producer retries after a pause.
+                let body = serde_json::json!({ "error": format!("busy, retry later: {reason}"), "busy": true }).to_string();
+                for reply in replies {
+                    client.publish(reply, body.clone().into()).await.context("replying to an ingest request")?;
+                }
                 continue;
             }
             let n = inputs.len() as u64;

@@ -48,12 +48,21 @@ pub struct ShardActor {
     node: String,
     store: ShardStore,
     state: Arc<Mutex<ShardState>>,
+    pressure: Arc<gossamer_bus::Pressure>,
 }
 
 impl ShardActor {
     /// `stream` is the SHARDS stream's name; `node` names the durable consumer, so every
     /// replica of a shard has its own.
-    pub fn new(js: jetstream::Context, stream: String, cluster: &str, node: &str, store: ShardStore) -> Self {
+    /// Every message applied is counted in `pressure.applied`.
+    pub fn new(
+        js: jetstream::Context,
+        stream: String,
+        cluster: &str,
+        node: &str,
+        store: ShardStore,
+        pressure: Arc<gossamer_bus::Pressure>,
+    ) -> Self {
         let state = ShardState {
             shard: store.shard(),
             applied_seq: store.applied_seq().unwrap_or(0),
@@ -67,6 +76,7 @@ impl ShardActor {
             node: node.to_string(),
             store,
             state: Arc::new(Mutex::new(state)),
+            pressure,
         }
     }
 
@@ -78,6 +88,7 @@ impl ShardActor {
             durable: format!("shard-{}-{}", self.store.shard(), self.node),
             store: self.store.clone(),
             state: self.state.clone(),
+            pressure: self.pressure.clone(),
         };
         let state = self.state.clone();
         ctx.spawn(
@@ -132,6 +143,7 @@ struct Runner {
     durable: String,
     store: ShardStore,
     state: Arc<Mutex<ShardState>>,
+    pressure: Arc<gossamer_bus::Pressure>,
 }
 
 impl Runner {
@@ -223,6 +235,7 @@ impl Runner {
         .await?
         .context("applying to sled")?;
         gossamer_bus::ack_all(msgs).await.context("acking shard batches")?;
+        self.pressure.applied.fetch_add(msgs.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let store = self.store.clone();
         let (applied_seq, events) =
             tokio::task::spawn_blocking(move || Ok::<_, anyhow::Error>((store.applied_seq()?, store.event_count()?)))

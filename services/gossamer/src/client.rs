@@ -152,6 +152,8 @@ enum Sink {
 
 /// How many times a request is sent before `publish` gives up on it.
 const REQUEST_ATTEMPTS: usize = 5;
+/// Busy answers (the node catching up) waited out, 200 ms apart, before giving up.
+const BUSY_ATTEMPTS: usize = 600;
 
 type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<String>>> + Send>>;
 
@@ -192,10 +194,23 @@ async fn send(
             let (client, subject) = (client.clone(), subject.to_string());
             Box::pin(async move {
                 let mut last = None;
-                for _ in 0..REQUEST_ATTEMPTS {
+                let mut busy = 0;
+                let mut attempt = 0;
+                while attempt < REQUEST_ATTEMPTS {
+                    attempt += 1;
                     match client.request(subject.clone(), body.clone()).await {
                         Ok(reply) => {
                             let v: Value = serde_json::from_slice(&reply.payload).context("reading an ingest reply")?;
+                            if v["busy"] == true {
+                                // Nothing was taken: the node is catching up.
+                                busy += 1;
+                                if busy > BUSY_ATTEMPTS {
+                                    bail!("the node stayed busy: {}", v["error"].as_str().unwrap_or(""));
+                                }
+                                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                                attempt -= 1;
+                                continue;
+                            }
                             return Ok(v["error"].as_str().map(String::from));
                         }
                         Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {

@@ -16,8 +16,6 @@ use serde_json::json;
 
 use crate::node::NodeHandle;
 
-/// Largest request body accepted.
-const MAX_BODY: usize = 1 << 20;
 
 /// Errors at the HTTP boundary, each with its status.
 #[derive(Debug, thiserror::Error)]
@@ -104,21 +102,22 @@ type Node = web::Data<Arc<NodeHandle>>;
 /// Binds the API on `addr` (port 0 picks a free one) and returns the server to await,
 /// with the address it got.
 pub fn bind(node: Arc<NodeHandle>, addr: &str) -> anyhow::Result<(Server, std::net::SocketAddr)> {
+    let max_body = node.cfg.query_limits.max_body_bytes;
     let data = web::Data::new(node);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
-            .app_data(web::JsonConfig::default().limit(MAX_BODY).error_handler(|err, _| {
+            .app_data(web::JsonConfig::default().limit(max_body).error_handler(move |err, _| {
                 use actix_web::error::JsonPayloadError;
                 let e = match &err {
                     JsonPayloadError::Overflow { .. } | JsonPayloadError::OverflowKnownLength { .. } => {
-                        ApiError::TooLarge(format!("the request body is over the {MAX_BODY}-byte limit"))
+                        ApiError::TooLarge(format!("the request body is over the {max_body}-byte limit (query_limits.max_body_bytes)"))
                     }
                     _ => ApiError::BadRequest(format!("invalid JSON body: {err}")),
                 };
                 actix_web::error::InternalError::from_response(err, e.error_response()).into()
             }))
-            .app_data(web::PayloadConfig::default().limit(MAX_BODY))
+            .app_data(web::PayloadConfig::default().limit(max_body))
             .wrap(actix_web::middleware::from_fn(authorize))
             .app_data(web::QueryConfig::default().error_handler(|err, _| {
                 let msg = format!("invalid query parameters: {err}");
@@ -257,6 +256,7 @@ async fn metrics(node: Node) -> Result<HttpResponse, ApiError> {
             ("gossamer_ingest_events_total", "events sent to the shard log", st.events),
             ("gossamer_ingest_batches_total", "shard batches published", st.batches),
             ("gossamer_ingest_dead_letters_total", "payloads dead-lettered", st.dead_letters),
+            ("gossamer_ingest_paused_total", "times ingest waited for the node to catch up", st.paused_total),
         ] {
             metric(name, "counter", help, vec![(node_label.clone(), v)]);
         }
@@ -444,19 +444,25 @@ async fn health(node: Node) -> HttpResponse {
     }))
 }
 
-fn parse_request(req: &QueryRequest) -> Result<SearchParams, ApiError> {
-    let expr = gossamer_query::parse(&req.q).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+/// Parses query text within the node's limits.
+pub fn parse_query(limits: &gossamer_config::QueryLimits, q: &str) -> Result<gossamer_query::Expr, ApiError> {
+    gossamer_query::parse_within(q, limits.max_query_bytes, limits.max_query_terms).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+fn parse_request(limits: &gossamer_config::QueryLimits, req: &QueryRequest) -> Result<SearchParams, ApiError> {
+    let expr = parse_query(limits, &req.q)?;
     let range = TimeRange::parse(req.from.as_deref(), req.to.as_deref(), TimeRange::now()).map_err(ApiError::BadRequest)?;
-    let limit = req.limit.unwrap_or(DEFAULT_LIMIT);
-    if limit == 0 || limit > MAX_LIMIT {
-        return Err(ApiError::BadRequest(format!("`limit` must be between 1 and {MAX_LIMIT}, got {limit}")));
+    let limit = req.limit.unwrap_or(DEFAULT_LIMIT.min(limits.max_page));
+    let most = limits.max_page.min(MAX_LIMIT);
+    if limit == 0 || limit > most {
+        return Err(ApiError::BadRequest(format!("`limit` must be between 1 and {most} (query_limits.max_page), got {limit}")));
     }
     let cursor = req.cursor.as_deref().filter(|c| !c.is_empty()).map(Cursor::decode).transpose()?;
     Ok(SearchParams { expr, range, order: req.order.unwrap_or(Order::Desc), limit, cursor })
 }
 
 async fn run_search(node: &NodeHandle, req: QueryRequest) -> Result<serde_json::Value, ApiError> {
-    let params = parse_request(&req)?;
+    let params = parse_request(&node.cfg.query_limits, &req)?;
     let shards = node.shards.clone();
     let page = web::block(move || gossamer_query::search(&shards, &params)).await??;
     Ok(json!(SearchResponse {
@@ -468,17 +474,18 @@ async fn run_search(node: &NodeHandle, req: QueryRequest) -> Result<serde_json::
 }
 
 async fn run_count(node: &NodeHandle, req: QueryRequest) -> Result<serde_json::Value, ApiError> {
-    let params = parse_request(&req)?;
+    let params = parse_request(&node.cfg.query_limits, &req)?;
     let shards = node.shards.clone();
     let n = web::block(move || gossamer_query::count(&shards, &params.expr, params.range)).await??;
     Ok(json!(CountResponse { count: n, partial: false }))
 }
 
 async fn run_aggregate(node: &NodeHandle, req: AggregateRequest) -> Result<serde_json::Value, ApiError> {
-    let expr = gossamer_query::parse(&req.q).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let expr = parse_query(&node.cfg.query_limits, &req.q)?;
     let range = TimeRange::parse(req.from.as_deref(), req.to.as_deref(), TimeRange::now()).map_err(ApiError::BadRequest)?;
-    let spec = gossamer_query::AggSpec::parse(&req.func, req.field.as_deref(), req.by.as_deref(), req.bucket.as_deref())
+    let mut spec = gossamer_query::AggSpec::parse(&req.func, req.field.as_deref(), req.by.as_deref(), req.bucket.as_deref())
         .map_err(ApiError::BadRequest)?;
+    spec.max_groups = node.cfg.query_limits.max_groups;
     let shards = node.shards.clone();
     let groups =
         web::block(move || gossamer_query::aggregate(&shards, &expr, range, &spec).map(|a| a.finish(&spec))).await??;
@@ -684,7 +691,7 @@ async fn delete_where(node: Node, body: web::Json<serde_json::Value>) -> Result<
             "an empty query would delete every event: name what to delete (`stream:*` means everything)".into(),
         ));
     }
-    gossamer_query::parse(&body.q).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    parse_query(&node.cfg.query_limits, &body.q)?;
     let range =
         TimeRange::parse(body.from.as_deref(), body.to.as_deref(), TimeRange::now()).map_err(ApiError::BadRequest)?;
     let cmd = gossamer_schemas::ShardCommand::DeleteWhere { q: body.q, from: range.from, to: range.to };

@@ -58,16 +58,18 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
             .await??
     };
 
+    let pressure = Arc::new(gossamer_bus::Pressure::new(cfg.max_shard_backlog, cfg.max_index_lag));
     let mut shard_actors = Vec::new();
     if cfg.has_role("shard") {
         for s in &shards {
-            let actor = ShardActor::new(js.clone(), names.shards.clone(), &cfg.cluster, &cfg.node_id, s.clone());
+            let actor = ShardActor::new(js.clone(), names.shards.clone(), &cfg.cluster, &cfg.node_id, s.clone(), pressure.clone());
             shard_actors.push(actor.start());
         }
     }
     let index = cfg.has_role("index").then(|| IndexActor::new(shards.clone()).start());
-    let ingest =
-        cfg.has_role("ingest").then(|| IngestActor::new(nats.clone(), cfg.clone(), names.clone()).start());
+    let ingest = cfg
+        .has_role("ingest")
+        .then(|| IngestActor::new(nats.clone(), cfg.clone(), names.clone(), pressure.clone()).start());
     let mut backup_actor = None;
     let backups = if cfg.has_role("backup") {
         let location = cfg.backup_store();
@@ -141,11 +143,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     info!(node = %cfg.node_id, http = %addr, shards = cfg.shards, "node-ready");
     on_ready(addr);
     let retention = actix_rt::spawn(crate::commands::retention_loop(handle.clone()));
+    let measuring = actix_rt::spawn(measure_pressure(handle.clone(), pressure));
     let nats_queries = actix_rt::spawn(serve_queries(handle.clone(), query_sub));
 
     shutdown.await;
     info!("node-stopping");
     retention.abort();
+    measuring.abort();
     nats_queries.abort();
     server_handle.stop(true).await;
     let _ = serving.await;
@@ -155,6 +159,33 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     tokio::task::spawn_blocking(move || store.flush()).await??;
     info!("node-stopped");
     Ok(())
+}
+
+/// Keeps `pressure` up to date with how far the shard actors and the index are behind.
+async fn measure_pressure(node: Arc<NodeHandle>, pressure: Arc<gossamer_bus::Pressure>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut index_lag = 0;
+    let mut n = 0u64;
+    loop {
+        tick.tick().await;
+        let mut backlog = 0;
+        for a in &node.shard_actors {
+            if let Ok(st) = a.send(gossamer_shard::GetState).await {
+                backlog += st.pending;
+            }
+        }
+        // The index's lag costs a few reads per shard: measure it less often.
+        if n % 5 == 0 {
+            if let Some(index) = &node.index {
+                if let Ok(st) = index.send(gossamer_index_actor::GetState).await {
+                    index_lag = st.lag_events;
+                }
+            }
+        }
+        n += 1;
+        pressure.set(backlog, index_lag);
+    }
 }
 
 /// Answers queries sent as NATS requests on `gossamer.<cluster>.api.query` (a queue

@@ -30,7 +30,7 @@ pub async fn tail(node: web::Data<std::sync::Arc<crate::node::NodeHandle>>, para
     let q = params.into_inner().q;
     let expr = match q.trim() {
         "" => None,
-        text => Some(gossamer_query::parse(text).map_err(|e| ApiError::BadRequest(e.to_string()))?),
+        text => Some(crate::http::parse_query(&node.cfg.query_limits, text)?),
     };
     let subjects = gossamer_schemas::subjects::Subjects::new(&node.cfg.cluster);
     let sub = node

@@ -105,3 +105,91 @@ pub async fn ack_all(msgs: &[jetstream::Message]) -> Result<()> {
     acks.try_collect::<Vec<_>>().await.map_err(|e| anyhow::anyhow!("acking {} messages: {e}", msgs.len()))?;
     Ok(())
 }
+
+/// How far the node's writers are behind, and how far they may fall before ingest stops
+/// taking more: the shard actors' unapplied shard-log messages and the index's
+/// unindexed events. The node updates it; ingest waits while it is over a limit, so a
+/// slow disk or index holds events in JetStream (on disk) rather than in memory or in an
+/// ever longer shard log.
+#[derive(Debug)]
+pub struct Pressure {
+    shard_backlog: std::sync::atomic::AtomicU64,
+    index_lag: std::sync::atomic::AtomicU64,
+    max_shard_backlog: u64,
+    max_index_lag: u64,
+    /// Shard batches this node's ingest published, and shard-log messages this node's
+    /// shard actors applied (or skipped as applied): their difference is the backlog
+    /// when one node runs both, known at once rather than at the next measurement.
+    pub published: std::sync::atomic::AtomicU64,
+    pub applied: std::sync::atomic::AtomicU64,
+    /// Times ingest stopped to wait.
+    pub paused_total: std::sync::atomic::AtomicU64,
+    /// Ingest is waiting now.
+    pub paused: std::sync::atomic::AtomicBool,
+}
+
+impl Pressure {
+    pub fn new(max_shard_backlog: u64, max_index_lag: u64) -> Self {
+        Self {
+            shard_backlog: Default::default(),
+            index_lag: Default::default(),
+            max_shard_backlog,
+            max_index_lag,
+            published: Default::default(),
+            applied: Default::default(),
+            paused_total: Default::default(),
+            paused: Default::default(),
+        }
+    }
+
+    /// Never over: for nodes and tests that do not measure.
+    pub fn none() -> Self {
+        Self::new(u64::MAX, u64::MAX)
+    }
+
+    pub fn set(&self, shard_backlog: u64, index_lag: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.shard_backlog.store(shard_backlog, Relaxed);
+        self.index_lag.store(index_lag, Relaxed);
+    }
+
+    /// Why ingest should wait, if it should.
+    pub fn over(&self) -> Option<String> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let here = self.published.load(Relaxed).saturating_sub(self.applied.load(Relaxed));
+        let (backlog, lag) = (self.shard_backlog.load(Relaxed).max(here), self.index_lag.load(Relaxed));
+        if backlog > self.max_shard_backlog {
+            return Some(format!("{backlog} shard-log messages wait to be applied (max_shard_backlog {})", self.max_shard_backlog));
+        }
+        if lag > self.max_index_lag {
+            return Some(format!("{lag} events wait to be indexed (max_index_lag {})", self.max_index_lag));
+        }
+        None
+    }
+
+    /// Waits until nothing is over its limit, or `give_up` passes (then `Err` with the
+    /// reason). `tick` runs every half second while it waits.
+    pub async fn wait(&self, give_up: Option<Duration>, mut tick: impl FnMut()) -> std::result::Result<(), String> {
+        use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+        let Some(first) = self.over() else { return Ok(()) };
+        self.paused_total.fetch_add(1, Relaxed);
+        self.paused.store(true, SeqCst);
+        warn!(reason = %first, "ingest-paused");
+        let start = std::time::Instant::now();
+        let mut last_tick = start;
+        let outcome = loop {
+            let Some(reason) = self.over() else { break Ok(()) };
+            if give_up.is_some_and(|g| start.elapsed() > g) {
+                break Err(reason);
+            }
+            if last_tick.elapsed() > Duration::from_millis(500) {
+                tick();
+                last_tick = std::time::Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        self.paused.store(false, SeqCst);
+        info!(waited_ms = start.elapsed().as_millis() as u64, "ingest-resumed");
+        outcome
+    }
+}

@@ -35,6 +35,8 @@ pub struct Config {
     pub retention_every_secs: u64,
     /// What one payload and one event may hold.
     pub limits: gossamer_schemas::decode::Limits,
+    /// What one query, one answer and one request body may hold.
+    pub query_limits: QueryLimits,
     /// sled's page cache, in MiB. sled's resident memory runs several times this when
     /// much of the store is read (its in-memory pages are bigger than their count).
     pub sled_cache_mb: u64,
@@ -50,6 +52,34 @@ pub struct Config {
     /// Take a backup this often, in seconds (0: only on request). The first is full,
     /// the next ones incremental.
     pub backup_every_secs: u64,
+    /// Ingest stops taking events while this node's shard actors have more shard-log
+    /// messages than this left to apply (they wait in JetStream, on disk).
+    pub max_shard_backlog: u64,
+    /// Ingest stops taking events while the index has more events than this left to
+    /// index.
+    pub max_index_lag: u64,
+}
+
+/// Limits on what the API takes and gives; each answers a 4xx naming it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueryLimits {
+    /// Bytes of query text.
+    pub max_query_bytes: usize,
+    /// Terms and operators in a query.
+    pub max_query_terms: usize,
+    /// Events in one page of a search.
+    pub max_page: usize,
+    /// Groups in one aggregation.
+    pub max_groups: usize,
+    /// Bytes of a REST request body (413 past it).
+    pub max_body_bytes: usize,
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self { max_query_bytes: 8192, max_query_terms: 256, max_page: 10_000, max_groups: 100_000, max_body_bytes: 1 << 20 }
+    }
 }
 
 /// A credential: its `Debug` never shows it, so logging a config cannot leak it.
@@ -92,11 +122,14 @@ impl Default for Config {
             ingest_batch: 2000,
             retention_every_secs: 60,
             limits: Default::default(),
+            query_limits: Default::default(),
             sled_cache_mb: 64,
             admin_token: None,
             read_token: None,
             backup_store: None,
             backup_every_secs: 0,
+            max_shard_backlog: 50_000,
+            max_index_lag: 20_000_000,
         }
     }
 }

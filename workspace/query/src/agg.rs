@@ -60,6 +60,9 @@ pub struct AggSpec {
     pub by: Vec<String>,
     /// Time bucket width in nanoseconds.
     pub bucket_ns: Option<i64>,
+    /// Most groups an answer may have ([`MAX_GROUPS`] unless the node's
+    /// `query_limits.max_groups` says otherwise).
+    pub max_groups: usize,
 }
 
 impl AggSpec {
@@ -76,7 +79,7 @@ impl AggSpec {
             None => None,
             Some(b) => Some(parse_duration(b).ok_or_else(|| format!("invalid `bucket` {b:?}: use a duration like 30s, 1m, 1h, 1d"))?),
         };
-        Ok(Self { func, field, by, bucket_ns })
+        Ok(Self { func, field, by, bucket_ns, max_groups: MAX_GROUPS })
     }
 }
 
@@ -186,25 +189,29 @@ fn group_value(e: &Event, key: &str) -> Option<String> {
     }
 }
 
+fn too_many_groups(max: usize) -> QueryError {
+    QueryError::BadRequest(format!(
+        "the aggregation has more than {max} groups (query_limits.max_groups): narrow the query, group by fewer labels or widen the bucket"
+    ))
+}
+
 impl Aggregation {
     pub fn add(&mut self, spec: &AggSpec, e: &Event) -> Result<(), QueryError> {
         let bucket = spec.bucket_ns.map(|w| e.ts.div_euclid(w) * w);
         let key = (bucket, spec.by.iter().map(|k| group_value(e, k)).collect());
         let v = spec.field.as_deref().and_then(|f| e.field(f).and_then(number_of));
-        if !self.groups.contains_key(&key) && self.groups.len() >= MAX_GROUPS {
-            return Err(QueryError::BadRequest(format!(
-                "the aggregation has more than {MAX_GROUPS} groups: narrow the query, group by fewer labels or widen the bucket"
-            )));
+        if !self.groups.contains_key(&key) && self.groups.len() >= spec.max_groups {
+            return Err(too_many_groups(spec.max_groups));
         }
         self.groups.entry(key).or_insert_with(|| Partial::new(spec.func)).add(v);
         Ok(())
     }
 
     /// Adds `n` events to the count of group `key` (no time bucket).
-    fn add_count(&mut self, key: Vec<Option<String>>, n: u64) -> Result<(), QueryError> {
+    fn add_count(&mut self, key: Vec<Option<String>>, n: u64, max_groups: usize) -> Result<(), QueryError> {
         let key = (None, key);
-        if !self.groups.contains_key(&key) && self.groups.len() >= MAX_GROUPS {
-            return Err(QueryError::BadRequest(format!("the aggregation has more than {MAX_GROUPS} groups")));
+        if !self.groups.contains_key(&key) && self.groups.len() >= max_groups {
+            return Err(too_many_groups(max_groups));
         }
         self.groups.entry(key).or_insert_with(|| Partial::new(AggFn::Count)).events += n;
         Ok(())
@@ -251,8 +258,8 @@ pub fn aggregate(shards: &[ShardStore], expr: &Expr, range: TimeRange, spec: &Ag
     let mut total = Aggregation::default();
     for part in parts {
         total.merge(part);
-        if total.groups.len() > MAX_GROUPS {
-            return Err(QueryError::BadRequest(format!("the aggregation has more than {MAX_GROUPS} groups")));
+        if total.groups.len() > spec.max_groups {
+            return Err(too_many_groups(spec.max_groups));
         }
     }
     Ok(total)
@@ -271,8 +278,8 @@ fn aggregate_some(shards: &[(usize, &ShardStore)], expr: &Expr, range: TimeRange
         if facet.is_none() {
             if let Some(part) = aggregate_lite(s, &plan, expr, range, spec)? {
                 total.merge(part);
-                if total.groups.len() > MAX_GROUPS {
-                    return Err(QueryError::BadRequest(format!("the aggregation has more than {MAX_GROUPS} groups")));
+                if total.groups.len() > spec.max_groups {
+                    return Err(too_many_groups(spec.max_groups));
                 }
                 continue;
             }
@@ -291,7 +298,7 @@ fn aggregate_some(shards: &[(usize, &ShardStore)], expr: &Expr, range: TimeRange
                     plan = ShardPlan::new(s, expr, range)?;
                 };
                 for (value, n) in counts {
-                    part.add_count(vec![Some(value)], n)?;
+                    part.add_count(vec![Some(value)], n, spec.max_groups)?;
                 }
                 rest
             }
@@ -311,8 +318,8 @@ fn aggregate_some(shards: &[(usize, &ShardStore)], expr: &Expr, range: TimeRange
             }
         }
         total.merge(part);
-        if total.groups.len() > MAX_GROUPS {
-            return Err(QueryError::BadRequest(format!("the aggregation has more than {MAX_GROUPS} groups")));
+        if total.groups.len() > spec.max_groups {
+            return Err(too_many_groups(spec.max_groups));
         }
     }
     Ok(total)
@@ -368,10 +375,8 @@ fn aggregate_lite(store: &ShardStore, plan: &ShardPlan, expr: &Expr, range: Time
             let at = match index.get(key.as_str()) {
                 Some(&at) => at,
                 None => {
-                    if groups.len() >= MAX_GROUPS {
-                        failed = Some(QueryError::BadRequest(format!(
-                            "the aggregation has more than {MAX_GROUPS} groups: narrow the query, group by fewer labels or widen the bucket"
-                        )));
+                    if groups.len() >= spec.max_groups {
+                        failed = Some(too_many_groups(spec.max_groups));
                         return;
                     }
                     let owned: Vec<Option<String>> =

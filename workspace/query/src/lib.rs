@@ -12,7 +12,7 @@ pub mod timerange;
 pub use agg::{aggregate, AggFn, AggSpec, Aggregation};
 pub use ast::{CmpOp, Expr, Term, ValueOp};
 pub use exec::{count, get_by_id, search, SearchPage, SearchParams};
-pub use parse::{parse, ParseError};
+pub use parse::{parse, parse_within, ParseError};
 pub use timerange::{parse_time, TimeRange};
 
 /// Errors a query can answer with; each maps to a 4xx or a 5xx at the REST boundary.

@@ -297,14 +297,19 @@ impl Parser {
 
 /// Parses the text syntax; the empty query matches everything.
 pub fn parse(q: &str) -> Result<Expr, ParseError> {
-    if q.len() > MAX_QUERY_LEN {
-        return err(MAX_QUERY_LEN, format!("expected at most {MAX_QUERY_LEN} bytes of query"));
+    parse_within(q, MAX_QUERY_LEN, MAX_QUERY_TERMS)
+}
+
+/// [`parse`] with the node's limits on query bytes and on terms and operators.
+pub fn parse_within(q: &str, max_bytes: usize, max_terms: usize) -> Result<Expr, ParseError> {
+    if q.len() > max_bytes {
+        return err(max_bytes, format!("expected at most {max_bytes} bytes of query (query_limits.max_query_bytes)"));
     }
     let lexer = Lexer::new(q);
     let end = lexer.chars.len();
     let toks = lexer.tokens()?;
-    if toks.len() > MAX_QUERY_TERMS {
-        return err(toks[MAX_QUERY_TERMS].0, format!("expected at most {MAX_QUERY_TERMS} terms and operators in a query"));
+    if toks.len() > max_terms {
+        return err(toks[max_terms].0, format!("expected at most {max_terms} terms and operators in a query (query_limits.max_query_terms)"));
     }
     if toks.is_empty() {
         return Ok(Expr::All);
@@ -394,8 +399,8 @@ mod tests {
         assert_eq!(e("id:42"), "query error at column 4: expected a UUID after 'id:', found \"42\"");
         assert!(e("k:~(").starts_with("query error at column 3: expected a valid regex"));
         assert_eq!(e("!!"), "query error at column 1: expected a word with letters or digits, found \"!!\"");
-        assert!(e(&"a ".repeat(300)).ends_with("expected at most 256 terms and operators in a query"));
-        assert!(e(&"a".repeat(9000)).ends_with("expected at most 8192 bytes of query"));
+        assert!(e(&"a ".repeat(300)).ends_with("expected at most 256 terms and operators in a query (query_limits.max_query_terms)"));
+        assert!(e(&"a".repeat(9000)).ends_with("expected at most 8192 bytes of query (query_limits.max_query_bytes)"));
     }
 
     #[test]

@@ -110,3 +110,39 @@ fn a_weak_token_or_a_read_token_alone_is_refused_at_start() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("admin token"), "{out:?}");
 }
+
+/// Every route in the node's OpenAPI document answers 401 without a token, and every
+/// route that changes something answers 403 to the read token.
+#[test]
+fn every_documented_route_is_guarded() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats, &data.path().join("node"), &["--admin-token", ADMIN, "--read-token", READ]);
+    let (status, doc) = call(&node, "GET", "/api/v1/openapi.json", Some(READ), None);
+    assert_eq!(status, 200, "{doc}");
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 20, "the document lists the routes: {}", paths.len());
+    let mut checked = 0;
+    for (path, ops) in paths {
+        let concrete = path
+            .replace("{id}", "0190a0a0-0000-7000-8000-000000000000")
+            .replace("{name}", "guarded");
+        for method in ops.as_object().unwrap().keys() {
+            let method = method.to_uppercase();
+            let body = (method != "GET" && method != "DELETE").then_some("{}");
+            let (status, answer) = call(&node, &method, &concrete, None, body);
+            if path == "/" {
+                assert_eq!(status, 200, "the console page is open");
+                continue;
+            }
+            assert_eq!(status, 401, "{method} {path} without a token: {answer}");
+            let changes = method != "GET" && path != "/api/v1/query";
+            if changes {
+                let (status, answer) = call(&node, &method, &concrete, Some(READ), body);
+                assert_eq!(status, 403, "{method} {path} with the read token: {answer}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 28, "{checked} routes checked");
+}

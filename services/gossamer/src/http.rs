@@ -99,6 +99,91 @@ impl ResponseError for ApiError {
 
 type Node = web::Data<Arc<NodeHandle>>;
 
+/// Declares the API's routes once: the actix scope that serves them, and the list the
+/// OpenAPI test holds against the document.
+macro_rules! api_routes {
+    ($( $method:ident $path:literal => $handler:path ),* $(,)?) => {
+        /// Every route under `/api/v1`: (method, path).
+        pub const API_ROUTES: &[(&str, &str)] = &[ $( (stringify!($method), $path) ),* ];
+
+        fn api_scope() -> actix_web::Scope {
+            web::scope("/api/v1") $( .route($path, web::$method().to($handler)) )*
+        }
+    };
+}
+
+api_routes! {
+    get "/health" => health,
+    get "/cluster" => cluster,
+    get "/search" => search,
+    get "/count" => count,
+    get "/aggregate" => aggregate,
+    post "/query" => query,
+    get "/events/{id}" => get_event,
+    delete "/events/{id}" => delete_event,
+    patch "/events/{id}" => update_event,
+    post "/delete" => delete_where,
+    get "/streams" => streams,
+    put "/streams/{name}/retention" => set_retention,
+    get "/index" => index_state,
+    post "/admin/reindex" => reindex,
+    get "/backups" => list_backups,
+    post "/backups" => create_backup,
+    get "/backups/{id}" => get_backup,
+    post "/backups/{id}/verify" => verify_backup,
+    post "/restore" => restore_backup,
+    get "/queues" => list_queues,
+    post "/queues" => create_queue,
+    get "/queues/{name}" => get_queue,
+    put "/queues/{name}" => update_queue,
+    delete "/queues/{name}" => delete_queue,
+    get "/tail" => crate::tail::tail,
+    get "/jobs" => list_jobs,
+    get "/jobs/{id}" => get_job,
+    get "/openapi.json" => openapi,
+}
+
+/// The OpenAPI document, made by utoipa from the handlers' `#[utoipa::path]`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "Gossamer", description = "The REST API of a Gossamer node: search, events, streams, queues, backups, administration. Every /api route and /metrics take `Authorization: Bearer <token>` when the node has tokens."),
+    paths(
+        health, cluster, search, count, aggregate, query, get_event, delete_event, update_event, delete_where,
+        streams, set_retention, index_state, reindex, list_backups, create_backup, get_backup, verify_backup,
+        restore_backup, list_queues, create_queue, get_queue, update_queue, delete_queue, crate::tail::tail,
+        list_jobs, get_job, openapi, metrics, console
+    ),
+    components(schemas(ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        openapi.security = Some(vec![SecurityRequirement::new("bearer", Vec::<String>::new())]);
+    }
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "node",
+    summary = "This document",
+    responses(
+        (status = 200, description = "The OpenAPI document", body = serde_json::Value),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+    ),
+)]
+async fn openapi() -> HttpResponse {
+    use utoipa::OpenApi;
+    HttpResponse::Ok().json(ApiDoc::openapi())
+}
+
 /// Binds the API on `addr` (port 0 picks a free one) and returns the server to await,
 /// with the address it got.
 pub fn bind(node: Arc<NodeHandle>, addr: &str) -> anyhow::Result<(Server, std::net::SocketAddr)> {
@@ -129,36 +214,7 @@ pub fn bind(node: Arc<NodeHandle>, addr: &str) -> anyhow::Result<(Server, std::n
             }))
             .route("/", web::get().to(console))
             .route("/metrics", web::get().to(metrics))
-            .service(
-                web::scope("/api/v1")
-                    .route("/health", web::get().to(health))
-                    .route("/cluster", web::get().to(cluster))
-                    .route("/search", web::get().to(search))
-                    .route("/count", web::get().to(count))
-                    .route("/aggregate", web::get().to(aggregate))
-                    .route("/query", web::post().to(query))
-                    .route("/events/{id}", web::get().to(get_event))
-                    .route("/events/{id}", web::delete().to(delete_event))
-                    .route("/events/{id}", web::patch().to(update_event))
-                    .route("/delete", web::post().to(delete_where))
-                    .route("/streams", web::get().to(streams))
-                    .route("/streams/{name}/retention", web::put().to(set_retention))
-                    .route("/index", web::get().to(index_state))
-                    .route("/admin/reindex", web::post().to(reindex))
-                    .route("/backups", web::get().to(list_backups))
-                    .route("/backups", web::post().to(create_backup))
-                    .route("/backups/{id}", web::get().to(get_backup))
-                    .route("/backups/{id}/verify", web::post().to(verify_backup))
-                    .route("/restore", web::post().to(restore_backup))
-                    .route("/queues", web::get().to(list_queues))
-                    .route("/queues", web::post().to(create_queue))
-                    .route("/queues/{name}", web::get().to(get_queue))
-                    .route("/queues/{name}", web::put().to(update_queue))
-                    .route("/queues/{name}", web::delete().to(delete_queue))
-                    .route("/tail", web::get().to(crate::tail::tail))
-                    .route("/jobs", web::get().to(list_jobs))
-                    .route("/jobs/{id}", web::get().to(get_job)),
-            )
+            .service(api_scope())
             .default_service(web::to(|| async { ApiError::NotFound("no such route".into()).error_response() }))
     })
     .workers(2)
@@ -232,11 +288,30 @@ async fn authorize(
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "node",
+    summary = "The web console (HTML)",
+    responses(
+        (status = 200, description = "The console page", body = serde_json::Value),
+    ),
+)]
 async fn console() -> HttpResponse {
     HttpResponse::Ok().content_type("text/html; charset=utf-8").body(include_str!("../static/index.html"))
 }
 
 /// `GET /metrics`: Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "node",
+    summary = "Prometheus text format",
+    responses(
+        (status = 200, description = "The metrics", body = serde_json::Value),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+    ),
+)]
 async fn metrics(node: Node) -> Result<HttpResponse, ApiError> {
     use std::fmt::Write;
     let n = &node.cfg.node_id;
@@ -337,24 +412,103 @@ fn queues(node: &NodeHandle) -> Result<&Arc<gossamer_queue::Queues>, ApiError> {
 }
 
 /// `GET /api/v1/queues`: every queue with its figures.
+#[utoipa::path(
+    get,
+    path = "/api/v1/queues",
+    tag = "queues",
+    summary = "Every queue with its figures",
+    responses(
+        (status = 200, description = "The queues", body = serde_json::Value),
+        (status = 503, description = "This node does not run the role", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+    ),
+)]
 async fn list_queues(node: Node) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(json!({ "queues": queues(&node)?.list().await? })))
 }
 
 /// `POST /api/v1/queues` `{"name", "filter", "max_deliver", "ack_wait", "backoff",
 /// "start"}`: defines a queue (201).
+#[utoipa::path(
+    post,
+    path = "/api/v1/queues",
+    tag = "queues",
+    summary = "Define a notification queue",
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{\"name\", \"filter\", \"max_deliver\" (5), \"ack_wait\" (30s), \"backoff\" ([]), \"start\" (now or RFC 3339)}"),
+    responses(
+        (status = 201, description = "The queue", body = serde_json::Value),
+        (status = 400, description = "Bad input: the error names it", body = ErrorBody),
+        (status = 409, description = "Conflicts with what exists or runs", body = ErrorBody),
+        (status = 503, description = "This node does not run the role", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 403, description = "A read token asked for a change", body = ErrorBody),
+        (status = 413, description = "The body is over query_limits.max_body_bytes", body = ErrorBody),
+    ),
+)]
 async fn create_queue(node: Node, spec: web::Json<gossamer_queue::QueueSpec>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Created().json(queues(&node)?.create(spec.into_inner()).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/queues/{name}",
+    tag = "queues",
+    summary = "One queue and its figures",
+    params(
+        ("name" = String, Path, description = "A queue name"),
+    ),
+    responses(
+        (status = 200, description = "The queue", body = serde_json::Value),
+        (status = 400, description = "Bad input: the error names it", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody),
+        (status = 503, description = "This node does not run the role", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+    ),
+)]
 async fn get_queue(node: Node, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(queues(&node)?.get(&name).await?))
 }
 
+#[utoipa::path(
+    put,
+    path = "/api/v1/queues/{name}",
+    tag = "queues",
+    summary = "Change a queue's filter or delivery settings",
+    params(
+        ("name" = String, Path, description = "A queue name"),
+    ),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "Any of {\"filter\", \"max_deliver\", \"ack_wait\", \"backoff\"}"),
+    responses(
+        (status = 200, description = "The queue", body = serde_json::Value),
+        (status = 400, description = "Bad input: the error names it", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody),
+        (status = 503, description = "This node does not run the role", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 403, description = "A read token asked for a change", body = ErrorBody),
+        (status = 413, description = "The body is over query_limits.max_body_bytes", body = ErrorBody),
+    ),
+)]
 async fn update_queue(node: Node, name: web::Path<String>, spec: web::Json<gossamer_queue::QueueUpdate>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(queues(&node)?.update(&name, spec.into_inner()).await?))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/queues/{name}",
+    tag = "queues",
+    summary = "Remove a queue, its consumers and kept deliveries",
+    params(
+        ("name" = String, Path, description = "A queue name"),
+    ),
+    responses(
+        (status = 200, description = "What was deleted", body = serde_json::Value),
+        (status = 400, description = "Bad input: the error names it", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody),
+        (status = 503, description = "This node does not run the role", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 403, description = "A read token asked for a change", body = ErrorBody),
+    ),
+)]
 async fn delete_queue(node: Node, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
     queues(&node)?.delete(&name).await?;
     Ok(HttpResponse::Ok().json(json!({ "deleted": name.into_inner() })))
@@ -373,6 +527,17 @@ fn optional_body<T: serde::de::DeserializeOwned + Default>(body: &[u8]) -> Resul
 }
 
 /// `GET /api/v1/backups`: the backups in the store, oldest first, and the job running.
+#[utoipa::path(
+    get,
+    path = "/api/v1/backups",
+    tag = "backups",
+    summary = "The backups in the store and the job running",
+    responses(
+        (status = 200, description = "The backups, oldest first", body = serde_json::Value),
+        (status = 503, description = "This node does not run the role", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+    ),
+)]
 async fn list_backups(node: Node) -> Result<HttpResponse, ApiError> {
     let b = backups(&node)?;
     Ok(HttpResponse::Ok().json(json!({ "store": b.location(), "backups": b.list().await?, "running": b.running() })))
@@ -380,17 +545,67 @@ async fn list_backups(node: Node) -> Result<HttpResponse, ApiError> {
 
 /// `POST /api/v1/backups` `{"kind": "auto"|"full"|"incremental", "name": "..."}` (both
 /// optional): starts a backup; 202 with the job to follow at `/api/v1/jobs/{id}`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/backups",
+    tag = "backups",
+    summary = "Start a backup (auto: incremental after the first)",
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{\"kind\": \"auto\"|\"full\"|\"incremental\", \"name\": optional} (both optional)"),
+    responses(
+        (status = 202, description = "The job to follow at /api/v1/jobs/{id}", body = serde_json::Value),
+        (status = 400, description = "Bad input: the error names it", body = ErrorBody),
+        (status = 409, description = "Conflicts with what exists or runs", body = ErrorBody),
+        (status = 503, description = "This node does not run the role", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 403, description = "A read token asked for a change", body = ErrorBody),
+        (status = 413, description = "The body is over query_limits.max_body_bytes", body = ErrorBody),
+    ),
+)]
 async fn create_backup(node: Node, body: web::Bytes) -> Result<HttpResponse, ApiError> {
     let req: gossamer_backup::CreateRequest = optional_body(&body)?;
     let job = backups(&node)?.create(req).await?;
     Ok(HttpResponse::Accepted().json(job))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/backups/{id}",
+    tag = "backups",
+    summary = "A backup's manifest",
+    params(
+        ("id" = String, Path, description = "A backup id"),
+    ),
+    responses(
+        (status = 200, description = "The manifest", body = serde_json::Value),
+        (status = 400, description = "Bad input: the error names it", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody),
+        (status = 503, description = "This node does not run the role", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+    ),
+)]
 async fn get_backup(node: Node, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(backups(&node)?.manifest(&id).await?))
 }
 
 /// `POST /api/v1/backups/{id}/verify`: starts reading every file of the backup.
+#[utoipa::path(
+    post,
+    path = "/api/v1/backups/{id}/verify",
+    tag = "backups",
+    summary = "Start reading every file of a backup against its manifest",
+    params(
+        ("id" = String, Path, description = "A backup id"),
+    ),
+    responses(
+        (status = 202, description = "The job", body = serde_json::Value),
+        (status = 400, description = "Bad input: the error names it", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "Conflicts with what exists or runs", body = ErrorBody),
+        (status = 503, description = "This node does not run the role", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 403, description = "A read token asked for a change", body = ErrorBody),
+    ),
+)]
 async fn verify_backup(node: Node, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Accepted().json(backups(&node)?.verify(&id).await?))
 }
@@ -403,20 +618,74 @@ struct RestoreRequest {
 
 /// `POST /api/v1/restore` `{"backup": ID}`: restores the backup (and the ones it
 /// continues) into this node, which must be empty.
+#[utoipa::path(
+    post,
+    path = "/api/v1/restore",
+    tag = "backups",
+    summary = "Start restoring a backup (and the ones it continues) into this empty node",
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{\"backup\": \"ID\"}"),
+    responses(
+        (status = 202, description = "The job", body = serde_json::Value),
+        (status = 400, description = "Bad input: the error names it", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody),
+        (status = 409, description = "Conflicts with what exists or runs", body = ErrorBody),
+        (status = 503, description = "This node does not run the role", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 403, description = "A read token asked for a change", body = ErrorBody),
+        (status = 413, description = "The body is over query_limits.max_body_bytes", body = ErrorBody),
+    ),
+)]
 async fn restore_backup(node: Node, req: web::Json<RestoreRequest>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Accepted().json(backups(&node)?.restore(&req.backup).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs",
+    tag = "backups",
+    summary = "Backup, verify and restore jobs since the node started",
+    responses(
+        (status = 200, description = "The jobs", body = serde_json::Value),
+        (status = 503, description = "This node does not run the role", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+    ),
+)]
 async fn list_jobs(node: Node) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(backups(&node)?.jobs()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/jobs/{id}",
+    tag = "backups",
+    summary = "One job, its phase and progress",
+    params(
+        ("id" = String, Path, description = "A job id"),
+    ),
+    responses(
+        (status = 200, description = "The job", body = serde_json::Value),
+        (status = 404, description = "Not found", body = ErrorBody),
+        (status = 503, description = "This node does not run the role", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+    ),
+)]
 async fn get_job(node: Node, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let job = backups(&node)?.job(&id).ok_or_else(|| ApiError::NotFound(format!("no job {id}")))?;
     Ok(HttpResponse::Ok().json(job))
 }
 
 /// `GET /api/v1/index`: how far the index is behind the shards.
+#[utoipa::path(
+    get,
+    path = "/api/v1/index",
+    tag = "admin",
+    summary = "How far the index is behind the stored events",
+    responses(
+        (status = 200, description = "The index lag", body = serde_json::Value),
+        (status = 404, description = "Not found", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+    ),
+)]
 async fn index_state(node: Node) -> Result<HttpResponse, ApiError> {
     let Some(index) = &node.index else {
         return Err(ApiError::NotFound("this node does not run the index role".into()));
@@ -427,6 +696,18 @@ async fn index_state(node: Node) -> Result<HttpResponse, ApiError> {
 
 /// `POST /api/v1/admin/reindex`: drops every shard's index and rebuilds it from the
 /// shards' events; queries stay complete meanwhile (they scan what is not indexed).
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/reindex",
+    tag = "admin",
+    summary = "Drop every shard's index and rebuild it",
+    responses(
+        (status = 202, description = "Reindexing has started", body = serde_json::Value),
+        (status = 404, description = "Not found", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 403, description = "A read token asked for a change", body = ErrorBody),
+    ),
+)]
 async fn reindex(node: Node) -> Result<HttpResponse, ApiError> {
     let Some(index) = &node.index else {
         return Err(ApiError::NotFound("this node does not run the index role".into()));
@@ -435,6 +716,16 @@ async fn reindex(node: Node) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Accepted().json(json!({ "reindexing": true, "shards": node.shards.len() })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/health",
+    tag = "node",
+    summary = "Liveness, node and version",
+    responses(
+        (status = 200, description = "The node answers", body = serde_json::Value),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+    ),
+)]
 async fn health(node: Node) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "status": "ok",
@@ -492,14 +783,69 @@ async fn run_aggregate(node: &NodeHandle, req: AggregateRequest) -> Result<serde
     Ok(json!(AggregateResponse { groups, partial: false }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/search",
+    tag = "query",
+    summary = "Events matching a query, newest first, a page at a time",
+    params(
+        ("q" = Option<String>, Query, description = "A query in the search syntax; empty matches every event"),
+        ("from" = Option<String>, Query, description = "Start of the time range: RFC 3339, Unix time or a duration back from now (1h)"),
+        ("to" = Option<String>, Query, description = "End of the time range (exclusive)"),
+        ("limit" = Option<usize>, Query, description = "Events per page (100 by default, at most query_limits.max_page)"),
+        ("cursor" = Option<String>, Query, description = "The next_cursor of the page before"),
+        ("order" = Option<String>, Query, description = "desc (newest first, the default) or asc"),
+    ),
+    responses(
+        (status = 200, description = "A page of events and the cursor of the next", body = serde_json::Value),
+        (status = 400, description = "Bad input: the error names it", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+    ),
+)]
 async fn search(node: Node, req: web::Query<QueryRequest>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(run_search(&node, req.into_inner()).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/count",
+    tag = "query",
+    summary = "How many events match a query",
+    params(
+        ("q" = Option<String>, Query, description = "A query in the search syntax; empty matches every event"),
+        ("from" = Option<String>, Query, description = "Start of the time range: RFC 3339, Unix time or a duration back from now (1h)"),
+        ("to" = Option<String>, Query, description = "End of the time range (exclusive)"),
+    ),
+    responses(
+        (status = 200, description = "The count", body = serde_json::Value),
+        (status = 400, description = "Bad input: the error names it", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+    ),
+)]
 async fn count(node: Node, req: web::Query<QueryRequest>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(run_count(&node, req.into_inner()).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/aggregate",
+    tag = "query",
+    summary = "count, sum, avg, min, max or a percentile, grouped and bucketed",
+    params(
+        ("q" = Option<String>, Query, description = "A query in the search syntax; empty matches every event"),
+        ("from" = Option<String>, Query, description = "Start of the time range: RFC 3339, Unix time or a duration back from now (1h)"),
+        ("to" = Option<String>, Query, description = "End of the time range (exclusive)"),
+        ("fn" = String, Query, description = "count, sum, avg, min, max, p50, p95, p99 ..."),
+        ("field" = Option<String>, Query, description = "The numeric field (all but count)"),
+        ("by" = Option<String>, Query, description = "Comma-separated group keys: labels, stream, level, fields"),
+        ("bucket" = Option<String>, Query, description = "Time bucket width: 30s, 1m, 1h, 1d"),
+    ),
+    responses(
+        (status = 200, description = "The groups", body = serde_json::Value),
+        (status = 400, description = "Bad input: the error names it", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+    ),
+)]
 async fn aggregate(node: Node, req: web::Query<AggregateRequest>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(run_aggregate(&node, req.into_inner()).await?))
 }
@@ -528,10 +874,38 @@ pub async fn answer_query(node: &NodeHandle, mut body: serde_json::Value) -> Res
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/query",
+    tag = "query",
+    summary = "Search, count or aggregate with a JSON body",
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{\"q\", \"from\", \"to\", \"limit\", \"cursor\", \"order\"} for a search; add \"count\": true, or \"fn\" with \"field\", \"by\", \"bucket\""),
+    responses(
+        (status = 200, description = "As GET /search, /count or /aggregate", body = serde_json::Value),
+        (status = 400, description = "Bad input: the error names it", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 413, description = "The body is over query_limits.max_body_bytes", body = ErrorBody),
+    ),
+)]
 async fn query(node: Node, body: web::Json<serde_json::Value>) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(answer_query(&node, body.into_inner()).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/events/{id}",
+    tag = "events",
+    summary = "One event by id",
+    params(
+        ("id" = String, Path, description = "An event id (UUID)"),
+    ),
+    responses(
+        (status = 200, description = "The event", body = serde_json::Value),
+        (status = 400, description = "Bad input: the error names it", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+    ),
+)]
 async fn get_event(node: Node, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::BadRequest(format!("{:?} is not a UUID", id.as_str())))?;
     let found = web::block(move || gossamer_query::get_by_id(&node.shards, &id)).await??;
@@ -541,6 +915,16 @@ async fn get_event(node: Node, id: web::Path<String>) -> Result<HttpResponse, Ap
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/streams",
+    tag = "streams",
+    summary = "Streams with their event counts and retention, and the bytes on disk",
+    responses(
+        (status = 200, description = "The streams", body = serde_json::Value),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+    ),
+)]
 async fn streams(node: Node) -> Result<HttpResponse, ApiError> {
     let (totals, retentions, sled_bytes) = web::block(move || {
         let mut totals: BTreeMap<String, u64> = BTreeMap::new();
@@ -596,6 +980,23 @@ struct RetentionBody {
 
 /// `PUT /api/v1/streams/{name}/retention`: sets the stream's max age and applies it at
 /// once; from then on it is applied every `retention_every_secs`.
+#[utoipa::path(
+    put,
+    path = "/api/v1/streams/{name}/retention",
+    tag = "streams",
+    summary = "Set or clear a stream's retention and apply it now",
+    params(
+        ("name" = String, Path, description = "A stream name"),
+    ),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{\"max_age\": \"7d\"} or {\"max_age\": null}"),
+    responses(
+        (status = 200, description = "The retention and how many events it deleted now", body = serde_json::Value),
+        (status = 400, description = "Bad input: the error names it", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 403, description = "A read token asked for a change", body = ErrorBody),
+        (status = 413, description = "The body is over query_limits.max_body_bytes", body = ErrorBody),
+    ),
+)]
 async fn set_retention(node: Node, name: web::Path<String>, body: web::Json<RetentionBody>) -> Result<HttpResponse, ApiError> {
     let name = name.into_inner();
     if !gossamer_schemas::event::is_valid_stream(&name) {
@@ -637,6 +1038,22 @@ fn parse_id(id: &str) -> Result<uuid::Uuid, ApiError> {
     uuid::Uuid::parse_str(id).map_err(|_| ApiError::BadRequest(format!("{id:?} is not a UUID")))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/api/v1/events/{id}",
+    tag = "events",
+    summary = "Delete one event",
+    params(
+        ("id" = String, Path, description = "An event id (UUID)"),
+    ),
+    responses(
+        (status = 200, description = "How many were deleted", body = serde_json::Value),
+        (status = 400, description = "Bad input: the error names it", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 403, description = "A read token asked for a change", body = ErrorBody),
+    ),
+)]
 async fn delete_event(node: Node, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
     let shard = locate(&node, id).await?.ok_or_else(|| ApiError::NotFound(format!("no event with id {id}")))?;
@@ -657,6 +1074,24 @@ struct UpdateBody {
 
 /// `PATCH /api/v1/events/{id}`: sets or removes labels and fields; answers the event
 /// as it is now.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/events/{id}",
+    tag = "events",
+    summary = "Set or remove labels and fields of one event",
+    params(
+        ("id" = String, Path, description = "An event id (UUID)"),
+    ),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{\"labels\": {\"k\": \"v\" or null}, \"fields\": {\"k\": value or null}}"),
+    responses(
+        (status = 200, description = "The event as it is now", body = serde_json::Value),
+        (status = 400, description = "Bad input: the error names it", body = ErrorBody),
+        (status = 404, description = "Not found", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 403, description = "A read token asked for a change", body = ErrorBody),
+        (status = 413, description = "The body is over query_limits.max_body_bytes", body = ErrorBody),
+    ),
+)]
 async fn update_event(node: Node, id: web::Path<String>, body: web::Json<serde_json::Value>) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&id)?;
     let body: UpdateBody = serde_json::from_value(body.into_inner())
@@ -683,6 +1118,20 @@ struct DeleteBody {
 }
 
 /// `POST /api/v1/delete` `{"q","from","to"}` -> `{"deleted":N}`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/delete",
+    tag = "events",
+    summary = "Delete every event matching a query",
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{\"q\": \"...\", \"from\": optional, \"to\": optional}"),
+    responses(
+        (status = 200, description = "How many were deleted", body = serde_json::Value),
+        (status = 400, description = "Bad input: the error names it", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 403, description = "A read token asked for a change", body = ErrorBody),
+        (status = 413, description = "The body is over query_limits.max_body_bytes", body = ErrorBody),
+    ),
+)]
 async fn delete_where(node: Node, body: web::Json<serde_json::Value>) -> Result<HttpResponse, ApiError> {
     let body: DeleteBody =
         serde_json::from_value(body.into_inner()).map_err(|e| ApiError::BadRequest(format!("invalid delete body: {e}")))?;
@@ -699,6 +1148,16 @@ async fn delete_where(node: Node, body: web::Json<serde_json::Value>) -> Result<
     Ok(HttpResponse::Ok().json(json!({ "deleted": n })))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/cluster",
+    tag = "node",
+    summary = "Members, shards and their applied sequence and lag",
+    responses(
+        (status = 200, description = "The cluster as this node sees it", body = serde_json::Value),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+    ),
+)]
 async fn cluster(node: Node) -> Result<HttpResponse, ApiError> {
     let mut shards = Vec::with_capacity(node.shard_actors.len());
     for addr in &node.shard_actors {
@@ -730,4 +1189,29 @@ async fn cluster(node: Node) -> Result<HttpResponse, ApiError> {
         shards,
         ingest,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every route the node serves is in the OpenAPI document, with its method, and the
+    /// document describes nothing it does not serve.
+    #[test]
+    fn every_served_route_is_in_the_openapi_document() {
+        use utoipa::OpenApi;
+        let doc = serde_json::to_value(super::ApiDoc::openapi()).unwrap();
+        let mut served: Vec<(String, String)> =
+            super::API_ROUTES.iter().map(|(m, p)| (m.to_string(), format!("/api/v1{p}"))).collect();
+        // Registered beside the scope in `bind`.
+        served.push(("get".into(), "/metrics".into()));
+        served.push(("get".into(), "/".into()));
+        for (method, path) in &served {
+            assert!(doc["paths"][path][method].is_object(), "{method} {path} is served but not in the OpenAPI document");
+        }
+        for (path, ops) in doc["paths"].as_object().unwrap() {
+            for method in ops.as_object().unwrap().keys() {
+                assert!(served.contains(&(method.clone(), path.clone())), "{method} {path} is documented but not served");
+            }
+        }
+        assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+    }
 }

@@ -26,6 +26,20 @@ pub struct TailParams {
 /// A comment line every so often, so a dead connection is noticed and closed.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/tail",
+    tag = "queues",
+    summary = "Events matching a query as they are stored (server-sent events)",
+    params(
+        ("q" = Option<String>, Query, description = "A query in the search syntax; empty matches every event"),
+    ),
+    responses(
+        (status = 200, description = "text/event-stream: data: <event JSON> per event", body = serde_json::Value),
+        (status = 400, description = "Bad input: the error names it", body = gossamer_schemas::api::ErrorBody),
+        (status = 401, description = "No valid bearer token", body = gossamer_schemas::api::ErrorBody),
+    ),
+)]
 pub async fn tail(node: web::Data<std::sync::Arc<crate::node::NodeHandle>>, params: web::Query<TailParams>) -> Result<HttpResponse, ApiError> {
     let q = params.into_inner().q;
     let expr = match q.trim() {

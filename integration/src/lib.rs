@@ -60,6 +60,8 @@ pub struct Nats {
     child: Child,
     pub port: u16,
     pub dir: tempfile::TempDir,
+    /// A server config file (`-c`), for servers that ask for credentials.
+    config: Option<PathBuf>,
 }
 
 impl Nats {
@@ -77,9 +79,25 @@ impl Nats {
         Self::start_on(tempfile::tempdir().unwrap(), port)
     }
 
-    fn spawn_server(dir: &Path, port: u16) -> Child {
-        Command::new(nats_server_binary())
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+    /// A nats-server with `config` (the text of a server config file) on top of the usual
+    /// flags: e.g. `authorization { user: a, password: b }`.
+    pub fn start_with_config(config: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.conf");
+        std::fs::write(&path, config).unwrap();
+        let port = free_port();
+        let child = Self::spawn_server(dir.path(), port, Some(&path));
+        let mut nats = Self { child, port, dir, config: Some(path) };
+        nats.wait_listening();
+        nats
+    }
+
+    fn spawn_server(dir: &Path, port: u16, config: Option<&Path>) -> Child {
+        let mut cmd = Command::new(nats_server_binary());
+        if let Some(c) = config {
+            cmd.arg("-c").arg(c);
+        }
+        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(dir.join("js"))
             .arg("-l")
             .arg(dir.join("nats.log"))
@@ -89,8 +107,8 @@ impl Nats {
     }
 
     fn start_on(dir: tempfile::TempDir, port: u16) -> Self {
-        let child = Self::spawn_server(dir.path(), port);
-        let mut nats = Self { child, port, dir };
+        let child = Self::spawn_server(dir.path(), port, None);
+        let mut nats = Self { child, port, dir, config: None };
         nats.wait_listening();
         nats
     }
@@ -115,7 +133,7 @@ impl Nats {
         wait_for("the port to be free", Duration::from_secs(20), || {
             std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err().then_some(())
         });
-        self.child = Self::spawn_server(self.dir.path(), self.port);
+        self.child = Self::spawn_server(self.dir.path(), self.port, self.config.as_deref());
         self.wait_listening();
     }
 

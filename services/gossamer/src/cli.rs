@@ -116,6 +116,8 @@ struct UpArgs {
     tokens: TokenArgs,
     #[command(flatten)]
     backup: BackupArgs,
+    #[command(flatten)]
+    nats_auth: NatsArgs,
 }
 
 #[derive(Args)]
@@ -151,6 +153,8 @@ struct NodeArgs {
     tokens: TokenArgs,
     #[command(flatten)]
     backup: BackupArgs,
+    #[command(flatten)]
+    nats_auth: NatsArgs,
 }
 
 /// The API's bearer tokens (`GOSSAMER_ADMIN_TOKEN`, `GOSSAMER_READ_TOKEN` too).
@@ -167,6 +171,62 @@ struct TokenArgs {
     read_token: Option<String>,
     #[arg(long)]
     read_token_file: Option<PathBuf>,
+}
+
+/// How to authenticate to NATS (`GOSSAMER_NATS_USER`, `_PASSWORD`, `_TOKEN`,
+/// `_NKEY_FILE`, `_CREDS` too).
+#[derive(Args)]
+struct NatsArgs {
+    #[arg(long)]
+    nats_user: Option<String>,
+    /// With --nats-user (or GOSSAMER_NATS_PASSWORD, kept out of the process list).
+    #[arg(long)]
+    nats_password: Option<String>,
+    #[arg(long)]
+    nats_token: Option<String>,
+    /// A file holding a user nkey seed (SU...).
+    #[arg(long)]
+    nats_nkey_file: Option<PathBuf>,
+    /// A .creds file (JWT and seed) for servers in operator mode.
+    #[arg(long)]
+    nats_creds: Option<PathBuf>,
+    /// Require TLS to NATS.
+    #[arg(long)]
+    nats_tls: bool,
+    /// CA certificate (PEM) for the NATS server's certificate (implies TLS).
+    #[arg(long)]
+    nats_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM) for NATS.
+    #[arg(long, requires = "nats_key")]
+    nats_cert: Option<PathBuf>,
+    #[arg(long, requires = "nats_cert")]
+    nats_key: Option<PathBuf>,
+}
+
+impl NatsArgs {
+    fn apply(self, auth: &mut gossamer_config::NatsAuth) {
+        use gossamer_config::Secret;
+        let or = |a: Option<PathBuf>, b: &mut Option<PathBuf>| {
+            if a.is_some() {
+                *b = a;
+            }
+        };
+        if let Some(u) = self.nats_user {
+            auth.user = Some(u);
+        }
+        if let Some(p) = self.nats_password {
+            auth.password = Some(Secret(p));
+        }
+        if let Some(t) = self.nats_token {
+            auth.token = Some(Secret(t));
+        }
+        or(self.nats_nkey_file, &mut auth.nkey_file);
+        or(self.nats_creds, &mut auth.creds_file);
+        or(self.nats_ca, &mut auth.tls_ca);
+        or(self.nats_cert, &mut auth.tls_cert);
+        or(self.nats_key, &mut auth.tls_key);
+        auth.tls |= self.nats_tls;
+    }
 }
 
 /// Where backups go and how often they are taken.
@@ -219,6 +279,8 @@ impl TokenArgs {
 struct PublishCmd {
     #[arg(long, env = "GOSSAMER_NATS", default_value = "nats://127.0.0.1:4222")]
     nats: String,
+    #[command(flatten)]
+    nats_auth: NatsArgs,
     #[arg(long, env = "GOSSAMER_CLUSTER", default_value = "default")]
     cluster: String,
     /// Publish to `logs.<stream>` with JetStream (buffered even while no node runs)
@@ -399,6 +461,7 @@ fn node(a: NodeArgs) -> Result<()> {
     }
     a.tokens.apply(&mut cfg)?;
     a.backup.apply(&mut cfg)?;
+    a.nats_auth.apply(&mut cfg.nats_auth);
     run_node_blocking(cfg)
 }
 
@@ -414,6 +477,7 @@ fn up(a: UpArgs) -> Result<()> {
     }
     a.tokens.apply(&mut cfg)?;
     a.backup.apply(&mut cfg)?;
+    a.nats_auth.apply(&mut cfg.nats_auth);
     let _server = match a.nats {
         Some(url) => {
             cfg.nats = url;
@@ -437,8 +501,11 @@ fn up(a: UpArgs) -> Result<()> {
 }
 
 fn publish(a: PublishCmd) -> Result<()> {
+    let mut auth = gossamer_config::Config::load(None)?.nats_auth;
+    a.nats_auth.apply(&mut auth);
     let args = crate::client::PublishArgs {
         nats: a.nats,
+        auth,
         cluster: a.cluster,
         jetstream: a.jetstream,
         stream: a.stream,

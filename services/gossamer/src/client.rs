@@ -20,6 +20,7 @@ const IN_FLIGHT: usize = 64;
 
 pub struct PublishArgs {
     pub nats: String,
+    pub auth: gossamer_config::NatsAuth,
     pub cluster: String,
     /// Publish to `logs.<stream>` with JetStream acks instead of requesting
     /// `gossamer.<cluster>.ingest.<stream>`.
@@ -71,7 +72,7 @@ pub async fn publish(args: PublishArgs) -> Result<PublishReport> {
     } else {
         ProgressBar::new_spinner()
     };
-    let client = gossamer_bus::connect(&args.nats, std::time::Duration::from_secs(10)).await?;
+    let client = gossamer_bus::connect_with(&args.nats, &args.auth, std::time::Duration::from_secs(10)).await?;
     let sink = if args.jetstream {
         Sink::JetStream(async_nats::jetstream::new(client.clone()))
     } else {

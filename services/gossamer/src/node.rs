@@ -42,7 +42,7 @@ const NATS_WAIT: Duration = Duration::from_secs(120);
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl FnOnce(SocketAddr)) -> Result<()> {
     cfg.validate()?;
     std::fs::create_dir_all(&cfg.data).with_context(|| format!("creating data directory {}", cfg.data.display()))?;
-    let nats = gossamer_bus::connect(&cfg.nats, NATS_WAIT).await?;
+    let nats = gossamer_bus::connect_with(&cfg.nats, &cfg.nats_auth, NATS_WAIT).await?;
     let js = async_nats::jetstream::new(nats.clone());
     let names = gossamer_bus::ensure_streams(&js, &cfg).await?;
 
@@ -97,7 +97,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     } else {
         (None, None)
     };
-    let tail_nats = async_nats::ConnectOptions::new()
+    let tail_nats = gossamer_bus::options(&cfg.nats_auth)
+        .await?
         .name("gossamer-tail")
         .subscription_capacity(256)
         .connect(&cfg.nats)

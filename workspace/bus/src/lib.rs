@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use async_nats::jetstream::{self, stream};
-use gossamer_config::Config;
+use gossamer_config::{Config, NatsAuth};
 use tracing::{info, warn};
 
 /// Names of the streams a cluster uses.
@@ -19,21 +19,89 @@ pub struct StreamNames {
 /// Connects to `url`, retrying every second until `deadline` passes; logs once while it
 /// waits so a node started before nats-server says why it is idle.
 pub async fn connect(url: &str, deadline: Duration) -> Result<async_nats::Client> {
+    connect_with(url, &NatsAuth::default(), deadline).await
+}
+
+/// The client options `auth` asks for: credentials and TLS.
+pub async fn options(auth: &NatsAuth) -> Result<async_nats::ConnectOptions> {
+    auth.validate()?;
+    let mut o = match (&auth.user, &auth.password, &auth.token, &auth.nkey_file, &auth.creds_file) {
+        (Some(u), Some(p), ..) => async_nats::ConnectOptions::with_user_and_password(u.clone(), p.0.clone()),
+        (_, _, Some(t), ..) => async_nats::ConnectOptions::with_token(t.0.clone()),
+        (_, _, _, Some(f), _) => {
+            let seed = std::fs::read_to_string(f).with_context(|| format!("reading the NATS nkey seed file {}", f.display()))?;
+            async_nats::ConnectOptions::with_nkey(seed.trim().to_string())
+        }
+        (_, _, _, _, Some(f)) => async_nats::ConnectOptions::with_credentials_file(f.clone())
+            .await
+            .with_context(|| format!("reading the NATS creds file {}", f.display()))?,
+        _ => async_nats::ConnectOptions::new(),
+    };
+    if auth.tls || auth.tls_ca.is_some() || auth.tls_cert.is_some() {
+        o = o.require_tls(true);
+    }
+    if let Some(ca) = &auth.tls_ca {
+        o = o.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&auth.tls_cert, &auth.tls_key) {
+        o = o.add_client_certificate(cert.clone(), key.clone());
+    }
+    Ok(o)
+}
+
+/// [`connect`] with credentials and TLS.
+pub async fn connect_with(url: &str, auth: &NatsAuth, deadline: Duration) -> Result<async_nats::Client> {
     // With retry_on_initial_connect, connect returns at once and the client keeps
     // trying in the background; watch its state so the caller gets a clear error
-    // when no server ever answers.
-    let client = async_nats::ConnectOptions::new()
+    // when no server ever answers (or it refuses the credentials).
+    // One plain attempt first: a server that is up and refuses the credentials (or
+    // the TLS setup) is told at once, rather than retried until the deadline.
+    let first_error = match options(auth).await?.connection_timeout(Duration::from_secs(2)).connect(url).await {
+        Ok(client) => return Ok(client),
+        Err(e) => match e.kind() {
+            async_nats::ConnectErrorKind::AuthorizationViolation | async_nats::ConnectErrorKind::Authentication => {
+                anyhow::bail!("the NATS server at {url} refused the credentials ({e}): check --nats-user/--nats-password, --nats-token, --nats-nkey-file or --nats-creds")
+            }
+            async_nats::ConnectErrorKind::Tls => anyhow::bail!("TLS to the NATS server at {url} failed: {e}"),
+            _ if e.to_string().to_lowercase().contains("certificate") => {
+                anyhow::bail!("TLS to the NATS server at {url} failed (is --nats-ca the CA that signed its certificate?): {e}")
+            }
+            _ => e.to_string(),
+        },
+    };
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = refused.clone();
+    let client = options(auth)
+        .await?
         .name("gossamer")
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(2))
+        .event_callback(move |event| {
+            let flag = flag.clone();
+            async move {
+                match &event {
+                    async_nats::Event::ServerError(async_nats::ServerError::AuthorizationViolation) => {
+                        flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    _ => {}
+                }
+            }
+        })
         .connect(url)
         .await
         .with_context(|| format!("connecting to NATS at {url}"))?;
     let start = std::time::Instant::now();
     let mut warned = false;
     while client.connection_state() != async_nats::connection::State::Connected {
+        if refused.load(std::sync::atomic::Ordering::SeqCst) {
+            anyhow::bail!("the NATS server at {url} refused the credentials (authorization violation): check --nats-user/--nats-password, --nats-token, --nats-nkey-file or --nats-creds");
+        }
         if start.elapsed() > deadline {
-            anyhow::bail!("no NATS server answered at {url} within {}s", deadline.as_secs());
+            anyhow::bail!(
+                "no NATS server answered at {url} within {}s (the first attempt said: {})",
+                deadline.as_secs(),
+                first_error
+            );
         }
         if !warned && start.elapsed() > Duration::from_secs(1) {
             warn!(url, "waiting-for-nats");

@@ -14,6 +14,8 @@ pub const ALL_ROLES: [&str; 6] = ["ingest", "shard", "index", "backup", "queue",
 pub struct Config {
     /// NATS server URL.
     pub nats: String,
+    /// How to authenticate to NATS (and whether to use TLS).
+    pub nats_auth: NatsAuth,
     /// Where sled data lives.
     pub data: PathBuf,
     /// HTTP listen address of the REST API; port 0 picks a free port.
@@ -58,6 +60,44 @@ pub struct Config {
     /// Ingest stops taking events while the index has more events than this left to
     /// index.
     pub max_index_lag: u64,
+}
+
+/// NATS credentials: at most one of user and password, token, nkey seed file or creds
+/// file; TLS with an optional CA, and a client certificate and key.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsAuth {
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub token: Option<Secret>,
+    /// A file holding a user nkey seed (`SU...`).
+    pub nkey_file: Option<PathBuf>,
+    /// A `.creds` file (JWT and seed), for servers in operator mode.
+    pub creds_file: Option<PathBuf>,
+    /// Require TLS.
+    pub tls: bool,
+    /// CA certificate (PEM) to trust for the server's certificate.
+    pub tls_ca: Option<PathBuf>,
+    /// Client certificate and key (PEM), when the server asks for one.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+}
+
+impl NatsAuth {
+    /// Checks that the settings make one way to authenticate.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let ways = [self.user.is_some(), self.token.is_some(), self.nkey_file.is_some(), self.creds_file.is_some()];
+        if ways.iter().filter(|w| **w).count() > 1 {
+            bail!("give one way to authenticate to NATS: user and password, token, nkey seed file or creds file");
+        }
+        if self.user.is_some() != self.password.is_some() {
+            bail!("a NATS user needs a password, and a password a user");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            bail!("a NATS client certificate needs its key, and a key its certificate");
+        }
+        Ok(())
+    }
 }
 
 /// Limits on what the API takes and gives; each answers a 4xx naming it.
@@ -110,6 +150,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             nats: "nats://127.0.0.1:4222".into(),
+            nats_auth: Default::default(),
             data: PathBuf::from("gossamer-data"),
             http: "127.0.0.1:8080".into(),
             node_id: "node-1".into(),
@@ -186,6 +227,21 @@ impl Config {
         if let Some(v) = get("GOSSAMER_READ_TOKEN") {
             self.read_token = Some(Secret(v));
         }
+        if let Some(v) = get("GOSSAMER_NATS_USER") {
+            self.nats_auth.user = Some(v);
+        }
+        if let Some(v) = get("GOSSAMER_NATS_PASSWORD") {
+            self.nats_auth.password = Some(Secret(v));
+        }
+        if let Some(v) = get("GOSSAMER_NATS_TOKEN") {
+            self.nats_auth.token = Some(Secret(v));
+        }
+        if let Some(v) = get("GOSSAMER_NATS_NKEY_FILE") {
+            self.nats_auth.nkey_file = Some(v.into());
+        }
+        if let Some(v) = get("GOSSAMER_NATS_CREDS") {
+            self.nats_auth.creds_file = Some(v.into());
+        }
         if let Some(v) = get("GOSSAMER_BACKUP_STORE") {
             self.backup_store = Some(v);
         }
@@ -197,6 +253,7 @@ impl Config {
 
     /// Checks what flags and files cannot express in their types.
     pub fn validate(&self) -> anyhow::Result<()> {
+        self.nats_auth.validate()?;
         if self.shards == 0 || self.shards > 4096 {
             bail!("shards must be between 1 and 4096, got {}", self.shards);
         }

@@ -123,6 +123,14 @@ async fn answers_are_the_same_without_the_index_with_it_and_after_a_reindex() {
         assert_eq!(node.count(""), total - before);
         let metrics = ureq::get(&format!("{}/metrics", node.http)).call().unwrap().into_string().unwrap();
         assert!(metrics.contains("gossamer_index_lag_events{"), "{metrics}");
+        // Every count above was timed: the histogram's total is at least their number.
+        let counted: u64 = metrics
+            .lines()
+            .find(|l| l.starts_with("gossamer_query_seconds_count{node=\"node-1\",kind=\"count\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no count latency in {metrics}"));
+        assert!(counted >= 3, "{counted} counts timed");
+        assert!(metrics.contains("gossamer_query_seconds_bucket{node=\"node-1\",kind=\"count\",le=\"+Inf\"}"), "{metrics}");
         datasets
     })
     .await

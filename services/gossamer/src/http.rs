@@ -404,6 +404,7 @@ async fn metrics(node: Node) -> Result<HttpResponse, ApiError> {
     let store = node.store.clone();
     let sled = web::block(move || store.size_on_disk()).await?;
     metric("gossamer_sled_bytes", "gauge", "bytes sled uses on disk", vec![(format!("node=\"{n}\""), sled)]);
+    latency().render(n, &mut out);
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out))
 }
 
@@ -752,7 +753,69 @@ fn parse_request(limits: &gossamer_config::QueryLimits, req: &QueryRequest) -> R
     Ok(SearchParams { expr, range, order: req.order.unwrap_or(Order::Desc), limit, cursor })
 }
 
+/// Query latency, per kind (search, count, aggregate), as a Prometheus histogram.
+struct Latency {
+    /// Per kind: counts per bucket (the last is +Inf), the sum in seconds, the count.
+    kinds: std::sync::Mutex<BTreeMap<&'static str, (Vec<u64>, f64, u64)>>,
+}
+
+/// Upper bounds of the latency buckets, in seconds.
+const LATENCY_BUCKETS: [f64; 11] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+
+fn latency() -> &'static Latency {
+    static L: std::sync::OnceLock<Latency> = std::sync::OnceLock::new();
+    L.get_or_init(|| Latency { kinds: Default::default() })
+}
+
+impl Latency {
+    fn observe(&self, kind: &'static str, seconds: f64) {
+        let mut kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
+        let e = kinds.entry(kind).or_insert_with(|| (vec![0; LATENCY_BUCKETS.len() + 1], 0.0, 0));
+        let i = LATENCY_BUCKETS.iter().position(|b| seconds <= *b).unwrap_or(LATENCY_BUCKETS.len());
+        e.0[i] += 1;
+        e.1 += seconds;
+        e.2 += 1;
+    }
+
+    fn render(&self, node: &str, out: &mut String) {
+        use std::fmt::Write;
+        let kinds = self.kinds.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(out, "# HELP gossamer_query_seconds time to answer a search, count or aggregation\n# TYPE gossamer_query_seconds histogram");
+        for (kind, (buckets, sum, count)) in kinds.iter() {
+            let mut acc = 0;
+            for (i, n) in buckets.iter().enumerate() {
+                acc += n;
+                let le = LATENCY_BUCKETS.get(i).map_or("+Inf".to_string(), |b| b.to_string());
+                let _ = writeln!(out, "gossamer_query_seconds_bucket{{node=\"{node}\",kind=\"{kind}\",le=\"{le}\"}} {acc}");
+            }
+            let _ = writeln!(out, "gossamer_query_seconds_sum{{node=\"{node}\",kind=\"{kind}\"}} {sum}");
+            let _ = writeln!(out, "gossamer_query_seconds_count{{node=\"{node}\",kind=\"{kind}\"}} {count}");
+        }
+    }
+}
+
 async fn run_search(node: &NodeHandle, req: QueryRequest) -> Result<serde_json::Value, ApiError> {
+    let started = std::time::Instant::now();
+    let answer = search_inner(node, req).await;
+    latency().observe("search", started.elapsed().as_secs_f64());
+    answer
+}
+
+async fn run_count(node: &NodeHandle, req: QueryRequest) -> Result<serde_json::Value, ApiError> {
+    let started = std::time::Instant::now();
+    let answer = count_inner(node, req).await;
+    latency().observe("count", started.elapsed().as_secs_f64());
+    answer
+}
+
+async fn run_aggregate(node: &NodeHandle, req: AggregateRequest) -> Result<serde_json::Value, ApiError> {
+    let started = std::time::Instant::now();
+    let answer = aggregate_inner(node, req).await;
+    latency().observe("aggregate", started.elapsed().as_secs_f64());
+    answer
+}
+
+async fn search_inner(node: &NodeHandle, req: QueryRequest) -> Result<serde_json::Value, ApiError> {
     let params = parse_request(&node.cfg.query_limits, &req)?;
     let shards = node.shards.clone();
     let page = web::block(move || gossamer_query::search(&shards, &params)).await??;
@@ -764,14 +827,14 @@ async fn run_search(node: &NodeHandle, req: QueryRequest) -> Result<serde_json::
     }))
 }
 
-async fn run_count(node: &NodeHandle, req: QueryRequest) -> Result<serde_json::Value, ApiError> {
+async fn count_inner(node: &NodeHandle, req: QueryRequest) -> Result<serde_json::Value, ApiError> {
     let params = parse_request(&node.cfg.query_limits, &req)?;
     let shards = node.shards.clone();
     let n = web::block(move || gossamer_query::count(&shards, &params.expr, params.range)).await??;
     Ok(json!(CountResponse { count: n, partial: false }))
 }
 
-async fn run_aggregate(node: &NodeHandle, req: AggregateRequest) -> Result<serde_json::Value, ApiError> {
+async fn aggregate_inner(node: &NodeHandle, req: AggregateRequest) -> Result<serde_json::Value, ApiError> {
     let expr = parse_query(&node.cfg.query_limits, &req.q)?;
     let range = TimeRange::parse(req.from.as_deref(), req.to.as_deref(), TimeRange::now()).map_err(ApiError::BadRequest)?;
     let mut spec = gossamer_query::AggSpec::parse(&req.func, req.field.as_deref(), req.by.as_deref(), req.bucket.as_deref())

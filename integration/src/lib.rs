@@ -209,8 +209,8 @@ impl Node {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("console: http://").nth(1) {
-                    let _ = tx.send(rest.trim_end_matches('/').to_string());
+                if let Some(rest) = line.split("console: ").nth(1) {
+                    let _ = tx.send(rest.trim().trim_end_matches('/').to_string());
                 }
             }
         });
@@ -218,7 +218,7 @@ impl Node {
             let log = std::fs::read_to_string(self.data.join("node.log")).unwrap_or_default();
             panic!("the node did not report its HTTP address; its log:\n{log}")
         });
-        self.http = format!("http://{addr}");
+        self.http = addr;
         self.child = Some(child);
     }
 
@@ -327,4 +327,25 @@ pub fn http_post(url: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
 /// Publishes `body` to `subject` with JetStream and waits for the bus's ack.
 pub async fn js_publish(js: &async_nats::jetstream::Context, subject: &str, body: Vec<u8>) {
     js.publish(subject.to_string(), body.into()).await.expect("publish").await.expect("JetStream ack");
+}
+
+/// A private CA and a certificate for 127.0.0.1 signed by it, as PEM files in `dir`:
+/// (CA, certificate, key) paths.
+pub fn test_certificates(dir: &Path) -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let write = |name: &str, pem: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    (write("ca.pem", ca.pem()), write("server.pem", cert.pem()), write("server-key.pem", key.serialize_pem()))
 }

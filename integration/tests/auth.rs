@@ -146,3 +146,41 @@ fn every_documented_route_is_guarded() {
     }
     assert!(checked >= 28, "{checked} routes checked");
 }
+
+/// With a certificate and key the API and console are served over HTTPS only, tokens
+/// and all.
+#[test]
+fn the_api_is_served_over_https_when_given_a_certificate() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = gossamer_integration::test_certificates(data.path());
+    let node = Node::start(&nats, &data.path().join("node"), &["--tls-cert", &cert, "--tls-key", &key, "--admin-token", ADMIN]);
+    assert!(node.http.starts_with("https://127.0.0.1:"), "{}", node.http);
+
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(rustls::pki_types::CertificateDer::from_pem_file(&ca).unwrap()).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let agent = ureq::AgentBuilder::new().tls_config(std::sync::Arc::new(tls)).build();
+    let health: Value = agent
+        .get(&format!("{}/api/v1/health", node.http))
+        .set("Authorization", &format!("Bearer {ADMIN}"))
+        .call()
+        .unwrap()
+        .into_json()
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    match agent.get(&format!("{}/api/v1/health", node.http)).call() {
+        Err(ureq::Error::Status(401, _)) => {}
+        other => panic!("no token over HTTPS: {other:?}"),
+    }
+    let console = agent.get(&format!("{}/", node.http)).call().unwrap().into_string().unwrap();
+    assert!(console.contains("<title>Gossamer</title>"));
+    // Plain HTTP on the same port gets no API.
+    let plain = node.http.replace("https://", "http://");
+    assert!(ureq::get(&format!("{plain}/api/v1/health")).call().is_err(), "plain HTTP must not be served");
+}

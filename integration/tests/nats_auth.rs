@@ -58,27 +58,10 @@ fn nodes_and_publishers_authenticate_with_user_password_token_or_nkey() {
     assert!(said.contains("refused the credentials"), "{said}");
 }
 
-/// A CA and a server certificate for 127.0.0.1, as PEM files in `dir`.
-fn certificates(dir: &std::path::Path) -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap().signed_by(&key, &ca, &ca_key).unwrap();
-    let write = |name: &str, pem: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, pem).unwrap();
-        p.to_str().unwrap().to_string()
-    };
-    (write("ca.pem", ca.pem()), write("server.pem", cert.pem()), write("server-key.pem", key.serialize_pem()))
-}
-
 #[test]
 fn nodes_and_publishers_connect_over_tls_with_a_private_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = certificates(dir.path());
+    let (ca, cert, key) = gossamer_integration::test_certificates(dir.path());
     let nats = Nats::start_with_config(&format!("tls {{ cert_file: \"{cert}\", key_file: \"{key}\" }}"));
     let auth = ["--nats-ca", ca.as_str()];
     let data = tempfile::tempdir().unwrap();

@@ -171,6 +171,12 @@ struct TokenArgs {
     read_token: Option<String>,
     #[arg(long)]
     read_token_file: Option<PathBuf>,
+    /// Serve the API and console over HTTPS with this certificate chain (PEM).
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// How to authenticate to NATS (`GOSSAMER_NATS_USER`, `_PASSWORD`, `_TOKEN`,
@@ -270,6 +276,10 @@ impl TokenArgs {
         }
         if let Some(p) = self.read_token_file {
             cfg.read_token = Some(Secret::from_file(&p)?);
+        }
+        if self.tls_cert.is_some() {
+            cfg.http_tls_cert = self.tls_cert;
+            cfg.http_tls_key = self.tls_key;
         }
         Ok(())
     }
@@ -406,14 +416,15 @@ fn print_ready(cfg: &Config, addr: std::net::SocketAddr) {
     // Whoever started us may have stopped reading stdout: that must not stop the node.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "Gossamer node {} is up.", cfg.node_id);
-    let _ = writeln!(out, "  REST API and console: http://{addr}/");
+    let scheme = if cfg.http_tls_cert.is_some() { "https" } else { "http" };
+    let _ = writeln!(out, "  REST API and console: {scheme}://{addr}/");
     let _ = writeln!(out, "  NATS: {}", cfg.nats);
     let _ = writeln!(
         out,
         "  publish:  gossamer publish --nats {} --stream myapp FILE   (or any NATS client: publish JSON to logs.myapp)",
         cfg.nats
     );
-    let _ = writeln!(out, "  query:    gossamer query --server http://{addr} 'level:error'");
+    let _ = writeln!(out, "  query:    gossamer query --server {scheme}://{addr} 'level:error'");
     let _ = writeln!(out, "Press Ctrl-C to stop.");
     let _ = out.flush();
 }

@@ -99,6 +99,24 @@ impl ResponseError for ApiError {
 
 type Node = web::Data<Arc<NodeHandle>>;
 
+/// The HTTPS settings for a certificate chain and key in PEM files.
+fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("reading the TLS certificate {}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        anyhow::bail!("the TLS certificate file {} holds no certificate", cert.display());
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow::anyhow!("reading the TLS key {}: {e}", key.display()))?;
+    rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| anyhow::anyhow!("the TLS certificate and key do not make a server identity: {e}"))
+}
+
 /// Declares the API's routes once: the actix scope that serves them, and the list the
 /// OpenAPI test holds against the document.
 macro_rules! api_routes {
@@ -188,6 +206,10 @@ async fn openapi() -> HttpResponse {
 /// with the address it got.
 pub fn bind(node: Arc<NodeHandle>, addr: &str) -> anyhow::Result<(Server, std::net::SocketAddr)> {
     let max_body = node.cfg.query_limits.max_body_bytes;
+    let tls = match (&node.cfg.http_tls_cert, &node.cfg.http_tls_key) {
+        (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
+        _ => None,
+    };
     let data = web::Data::new(node);
     let server = HttpServer::new(move || {
         App::new()
@@ -217,8 +239,11 @@ pub fn bind(node: Arc<NodeHandle>, addr: &str) -> anyhow::Result<(Server, std::n
             .service(api_scope())
             .default_service(web::to(|| async { ApiError::NotFound("no such route".into()).error_response() }))
     })
-    .workers(2)
-    .bind(addr)
+    .workers(2);
+    let server = match tls {
+        Some(config) => server.bind_rustls_0_23(addr, config),
+        None => server.bind(addr),
+    }
     .map_err(|e| anyhow::anyhow!("binding the HTTP API on {addr}: {e}"))?;
     let bound = server.addrs()[0];
     Ok((server.run(), bound))

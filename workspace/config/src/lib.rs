@@ -20,6 +20,9 @@ pub struct Config {
     pub data: PathBuf,
     /// HTTP listen address of the REST API; port 0 picks a free port.
     pub http: String,
+    /// Serve the API and console over TLS with this certificate chain and key (PEM).
+    pub http_tls_cert: Option<PathBuf>,
+    pub http_tls_key: Option<PathBuf>,
     pub node_id: String,
     pub cluster: String,
     /// Number of logical shards, fixed when the cluster is created.
@@ -153,6 +156,8 @@ impl Default for Config {
             nats_auth: Default::default(),
             data: PathBuf::from("gossamer-data"),
             http: "127.0.0.1:8080".into(),
+            http_tls_cert: None,
+            http_tls_key: None,
             node_id: "node-1".into(),
             cluster: "default".into(),
             shards: 64,
@@ -254,6 +259,9 @@ impl Config {
     /// Checks what flags and files cannot express in their types.
     pub fn validate(&self) -> anyhow::Result<()> {
         self.nats_auth.validate()?;
+        if self.http_tls_cert.is_some() != self.http_tls_key.is_some() {
+            bail!("HTTP TLS needs both a certificate (--tls-cert) and its key (--tls-key)");
+        }
         if self.shards == 0 || self.shards > 4096 {
             bail!("shards must be between 1 and 4096, got {}", self.shards);
         }

@@ -248,7 +248,18 @@ pub struct QueryArgs {
     pub bucket: Option<String>,
 }
 
-/// Runs a search or a count against a node and prints the answer.
+/// One event as a line: time, level, stream, message.
+pub fn print_event(out: &mut impl std::io::Write, e: &Value) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "{} {:5} {} {}",
+        e["ts"].as_str().unwrap_or(""),
+        e["level"].as_str().unwrap_or(""),
+        e["stream"].as_str().unwrap_or(""),
+        e["message"].as_str().unwrap_or("")
+    )
+}
+
 /// Adds the API token from `GOSSAMER_TOKEN` (admin or read-only), when it is set.
 pub fn with_token(req: ureq::Request) -> ureq::Request {
     match std::env::var("GOSSAMER_TOKEN") {
@@ -257,6 +268,7 @@ pub fn with_token(req: ureq::Request) -> ureq::Request {
     }
 }
 
+/// Runs a search, a count or an aggregation against a node and prints the answer.
 pub fn query(args: QueryArgs, out: &mut impl std::io::Write) -> Result<()> {
     let base = args.server.trim_end_matches('/');
     let path = match (&args.agg, args.count) {
@@ -316,14 +328,7 @@ pub fn query(args: QueryArgs, out: &mut impl std::io::Write) -> Result<()> {
         if args.json {
             writeln!(out, "{e}")?;
         } else {
-            writeln!(
-                out,
-                "{} {:5} {} {}",
-                e["ts"].as_str().unwrap_or(""),
-                e["level"].as_str().unwrap_or(""),
-                e["stream"].as_str().unwrap_or(""),
-                e["message"].as_str().unwrap_or("")
-            )?;
+            print_event(out, e)?;
         }
     }
     if let Some(c) = body["next_cursor"].as_str() {

@@ -188,14 +188,7 @@ pub fn tail(a: TailCmd) -> Result<()> {
             writeln!(out, "{data}")?;
         } else {
             let e: Value = serde_json::from_str(data).context("an event from the tail")?;
-            writeln!(
-                out,
-                "{} {:5} {} {}",
-                e["ts"].as_str().unwrap_or(""),
-                e["level"].as_str().unwrap_or(""),
-                e["stream"].as_str().unwrap_or(""),
-                e["message"].as_str().unwrap_or("")
-            )?;
+            crate::client::print_event(&mut out, &e)?;
         }
         out.flush()?;
     }

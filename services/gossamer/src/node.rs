@@ -58,7 +58,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
             .await??
     };
 
-    let pressure = Arc::new(gossamer_bus::Pressure::new(cfg.max_shard_backlog, cfg.max_index_lag));
+    let pressure = Arc::new(gossamer_bus::Pressure::new(
+        cfg.max_shard_backlog,
+        cfg.max_index_lag,
+        cfg.has_role("shard") && cfg.has_role("ingest"),
+    ));
     let mut shard_actors = Vec::new();
     if cfg.has_role("shard") {
         for s in &shards {

@@ -185,6 +185,9 @@ pub struct Pressure {
     index_lag: std::sync::atomic::AtomicU64,
     max_shard_backlog: u64,
     max_index_lag: u64,
+    /// This node runs the shards its ingest publishes to (both roles): only then does
+    /// `published - applied` say how far they are behind.
+    local_shards: bool,
     /// Shard batches this node's ingest published, and shard-log messages this node's
     /// shard actors applied (or skipped as applied): their difference is the backlog
     /// when one node runs both, known at once rather than at the next measurement.
@@ -197,12 +200,14 @@ pub struct Pressure {
 }
 
 impl Pressure {
-    pub fn new(max_shard_backlog: u64, max_index_lag: u64) -> Self {
+    /// `local_shards`: this node runs the shard actors too (see [`Pressure::published`]).
+    pub fn new(max_shard_backlog: u64, max_index_lag: u64, local_shards: bool) -> Self {
         Self {
             shard_backlog: Default::default(),
             index_lag: Default::default(),
             max_shard_backlog,
             max_index_lag,
+            local_shards,
             published: Default::default(),
             applied: Default::default(),
             paused_total: Default::default(),
@@ -212,7 +217,7 @@ impl Pressure {
 
     /// Never over: for nodes and tests that do not measure.
     pub fn none() -> Self {
-        Self::new(u64::MAX, u64::MAX)
+        Self::new(u64::MAX, u64::MAX, false)
     }
 
     pub fn set(&self, shard_backlog: u64, index_lag: u64) {
@@ -224,7 +229,7 @@ impl Pressure {
     /// Why ingest should wait, if it should.
     pub fn over(&self) -> Option<String> {
         use std::sync::atomic::Ordering::Relaxed;
-        let here = self.published.load(Relaxed).saturating_sub(self.applied.load(Relaxed));
+        let here = if self.local_shards { self.published.load(Relaxed).saturating_sub(self.applied.load(Relaxed)) } else { 0 };
         let (backlog, lag) = (self.shard_backlog.load(Relaxed).max(here), self.index_lag.load(Relaxed));
         if backlog > self.max_shard_backlog {
             return Some(format!("{backlog} shard-log messages wait to be applied (max_shard_backlog {})", self.max_shard_backlog));
@@ -259,5 +264,29 @@ impl Pressure {
         self.paused.store(false, SeqCst);
         info!(waited_ms = start.elapsed().as_millis() as u64, "ingest-resumed");
         outcome
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pressure;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    #[test]
+    fn the_backlog_counts_published_minus_applied_only_where_the_shards_run() {
+        let both = Pressure::new(10, 100, true);
+        both.published.store(25, Relaxed);
+        both.applied.store(12, Relaxed);
+        assert!(both.over().is_some_and(|r| r.contains("13 shard-log messages")));
+        both.applied.store(15, Relaxed);
+        assert_eq!(both.over(), None);
+        // An ingest-only node never sees its batches applied: it must not stall on them.
+        let ingest_only = Pressure::new(10, 100, false);
+        ingest_only.published.store(1_000_000, Relaxed);
+        assert_eq!(ingest_only.over(), None);
+        ingest_only.set(11, 0);
+        assert!(ingest_only.over().is_some(), "the measured backlog still counts");
+        ingest_only.set(0, 101);
+        assert!(ingest_only.over().is_some_and(|r| r.contains("max_index_lag")));
     }
 }

@@ -243,7 +243,7 @@ impl Backups {
         Fut: std::future::Future<Output = anyhow::Result<Manifest>> + Send + 'static,
     {
         let job = Job {
-            id: uuid_like(),
+            id: job_id(),
             action: action.to_string(),
             backup: backup.to_string(),
             state: JobState::Running,
@@ -610,7 +610,8 @@ fn check_file(path: &std::path::Path, e: &ShardEntry, kind: Kind, progress: Prog
     Ok(())
 }
 
-fn uuid_like() -> String {
+/// A job's id: its start time and a counter.
+fn job_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(1);
     format!("job-{}-{}", chrono::Utc::now().format("%Y%m%dT%H%M%S"), NEXT.fetch_add(1, Ordering::Relaxed))

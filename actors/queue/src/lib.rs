@@ -284,6 +284,15 @@ impl Queues {
     }
 
     pub async fn list(&self) -> Result<Vec<QueueView>, QueueError> {
+        let mut out = Vec::new();
+        for spec in self.specs().await? {
+            out.push(self.view(spec).await);
+        }
+        Ok(out)
+    }
+
+    /// Every queue's definition, by name, without its figures.
+    async fn specs(&self) -> Result<Vec<QueueSpec>, QueueError> {
         let mut names = Vec::new();
         let mut keys = self.kv.keys().await.context("listing the queues bucket")?;
         while let Some(k) = keys.next().await {
@@ -293,7 +302,7 @@ impl Queues {
         let mut out = Vec::new();
         for name in names {
             if let Some(spec) = self.spec(&name).await? {
-                out.push(self.view(spec).await);
+                out.push(spec);
             }
         }
         Ok(out)
@@ -482,7 +491,7 @@ impl Queues {
             while let Some(ack) = acks.next().await {
                 count(ack)?;
             }
-            gossamer_schemas_ack(&msgs).await?;
+            gossamer_bus::ack_all(&msgs).await.context("acking shard-log messages")?;
             let mut counters = self.counters.lock().unwrap_or_else(|p| p.into_inner());
             let n = counters.entry(name.clone()).or_default();
             n.matched += matches.len() as u64;
@@ -573,10 +582,11 @@ impl Queues {
         // rather than missed (`run` ignores a definition it runs already). A watch with
         // history would do both, but nats-server 2.9 sends it no history.
         let mut watch = self.kv.watch_all().await.context("watching the queues bucket")?;
-        for view in self.list().await.map_err(|e| anyhow::anyhow!("{e}"))? {
-            self.run(view.spec);
+        let specs = self.specs().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let live: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
+        for spec in specs {
+            self.run(spec);
         }
-        let live: Vec<String> = self.list().await.map_err(|e| anyhow::anyhow!("{e}"))?.into_iter().map(|v| v.spec.name).collect();
         let running: Vec<String> = self.running.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
         for gone in running.iter().filter(|n| !live.contains(n)) {
             self.stop(gone);
@@ -598,13 +608,6 @@ impl Queues {
     pub async fn all_stats(&self) -> Vec<(String, QueueStats)> {
         self.list().await.unwrap_or_default().into_iter().map(|v| (v.consumer, v.stats)).collect()
     }
-}
-
-async fn gossamer_schemas_ack(msgs: &[jetstream::Message]) -> Result<()> {
-    use futures::TryStreamExt;
-    let acks: futures::stream::FuturesUnordered<_> = msgs.iter().map(|m| m.ack()).collect();
-    acks.try_collect::<Vec<_>>().await.map_err(|e| anyhow::anyhow!("acking {} shard-log messages: {e}", msgs.len()))?;
-    Ok(())
 }
 
 /// The durable consumer through which a queue reads the shard log.

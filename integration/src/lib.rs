@@ -153,6 +153,71 @@ impl Drop for Nats {
     }
 }
 
+/// Three nats-servers in one NATS cluster (routes between them), JetStream on each,
+/// each on its own free loopback port with its own storage.
+pub struct NatsCluster {
+    pub servers: Vec<Nats>,
+}
+
+impl NatsCluster {
+    pub fn start(n: usize) -> Self {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let servers = (0..n)
+            .map(|i| {
+                let dir = tempfile::tempdir().unwrap();
+                let routes: Vec<String> =
+                    ports.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, (_, r))| format!("nats-route://127.0.0.1:{r}")).collect();
+                let config = format!(
+                    // JetStream and its storage come from the usual flags.
+                    "server_name: s{i}\ncluster {{\n  name: gossamer-test\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+                    ports[i].1,
+                    routes.join(", ")
+                );
+                let path = dir.path().join("server.conf");
+                std::fs::write(&path, config).unwrap();
+                let child = Nats::spawn_server(dir.path(), ports[i].0, Some(&path));
+                let mut nats = Nats { child, port: ports[i].0, dir, config: Some(path) };
+                nats.wait_listening();
+                nats
+            })
+            .collect();
+        Self { servers }
+    }
+
+    /// Every server's URL, comma-separated (what a client is given).
+    pub fn urls(&self) -> String {
+        self.servers.iter().map(Nats::url).collect::<Vec<_>>().join(",")
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        let addrs: Vec<async_nats::ServerAddr> = self.servers.iter().map(|s| s.url().parse().unwrap()).collect();
+        async_nats::connect(addrs).await.expect("connecting to the NATS cluster")
+    }
+
+    /// Waits until JetStream has a leader and can place a stream of `replicas` copies.
+    pub async fn wait_jetstream(&self, replicas: usize) {
+        let client = self.client().await;
+        let js = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let made = js
+                .get_or_create_stream(async_nats::jetstream::stream::Config {
+                    name: "PROBE".into(),
+                    subjects: vec!["probe.jetstream".into()],
+                    num_replicas: replicas,
+                    ..Default::default()
+                })
+                .await;
+            if made.is_ok() {
+                let _ = js.delete_stream("PROBE").await;
+                return;
+            }
+            assert!(Instant::now() < deadline, "JetStream on the NATS cluster did not get ready: {made:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
 /// A port nobody listens on now.
 pub fn unused_port() -> u16 {
     free_port()
@@ -234,6 +299,60 @@ impl Node {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT, ...) to the running node.
+    pub fn signal(&self, signal: i32) {
+        let c = self.child.as_ref().expect("node running");
+        // SAFETY: signalling our own child by its pid.
+        unsafe {
+            libc::kill(c.id() as i32, signal);
+        }
+    }
+
+    /// `GET /api/v1/cluster`.
+    pub fn cluster(&self) -> Value {
+        let (status, body) = self.get("/api/v1/cluster");
+        assert_eq!(status, 200, "cluster: {body}");
+        body
+    }
+
+    /// This node's view of `member`: its row in `GET /api/v1/cluster`.
+    pub fn member(&self, member: &str) -> Option<Value> {
+        self.cluster()["members"].as_array()?.iter().find(|m| m["node"] == member).cloned()
+    }
+
+    /// The replicas of each shard in this node's shard map.
+    pub fn shard_map(&self) -> Vec<Vec<String>> {
+        self.cluster()["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["replicas"].as_array().unwrap().iter().map(|r| r.as_str().unwrap().to_string()).collect())
+            .collect()
+    }
+
+    /// Waits until this node sees exactly `alive` as its live members.
+    pub fn wait_members(&self, alive: &[&str], timeout: Duration) {
+        let mut want: Vec<String> = alive.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        wait_for(&format!("{} to see members {want:?}", self.http), timeout, || {
+            let c = self.cluster();
+            let mut live: Vec<String> = c["members"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["state"] == "alive")
+                .map(|m| m["node"].as_str().unwrap().to_string())
+                .collect();
+            live.sort();
+            (live == want).then_some(())
+        });
+    }
+
+    /// True when every shard this node holds has caught up with the log.
+    pub fn caught_up(&self) -> bool {
+        self.cluster()["shards"].as_array().unwrap().iter().filter(|s| s["here"] == true).all(|s| s["caught_up"] == true)
     }
 
     /// SIGTERM, and the exit status.

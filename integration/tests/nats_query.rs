@@ -31,7 +31,7 @@ async fn a_nats_query_answers_like_the_rest_api() {
             serde_json::from_slice::<Value>(&reply.payload).unwrap()
         }
     };
-    assert_eq!(ask(json!({"q": "stream:nq level:error", "count": true})).await, json!({"count": 10, "partial": false}));
+    assert_eq!(ask(json!({"q": "stream:nq level:error", "count": true})).await, json!({"count": 10, "partial": false, "missing_shards": []}));
     let search = json!({"q": "stream:nq", "limit": 5, "order": "asc"});
     let over_nats = ask(search.clone()).await;
     let url = format!("{}/api/v1/query", node.http);

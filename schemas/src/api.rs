@@ -47,6 +47,9 @@ pub struct AggregateRequest {
 pub struct AggregateResponse {
     pub groups: Vec<Value>,
     pub partial: bool,
+    /// Shards no live replica answered for: their events are not in the answer.
+    #[serde(default)]
+    pub missing_shards: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +64,8 @@ pub struct SearchResponse {
 pub struct CountResponse {
     pub count: u64,
     pub partial: bool,
+    #[serde(default)]
+    pub missing_shards: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -77,14 +82,30 @@ pub struct ShardInfo {
     pub events: u64,
     /// Shard-log messages not yet applied, as last seen by the shard actor.
     pub pending: u64,
+    /// This node holds a replica of the shard (the figures above are its own).
+    pub here: bool,
+    /// This node's replica has caught up with the log since it started.
+    pub caught_up: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MemberInfo {
     pub node: String,
+    /// alive, suspect or dead.
     pub state: String,
+    /// Roles, as far as this node knows them (its own; `shard` or not for the others).
     pub roles: Vec<String>,
     pub http: Option<String>,
+    /// Changes at every start of the member (and when it rejoins after being declared
+    /// dead).
+    pub generation: u64,
+    /// Raised by the member to refute a suspicion (not known for the node answering).
+    pub incarnation: Option<u16>,
+    /// Shards it holds a replica of, and is primary of, in this node's shard map.
+    pub replicas: u32,
+    pub primaries: u32,
+    /// The node answering.
+    pub me: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -7,6 +7,7 @@ pub mod batch;
 pub mod decode;
 pub mod event;
 pub mod fuzzing;
+pub mod placement;
 pub mod subjects;
 pub mod text;
 pub mod time;

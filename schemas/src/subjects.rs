@@ -69,6 +69,21 @@ impl Subjects {
         format!("gossamer.{}.api.query", self.cluster)
     }
 
+    /// One node's gossip inbox: SWIM packets for `node`.
+    pub fn gossip(&self, node: &str) -> String {
+        format!("gossamer.{}.gossip.{node}", self.cluster)
+    }
+
+    /// Where a starting node says hello, so that members announce themselves to it.
+    pub fn gossip_hello(&self) -> String {
+        format!("gossamer.{}.gossip-hello", self.cluster)
+    }
+
+    /// Requests one node answers for the shards it holds (scatter-gather).
+    pub fn node_query(&self, node: &str) -> String {
+        format!("gossamer.{}.node.{node}.query", self.cluster)
+    }
+
     /// Requests that define, change, list or remove notification queues.
     pub fn api_queues(&self) -> String {
         format!("gossamer.{}.api.queues", self.cluster)

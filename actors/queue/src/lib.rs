@@ -127,8 +127,9 @@ fn now() -> String {
 }
 
 impl Queues {
-    /// Creates the NOTIFY stream and the definitions bucket if they are missing.
-    pub async fn open(nats: async_nats::Client, cluster: &str, shards_stream: &str) -> Result<Arc<Self>> {
+    /// Creates the NOTIFY stream and the definitions bucket if they are missing, with
+    /// `replicas` copies each (on a NATS cluster).
+    pub async fn open(nats: async_nats::Client, cluster: &str, shards_stream: &str, replicas: usize) -> Result<Arc<Self>> {
         let js = jetstream::new(nats.clone());
         let subjects = Subjects::new(cluster);
         js.get_or_create_stream(stream::Config {
@@ -139,6 +140,7 @@ impl Queues {
             max_bytes: 4 << 30,
             duplicate_window: DEDUPE_WINDOW,
             storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await
@@ -155,6 +157,7 @@ impl Queues {
             deny_delete: true,
             allow_direct: true,
             storage: stream::StorageType::File,
+            num_replicas: replicas,
             ..Default::default()
         })
         .await

@@ -35,6 +35,15 @@ pub struct ShardState {
     /// Messages that could not be decoded (skipped, and logged).
     pub undecodable: u64,
     pub last_error: Option<String>,
+    /// This replica has applied everything its shard's log held when it started (or
+    /// found nothing left to read): it answers queries for its shard.
+    pub caught_up: bool,
+    /// Its consumer exists and `caught_up` has been decided once.
+    pub started: bool,
+    /// The last sequence of the shard's log when the replica started.
+    pub catch_up_to: u64,
+    /// Deliveries found missing (each made the replica start over after what it holds).
+    pub gaps: u64,
 }
 
 #[derive(Message)]
@@ -93,14 +102,19 @@ impl ShardActor {
         let state = self.state.clone();
         ctx.spawn(
             async move {
-                if let Err(e) = run.run().await {
-                    warn!(shard = run.store.shard(), error = format!("{e:#}"), "shard-loop-failed");
-                    state.lock().unwrap().last_error = Some(format!("{e:#}"));
+                match run.run().await {
+                    // A gap: start over at once.
+                    Ok(()) => Duration::ZERO,
+                    Err(e) => {
+                        warn!(shard = run.store.shard(), error = format!("{e:#}"), "shard-loop-failed");
+                        state.lock().unwrap().last_error = Some(format!("{e:#}"));
+                        Duration::from_secs(1)
+                    }
                 }
             }
             .into_actor(self)
-            .map(|_, _, ctx| {
-                ctx.run_later(Duration::from_secs(1), |act, ctx| act.start_loop(ctx));
+            .map(|after, _, ctx| {
+                ctx.run_later(after, |act, ctx| act.start_loop(ctx));
             }),
         );
     }
@@ -120,6 +134,32 @@ impl Handler<GetState> for ShardActor {
 
     fn handle(&mut self, _: GetState, _: &mut Self::Context) -> ShardState {
         self.state.lock().unwrap().clone()
+    }
+}
+
+/// Stop applying (the shard moved to other members). The durable consumer stays until
+/// [`forget`] removes it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+impl Handler<Stop> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        debug!(shard = self.store.shard(), "shard-stopped");
+        ctx.stop();
+    }
+}
+
+/// Removes `node`'s durable consumer of `shard` (after its actor stopped).
+pub async fn forget(js: &jetstream::Context, stream: &str, shard: u32, node: &str) -> Result<()> {
+    let stream = js.get_stream(stream).await.context("opening the SHARDS stream")?;
+    match stream.delete_consumer(&format!("shard-{shard}-{node}")).await {
+        Ok(_) => Ok(()),
+        Err(e) if matches!(e.kind(), jetstream::stream::ConsumerErrorKind::JetStream(ref j)
+            if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("removing the consumer of shard {shard}: {e}")),
     }
 }
 
@@ -171,6 +211,11 @@ impl Runner {
                     ack_wait: Duration::from_secs(60),
                     max_ack_pending: (APPLY_BATCH * 4) as i64,
                     filter_subject: self.subject.clone(),
+                    // Where it stands is in sled, and the consumer is made anew at every
+                    // start: one copy in memory is enough, and quick to make on a NATS
+                    // cluster (no replicated consumer state to agree on).
+                    num_replicas: 1,
+                    memory_storage: true,
                     deliver_policy: if applied == 0 {
                         DeliverPolicy::All
                     } else {
@@ -181,6 +226,23 @@ impl Runner {
             )
             .await
             .context("creating the shard consumer")?;
+        // Caught up once everything the log holds now is applied: the last message of
+        // this shard's subject (a count of pending messages alone would not do, as a
+        // busy shard may never see it reach zero).
+        let target = match stream.get_last_raw_message_by_subject(&self.subject).await {
+            Ok(m) => m.sequence,
+            Err(e) if matches!(e.kind(), jetstream::stream::LastRawMessageErrorKind::NoMessageFound) => 0,
+            Err(e) => {
+                warn!(shard, error = %e, "shard-log-end-unknown");
+                u64::MAX
+            }
+        };
+        {
+            let mut st = self.state.lock().unwrap();
+            st.catch_up_to = target;
+            st.caught_up |= applied >= target;
+            st.started = true;
+        }
         let mut messages = consumer
             .stream()
             .max_messages_per_batch(APPLY_BATCH)
@@ -191,8 +253,32 @@ impl Runner {
             .context("pulling from SHARDS")?
             .ready_chunks(APPLY_BATCH);
         debug!(shard, applied, "shard-applying");
+        // Every delivery this consumer makes has the next consumer sequence. One that
+        // skips ahead means a delivery never reached us (lost in a reconnect, or on a
+        // server that restarted); it would come back only after its ack wait, behind
+        // later sequences, and be skipped as applied. So apply what came before the
+        // gap, then start over right after what sled holds.
+        let mut last_delivery = 0u64;
         while let Some(chunk) = messages.next().await {
-            let msgs = chunk.into_iter().collect::<Result<Vec<_>, _>>().context("receiving from SHARDS")?;
+            let mut msgs = chunk.into_iter().collect::<Result<Vec<_>, _>>().context("receiving from SHARDS")?;
+            let mut gap = None;
+            for (i, m) in msgs.iter().enumerate() {
+                let info = m.info().map_err(|e| anyhow::anyhow!("reading message info: {e}"))?;
+                if info.consumer_sequence != last_delivery + 1 {
+                    gap = Some((i, info.consumer_sequence));
+                    break;
+                }
+                last_delivery = info.consumer_sequence;
+            }
+            if let Some((i, got)) = gap {
+                msgs.truncate(i);
+                if !msgs.is_empty() {
+                    self.apply(&msgs).await?;
+                }
+                warn!(shard, expected = last_delivery + 1, got, "shard-delivery-gap");
+                self.state.lock().unwrap().gaps += 1;
+                return Ok(());
+            }
             if let Err(e) = self.apply(&msgs).await {
                 for m in &msgs {
                     let _ = m.ack_with(AckKind::Nak(None)).await;
@@ -245,6 +331,7 @@ impl Runner {
         st.applied_seq = applied_seq;
         st.events = events;
         st.pending = pending;
+        st.caught_up |= pending == 0 || applied_seq >= st.catch_up_to;
         st.undecodable += undecodable;
         Ok(())
     }

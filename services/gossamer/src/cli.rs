@@ -42,6 +42,21 @@ enum Command {
     Queue(crate::queue_cli::QueueCmd),
     /// Print events matching a query as they are stored.
     Tail(crate::queue_cli::TailCmd),
+    /// See the cluster: members, their state, the shards they hold.
+    #[command(subcommand)]
+    Cluster(ClusterCmd),
+}
+
+#[derive(Subcommand)]
+enum ClusterCmd {
+    /// Members (alive, suspect, dead) and the shard map, as one node sees them.
+    Status {
+        #[arg(long, env = "GOSSAMER_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// Print the API's JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -94,9 +109,13 @@ struct RetentionCmd {
 
 #[derive(Args)]
 struct UpArgs {
-    /// Number of nodes (one for now: clustering is not built yet).
+    /// Number of nodes. With more than one, each runs as a child process
+    /// (`gossamer node`), with its data in DATA/node-N and its API on the next port.
     #[arg(long, default_value_t = 1)]
     nodes: u32,
+    /// Replicas of each shard (with several nodes).
+    #[arg(long)]
+    replicas: Option<u32>,
     /// Data directory: sled files and the nats-server's JetStream storage.
     #[arg(long, default_value = "gossamer-data")]
     data: PathBuf,
@@ -131,6 +150,10 @@ struct NodeArgs {
     data: Option<PathBuf>,
     #[arg(long)]
     http: Option<String>,
+    /// The API's URL for the other members and the console, when the listen address
+    /// is not it (`--http 0.0.0.0:8080` in a container).
+    #[arg(long)]
+    advertise_http: Option<String>,
     #[arg(long)]
     node_id: Option<String>,
     #[arg(long)]
@@ -149,6 +172,20 @@ struct NodeArgs {
     /// How often per-stream retention runs, in seconds.
     #[arg(long)]
     retention_every_secs: Option<u64>,
+    /// Print the configuration these flags, the file and the environment give (secrets
+    /// hidden), check it, and exit without starting.
+    #[arg(long)]
+    print_config: bool,
+    /// Copies JetStream keeps of each stream this node creates (3 on a NATS cluster).
+    #[arg(long)]
+    stream_replicas: Option<usize>,
+    /// Gossip: how often to probe a member, in milliseconds (500).
+    #[arg(long)]
+    gossip_probe_ms: Option<u64>,
+    /// Gossip: how long a suspected member has to refute before it is declared dead,
+    /// in milliseconds (2000).
+    #[arg(long)]
+    gossip_suspect_ms: Option<u64>,
     #[command(flatten)]
     tokens: TokenArgs,
     #[command(flatten)]
@@ -378,6 +415,7 @@ pub fn main() -> ExitCode {
         Command::Backup(a) => crate::backup_cli::run(a),
         Command::Queue(a) => crate::queue_cli::run(a),
         Command::Tail(a) => crate::queue_cli::tail(a),
+        Command::Cluster(ClusterCmd::Status { server, json }) => cluster_status(&server, json),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -449,6 +487,9 @@ fn node(a: NodeArgs) -> Result<()> {
     if let Some(v) = a.http {
         cfg.http = v;
     }
+    if let Some(v) = a.advertise_http {
+        cfg.http_advertise = Some(v);
+    }
     if let Some(v) = a.node_id {
         cfg.node_id = v;
     }
@@ -470,21 +511,49 @@ fn node(a: NodeArgs) -> Result<()> {
     if let Some(v) = a.retention_every_secs {
         cfg.retention_every_secs = v.max(1);
     }
+    if let Some(v) = a.stream_replicas {
+        cfg.stream_replicas = v;
+    }
+    if let Some(v) = a.gossip_probe_ms {
+        cfg.gossip_probe_ms = v;
+    }
+    if let Some(v) = a.gossip_suspect_ms {
+        cfg.gossip_suspect_ms = v;
+    }
     a.tokens.apply(&mut cfg)?;
     a.backup.apply(&mut cfg)?;
     a.nats_auth.apply(&mut cfg.nats_auth);
+    if a.print_config {
+        cfg.validate()?;
+        let mut shown = serde_json::to_value(&cfg)?;
+        for secret in ["admin_token", "read_token"] {
+            if !shown[secret].is_null() {
+                shown[secret] = "***".into();
+            }
+        }
+        for secret in ["password", "token"] {
+            if !shown["nats_auth"][secret].is_null() {
+                shown["nats_auth"][secret] = "***".into();
+            }
+        }
+        println!("{}", serde_json::to_string_pretty(&shown)?);
+        return Ok(());
+    }
     run_node_blocking(cfg)
 }
 
 fn up(a: UpArgs) -> Result<()> {
-    if a.nodes != 1 {
-        bail!("--nodes {} is not available yet: this version runs one node (clustering is a later release)", a.nodes);
+    if a.nodes == 0 || a.nodes > 16 {
+        bail!("--nodes must be between 1 and 16, got {}", a.nodes);
     }
     let mut cfg = Config::load(None)?;
     cfg.data = a.data.clone();
     cfg.http = a.http;
     if let Some(s) = a.shards {
         cfg.shards = s;
+    }
+    if let Some(r) = a.replicas {
+        cfg.replicas = r;
     }
     a.tokens.apply(&mut cfg)?;
     a.backup.apply(&mut cfg)?;
@@ -507,8 +576,151 @@ fn up(a: UpArgs) -> Result<()> {
             Some(server)
         }
     };
+    if a.nodes > 1 {
+        return run_children(cfg, a.nodes);
+    }
     run_node_blocking(cfg)
     // `_server` drops here: nats-server is stopped after the node.
+}
+
+fn cluster_status(server: &str, as_json: bool) -> Result<()> {
+    let base = server.trim_end_matches('/');
+    let c = call(ureq::get(&format!("{base}/api/v1/cluster")), None)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&c)?);
+        return Ok(());
+    }
+    let shards = c["shards"].as_array().cloned().unwrap_or_default();
+    let unplaced = shards.iter().filter(|s| s["replicas"].as_array().is_none_or(|r| r.is_empty())).count();
+    println!(
+        "cluster {}: {} shards, {} replicas each{}",
+        c["cluster"].as_str().unwrap_or("?"),
+        c["shard_count"],
+        c["replicas"],
+        if unplaced > 0 { format!(", {unplaced} WITHOUT A LIVE REPLICA") } else { String::new() }
+    );
+    println!("{:<16} {:<8} {:>11} {:>8} {:>8}  HTTP", "NODE", "STATE", "INCARNATION", "REPLICAS", "PRIMARY");
+    for m in c["members"].as_array().cloned().unwrap_or_default() {
+        let me = if m["me"].as_bool() == Some(true) { " (this node)" } else { "" };
+        println!(
+            "{:<16} {:<8} {:>11} {:>8} {:>8}  {}{me}",
+            m["node"].as_str().unwrap_or("?"),
+            m["state"].as_str().unwrap_or("?"),
+            m["incarnation"].as_u64().map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+            m["replicas"].to_string(),
+            m["primaries"].to_string(),
+            m["http"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
+/// Runs `nodes` nodes as child processes, each from a config file written next to its
+/// data (mode 0600: it may hold tokens), until Ctrl-C or SIGTERM; then stops them.
+fn run_children(base: Config, nodes: u32) -> Result<()> {
+    use std::io::{BufRead, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let exe = std::env::current_exe().context("finding the gossamer executable")?;
+    let http: std::net::SocketAddr =
+        base.http.parse().with_context(|| format!("--http {} must be an address and port (127.0.0.1:8080)", base.http))?;
+    let mut children = Vec::new();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<String>();
+    for i in 1..=nodes {
+        let mut cfg = base.clone();
+        cfg.node_id = format!("node-{i}");
+        cfg.data = base.data.join(format!("node-{i}"));
+        let port = if http.port() == 0 { 0 } else { http.port() + (i as u16 - 1) };
+        cfg.http = std::net::SocketAddr::new(http.ip(), port).to_string();
+        std::fs::create_dir_all(&cfg.data).with_context(|| format!("creating {}", cfg.data.display()))?;
+        let file = base.data.join(format!("node-{i}.json"));
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&file)
+            .with_context(|| format!("writing {}", file.display()))?;
+        f.write_all(serde_json::to_string_pretty(&cfg)?.as_bytes())?;
+        let mut child = std::process::Command::new(&exe)
+            .args(["node", "--config"])
+            .arg(&file)
+            .env_remove("GOSSAMER_HTTP")
+            .env_remove("GOSSAMER_DATA")
+            .env_remove("GOSSAMER_NODE_ID")
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting node-{i}"))?;
+        let stdout = child.stdout.take().expect("piped");
+        let tx = ready_tx.clone();
+        let name = cfg.node_id.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.trim().strip_prefix("REST API and console: ") {
+                    let _ = tx.send(format!("{name}: {url}"));
+                }
+            }
+        });
+        children.push(child);
+    }
+    drop(ready_tx);
+    let mut up = Vec::new();
+    for _ in 0..nodes {
+        match ready_rx.recv_timeout(std::time::Duration::from_secs(180)) {
+            Ok(line) => up.push(line),
+            Err(_) => {
+                stop_children(&mut children);
+                bail!("not every node started within 180 s; see their logs above");
+            }
+        }
+    }
+    up.sort();
+    println!("Gossamer cluster {} is up with {nodes} nodes ({} replicas per shard).", base.cluster, base.replicas.min(nodes));
+    for line in &up {
+        println!("  {line}");
+    }
+    println!("  NATS: {}", base.nats);
+    println!("  publish:  gossamer publish --nats {} --stream myapp FILE   (or any NATS client: publish JSON to logs.myapp)", base.nats);
+    println!("  status:   gossamer cluster status --server {}", up[0].split_once(": ").map(|x| x.1).unwrap_or("").trim_end_matches('/'));
+    println!("Press Ctrl-C to stop.");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        // A node that stops (or is killed to watch failover) is reported; the others
+        // go on until Ctrl-C or until none is left.
+        let watch = async {
+            let mut gone = vec![false; children.len()];
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                for (i, c) in children.iter_mut().enumerate() {
+                    if let (false, Ok(Some(status))) = (gone[i], c.try_wait()) {
+                        gone[i] = true;
+                        eprintln!("node-{} stopped ({status}); the others go on", i + 1);
+                    }
+                }
+                if gone.iter().all(|g| *g) {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            _ = shutdown_signal() => {}
+            _ = watch => eprintln!("every node stopped"),
+        }
+    });
+    stop_children(&mut children);
+    Ok(())
+}
+
+/// SIGTERM to every child (they leave the cluster and flush), then wait.
+fn stop_children(children: &mut [std::process::Child]) {
+    for c in children.iter() {
+        // SAFETY: signalling our own child by its pid.
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+    }
+    for c in children.iter_mut() {
+        let _ = c.wait();
+    }
 }
 
 fn publish(a: PublishCmd) -> Result<()> {

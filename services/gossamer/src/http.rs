@@ -14,6 +14,7 @@ use gossamer_schemas::api::{
 };
 use serde_json::json;
 
+use crate::cluster;
 use crate::node::NodeHandle;
 
 
@@ -204,7 +205,8 @@ async fn openapi() -> HttpResponse {
 
 /// Binds the API on `addr` (port 0 picks a free one) and returns the server to await,
 /// with the address it got.
-pub fn bind(node: Arc<NodeHandle>, addr: &str) -> anyhow::Result<(Server, std::net::SocketAddr)> {
+pub fn bind(node: Arc<NodeHandle>, listener: std::net::TcpListener) -> anyhow::Result<(Server, std::net::SocketAddr)> {
+    let addr = listener.local_addr()?;
     let max_body = node.cfg.query_limits.max_body_bytes;
     let tls = match (&node.cfg.http_tls_cert, &node.cfg.http_tls_key) {
         (Some(cert), Some(key)) => Some(tls_config(cert, key)?),
@@ -241,8 +243,8 @@ pub fn bind(node: Arc<NodeHandle>, addr: &str) -> anyhow::Result<(Server, std::n
     })
     .workers(2);
     let server = match tls {
-        Some(config) => server.bind_rustls_0_23(addr, config),
-        None => server.bind(addr),
+        Some(config) => server.listen_rustls_0_23(listener, config),
+        None => server.listen(listener),
     }
     .map_err(|e| anyhow::anyhow!("binding the HTTP API on {addr}: {e}"))?;
     let bound = server.addrs()[0];
@@ -364,16 +366,37 @@ async fn metrics(node: Node) -> Result<HttpResponse, ApiError> {
     let mut applied = Vec::new();
     let mut events = Vec::new();
     let mut pending = Vec::new();
-    for addr in &node.shard_actors {
+    for (_, addr) in node.cluster.held() {
         let st = addr.send(gossamer_shard::GetState).await.map_err(|e| ApiError::Internal(e.to_string()))?;
         let labels = format!("node=\"{n}\",shard=\"{}\"", st.shard);
         applied.push((labels.clone(), st.applied_seq));
         events.push((labels.clone(), st.events));
         pending.push((labels, st.pending));
     }
-    metric("gossamer_shard_applied_sequence", "gauge", "last shard-log sequence applied", applied);
-    metric("gossamer_shard_events", "gauge", "events stored in the shard", events);
-    metric("gossamer_shard_pending", "gauge", "shard-log messages not yet applied", pending);
+    metric("gossamer_shard_applied_sequence", "gauge", "last shard-log sequence applied (shards this node holds)", applied);
+    metric("gossamer_shard_events", "gauge", "events stored in the shard (shards this node holds)", events);
+    metric("gossamer_shard_pending", "gauge", "shard-log messages not yet applied (shards this node holds)", pending);
+    {
+        let view = node.cluster.membership.borrow().clone();
+        let map = node.cluster.map();
+        let mut states = Vec::new();
+        for m in &view.members {
+            for st in ["alive", "suspect", "dead"] {
+                let is = serde_json::to_value(m.state).ok().and_then(|v| v.as_str().map(|x| x == st)).unwrap_or(false);
+                states.push((format!("node=\"{n}\",member=\"{}\",state=\"{st}\"", m.node), u64::from(is)));
+            }
+        }
+        metric("gossamer_cluster_member_state", "gauge", "members as this node sees them: 1 for the state each is in", states);
+        let live = view.members.iter().filter(|m| m.state != gossamer_gossip::MemberState::Dead).count() as u64;
+        metric("gossamer_cluster_members_live", "gauge", "members alive or suspect", vec![(format!("node=\"{n}\""), live)]);
+        let held = map.held_by(&node.cfg.node_id).len() as u64;
+        let primary = (0..node.cfg.shards).filter(|s| map.primary(*s) == Some(node.cfg.node_id.as_str())).count() as u64;
+        metric("gossamer_cluster_shards_held", "gauge", "shards this node holds a replica of", vec![(format!("node=\"{n}\""), held)]);
+        metric("gossamer_cluster_shards_primary", "gauge", "shards this node is primary of", vec![(format!("node=\"{n}\""), primary)]);
+        let unplaced = map.replicas.iter().filter(|r| r.is_empty()).count() as u64;
+        metric("gossamer_cluster_shards_unplaced", "gauge", "shards with no live replica", vec![(format!("node=\"{n}\""), unplaced)]);
+        metric("gossamer_cluster_shard_moves_total", "counter", "shard replicas this node started or stopped", vec![(format!("node=\"{n}\""), node.cluster.moves.load(std::sync::atomic::Ordering::Relaxed))]);
+    }
     if let Some(index) = &node.index {
         let st = index.send(gossamer_index_actor::GetState).await.map_err(|e| ApiError::Internal(e.to_string()))?;
         let lags = st.shards.iter().enumerate().map(|(i, l)| (format!("node=\"{n}\",shard=\"{i}\""), l.events)).collect();
@@ -841,34 +864,52 @@ async fn run_aggregate(node: &NodeHandle, req: AggregateRequest) -> Result<serde
 }
 
 async fn search_inner(node: &NodeHandle, req: QueryRequest) -> Result<serde_json::Value, ApiError> {
+    // Checked here, so a bad query is a 400 before any node is asked.
     let params = parse_request(&node.cfg.query_limits, &req)?;
-    let shards = node.shards.clone();
-    let page = web::block(move || gossamer_query::search(&shards, &params)).await??;
+    let ask = cluster::Ask::Search {
+        q: req.q.clone(),
+        range: (params.range.from, params.range.to),
+        order: params.order,
+        limit: params.limit,
+        cursor: params.cursor.map(|c| c.encode()),
+    };
+    let got = cluster::gather(node, &cluster::all_shards(node), ask).await?;
+    let (events, next_cursor) = cluster::merge_search(got.answers, params.order, params.limit);
     Ok(json!(SearchResponse {
-        events: page.events.iter().map(|e| e.to_json()).collect(),
-        next_cursor: page.next_cursor,
-        partial: false,
-        missing_shards: vec![],
+        events: events.iter().map(|e| e.to_json()).collect(),
+        next_cursor,
+        partial: !got.missing.is_empty(),
+        missing_shards: got.missing,
     }))
 }
 
 async fn count_inner(node: &NodeHandle, req: QueryRequest) -> Result<serde_json::Value, ApiError> {
     let params = parse_request(&node.cfg.query_limits, &req)?;
-    let shards = node.shards.clone();
-    let n = web::block(move || gossamer_query::count(&shards, &params.expr, params.range)).await??;
-    Ok(json!(CountResponse { count: n, partial: false }))
+    let ask = cluster::Ask::Count { q: req.q.clone(), range: (params.range.from, params.range.to) };
+    let got = cluster::gather(node, &cluster::all_shards(node), ask).await?;
+    let count = got.answers.iter().map(|a| if let cluster::Answer::Count(n) = a { *n } else { 0 }).sum();
+    Ok(json!(CountResponse { count, partial: !got.missing.is_empty(), missing_shards: got.missing }))
 }
 
 async fn aggregate_inner(node: &NodeHandle, req: AggregateRequest) -> Result<serde_json::Value, ApiError> {
-    let expr = parse_query(&node.cfg.query_limits, &req.q)?;
+    // Checked here, so a bad query is a 400 before any node is asked.
+    parse_query(&node.cfg.query_limits, &req.q)?;
     let range = TimeRange::parse(req.from.as_deref(), req.to.as_deref(), TimeRange::now()).map_err(ApiError::BadRequest)?;
     let mut spec = gossamer_query::AggSpec::parse(&req.func, req.field.as_deref(), req.by.as_deref(), req.bucket.as_deref())
         .map_err(ApiError::BadRequest)?;
     spec.max_groups = node.cfg.query_limits.max_groups;
-    let shards = node.shards.clone();
-    let groups =
-        web::block(move || gossamer_query::aggregate(&shards, &expr, range, &spec).map(|a| a.finish(&spec))).await??;
-    Ok(json!(AggregateResponse { groups, partial: false }))
+    let ask = cluster::Ask::Aggregate {
+        q: req.q.clone(),
+        range: (range.from, range.to),
+        func: req.func.clone(),
+        field: req.field.clone(),
+        by: req.by.clone(),
+        bucket: req.bucket.clone(),
+        max_groups: spec.max_groups,
+    };
+    let got = cluster::gather(node, &cluster::all_shards(node), ask).await?;
+    let groups = cluster::merge_aggregates(got.answers).finish(&spec);
+    Ok(json!(AggregateResponse { groups, partial: !got.missing.is_empty(), missing_shards: got.missing }))
 }
 
 #[utoipa::path(
@@ -996,7 +1037,14 @@ async fn query(node: Node, body: web::Json<serde_json::Value>) -> Result<HttpRes
 )]
 async fn get_event(node: Node, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::BadRequest(format!("{:?} is not a UUID", id.as_str())))?;
-    let found = web::block(move || gossamer_query::get_by_id(&node.shards, &id)).await??;
+    let got = cluster::gather(&node, &cluster::all_shards(&node), cluster::Ask::Get { id }).await?;
+    let found = got.answers.into_iter().find_map(|a| if let cluster::Answer::Get(e) = a { e } else { None });
+    if found.is_none() && !got.missing.is_empty() {
+        return Err(ApiError::Unavailable(format!(
+            "no event with id {id} on the shards that answered; shards {:?} have no live replica",
+            got.missing
+        )));
+    }
     match found {
         Some(e) => Ok(HttpResponse::Ok().json(e.to_json())),
         None => Err(ApiError::NotFound(format!("no event with id {id}"))),
@@ -1014,14 +1062,18 @@ async fn get_event(node: Node, id: web::Path<String>) -> Result<HttpResponse, Ap
     ),
 )]
 async fn streams(node: Node) -> Result<HttpResponse, ApiError> {
-    let (totals, retentions, sled_bytes) = web::block(move || {
-        let mut totals: BTreeMap<String, u64> = BTreeMap::new();
-        for s in &node.shards {
-            for (name, n) in s.stream_counts()? {
+    let got = cluster::gather(&node, &cluster::all_shards(&node), cluster::Ask::StreamCounts).await?;
+    let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+    for a in got.answers {
+        if let cluster::Answer::StreamCounts(counts) = a {
+            for (name, n) in counts {
                 *totals.entry(name).or_default() += n;
             }
         }
-        Ok::<_, gossamer_storage::StorageError>((totals, node.store.retentions()?, node.store.size_on_disk()))
+    }
+    let missing = got.missing;
+    let (retentions, sled_bytes) = web::block(move || {
+        Ok::<_, gossamer_storage::StorageError>((node.store.retentions()?, node.store.size_on_disk()))
     })
     .await?
     .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -1042,6 +1094,8 @@ async fn streams(node: Node) -> Result<HttpResponse, ApiError> {
     Ok(HttpResponse::Ok().json(json!({
         "streams": list,
         "events": events,
+        "partial": !missing.is_empty(),
+        "missing_shards": missing,
         // Events, their id index and counters in sled; the NATS streams are apart.
         "sled_bytes": sled_bytes,
         "sled_bytes_per_event": if events > 0 { sled_bytes as f64 / events as f64 } else { 0.0 },
@@ -1247,18 +1301,49 @@ async fn delete_where(node: Node, body: web::Json<serde_json::Value>) -> Result<
     ),
 )]
 async fn cluster(node: Node) -> Result<HttpResponse, ApiError> {
-    let mut shards = Vec::with_capacity(node.shard_actors.len());
-    for addr in &node.shard_actors {
+    let view = node.cluster.membership.borrow().clone();
+    let map = node.cluster.map();
+    let mut states = BTreeMap::new();
+    for (s, addr) in node.cluster.held() {
         let st = addr.send(gossamer_shard::GetState).await.map_err(|e| ApiError::Internal(e.to_string()))?;
-        shards.push(ShardInfo {
-            shard: st.shard,
-            replicas: vec![node.cfg.node_id.clone()],
-            primary: Some(node.cfg.node_id.clone()),
-            applied_seq: st.applied_seq,
-            events: st.events,
-            pending: st.pending,
-        });
+        states.insert(s, st);
     }
+    let shards = (0..node.cfg.shards)
+        .map(|s| {
+            let st = states.get(&s);
+            ShardInfo {
+                shard: s,
+                replicas: map.replicas.get(s as usize).cloned().unwrap_or_default(),
+                primary: map.primary(s).map(String::from),
+                applied_seq: st.map(|st| st.applied_seq).unwrap_or(0),
+                events: st.map(|st| st.events).unwrap_or(0),
+                pending: st.map(|st| st.pending).unwrap_or(0),
+                here: st.is_some(),
+                caught_up: st.is_some_and(|st| st.caught_up),
+            }
+        })
+        .collect();
+    let members = view
+        .members
+        .iter()
+        .map(|m| MemberInfo {
+            node: m.node.clone(),
+            state: serde_json::to_value(m.state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+            roles: if m.me {
+                node.cfg.roles.clone()
+            } else if m.shards {
+                vec!["shard".into()]
+            } else {
+                vec![]
+            },
+            http: Some(m.http.clone()),
+            generation: m.gen,
+            incarnation: m.incarnation,
+            replicas: map.held_by(&m.node).len() as u32,
+            primaries: (0..node.cfg.shards).filter(|s| map.primary(*s) == Some(m.node.as_str())).count() as u32,
+            me: m.me,
+        })
+        .collect();
     let ingest = match &node.ingest {
         Some(a) => serde_json::to_value(a.send(gossamer_ingest::GetState).await.map_err(|e| ApiError::Internal(e.to_string()))?)
             .unwrap_or_default(),
@@ -1268,12 +1353,7 @@ async fn cluster(node: Node) -> Result<HttpResponse, ApiError> {
         cluster: node.cfg.cluster.clone(),
         shard_count: node.cfg.shards,
         replicas: node.cfg.replicas,
-        members: vec![MemberInfo {
-            node: node.cfg.node_id.clone(),
-            state: "alive".into(),
-            roles: node.cfg.roles.clone(),
-            http: None,
-        }],
+        members,
         shards,
         ingest,
     }))

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod chart;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod commands;
 pub mod http;
 pub mod nats_server;

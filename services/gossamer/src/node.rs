@@ -20,12 +20,14 @@ pub struct NodeHandle {
     pub cfg: Config,
     pub store: Store,
     pub shards: Vec<ShardStore>,
-    pub shard_actors: Vec<Addr<ShardActor>>,
+    /// Membership, the shard map and the shard actors this node runs.
+    pub cluster: Arc<crate::cluster::Cluster>,
     pub ingest: Option<Addr<IngestActor>>,
     pub index: Option<Addr<IndexActor>>,
     pub backups: Option<Arc<gossamer_backup::Backups>>,
     pub queues: Option<Arc<gossamer_queue::Queues>>,
     /// Held so the actors live as long as the node (an actor with no address stops).
+    pub ownership: Addr<crate::cluster::OwnershipActor>,
     pub queue_actor: Option<Addr<gossamer_queue::QueueActor>>,
     pub backup_actor: Option<Addr<gossamer_backup::BackupActor>>,
     pub nats: async_nats::Client,
@@ -41,6 +43,9 @@ const NATS_WAIT: Duration = Duration::from_secs(120);
 /// gets the bound HTTP address once the API is listening.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl FnOnce(SocketAddr)) -> Result<()> {
     cfg.validate()?;
+    // Bound first: the address goes into the node's identity in the cluster.
+    let listener = std::net::TcpListener::bind(&cfg.http).with_context(|| format!("binding the HTTP API on {}", cfg.http))?;
+    let http_addr = listener.local_addr()?;
     std::fs::create_dir_all(&cfg.data).with_context(|| format!("creating data directory {}", cfg.data.display()))?;
     let nats = gossamer_bus::connect_with(&cfg.nats, &cfg.nats_auth, NATS_WAIT).await?;
     let js = async_nats::jetstream::new(nats.clone());
@@ -61,15 +66,52 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     let pressure = Arc::new(gossamer_bus::Pressure::new(
         cfg.max_shard_backlog,
         cfg.max_index_lag,
-        cfg.has_role("shard") && cfg.has_role("ingest"),
+        // Set once the shards are placed: only a node holding them all counts this way.
+        false,
     ));
-    let mut shard_actors = Vec::new();
-    if cfg.has_role("shard") {
-        for s in &shards {
-            let actor = ShardActor::new(js.clone(), names.shards.clone(), &cfg.cluster, &cfg.node_id, s.clone(), pressure.clone());
-            shard_actors.push(actor.start());
-        }
-    }
+    let scheme = if cfg.http_tls_cert.is_some() { "https" } else { "http" };
+    let me = gossamer_gossip::NodeId {
+        name: cfg.node_id.clone(),
+        gen: gossamer_gossip::new_generation(),
+        http: cfg.http_advertise.clone().unwrap_or_else(|| format!("{scheme}://{http_addr}")),
+        shards: cfg.has_role("shard"),
+    };
+    let probe = Duration::from_millis(cfg.gossip_probe_ms);
+    let (gossip, membership) = gossamer_gossip::GossipActor::new(
+        nats.clone(),
+        gossamer_gossip::Settings {
+            cluster: cfg.cluster.clone(),
+            me,
+            probe_period: probe,
+            suspect_after: Duration::from_millis(cfg.gossip_suspect_ms),
+        },
+    );
+    let gossip = gossip.start();
+    let cluster = Arc::new(crate::cluster::Cluster::new(&cfg, membership, gossip.clone()));
+    let start_shard: crate::cluster::StartShard = {
+        let (js, stream, shards, pressure, cluster_name, node_id) =
+            (js.clone(), names.shards.clone(), shards.clone(), pressure.clone(), cfg.cluster.clone(), cfg.node_id.clone());
+        Box::new(move |n| {
+            ShardActor::new(js.clone(), stream.clone(), &cluster_name, &node_id, shards[n as usize].clone(), pressure.clone())
+                .start()
+        })
+    };
+    let forget: Arc<dyn Fn(u32) -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync> = {
+        let (js, stream, node_id) = (js.clone(), names.shards.clone(), cfg.node_id.clone());
+        Arc::new(move |n| {
+            let (js, stream, node_id) = (js.clone(), stream.clone(), node_id.clone());
+            Box::pin(async move { gossamer_shard::forget(&js, &stream, n, &node_id).await })
+        })
+    };
+    let ownership = crate::cluster::OwnershipActor::new(
+        cluster.clone(),
+        start_shard,
+        forget,
+        pressure.clone(),
+        cfg.has_role("shard"),
+        probe * 2,
+    )
+    .start();
     let index = cfg.has_role("index").then(|| IndexActor::new(shards.clone()).start());
     let ingest = cfg
         .has_role("ingest")
@@ -95,7 +137,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     };
 
     let (queues, queue_actor) = if cfg.has_role("queue") {
-        let queues = gossamer_queue::Queues::open(nats.clone(), &cfg.cluster, &names.shards).await?;
+        let queues = gossamer_queue::Queues::open(nats.clone(), &cfg.cluster, &names.shards, cfg.stream_replicas).await?;
         let actor = gossamer_queue::QueueActor::new(queues.clone()).start();
         (Some(queues), Some(actor))
     } else {
@@ -105,7 +147,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         .await?
         .name("gossamer-tail")
         .subscription_capacity(256)
-        .connect(&cfg.nats)
+        .connect(gossamer_bus::servers(&cfg.nats)?)
         .await
         .with_context(|| format!("connecting to NATS at {} for live tails", cfg.nats))?;
 
@@ -113,7 +155,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         cfg: cfg.clone(),
         store: store.clone(),
         shards,
-        shard_actors,
+        cluster: cluster.clone(),
+        ownership,
         ingest,
         index,
         backups,
@@ -133,13 +176,30 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+    // Ready also means the shards are placed: a query then goes where it should.
+    let mut placed = cluster.placed.subscribe();
+    tokio::time::timeout(NATS_WAIT, placed.wait_for(|p| *p))
+        .await
+        .context("placing the shards")?
+        .context("placing the shards")?;
+    // And every shard placed here has its consumer (and knows whether it is behind).
+    let start = std::time::Instant::now();
+    for (shard, actor) in cluster.held() {
+        while !actor.send(gossamer_shard::GetState).await.map(|st| st.started).unwrap_or(true) {
+            if start.elapsed() > NATS_WAIT {
+                anyhow::bail!("shard {shard} did not start within {}s", NATS_WAIT.as_secs());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     let subjects = gossamer_schemas::subjects::Subjects::new(&cfg.cluster);
+    let node_sub = nats.subscribe(subjects.node_query(&cfg.node_id)).await.context("subscribing to node queries")?;
     let query_sub = nats
         .queue_subscribe(subjects.api_query(), format!("gossamer-{}-query", cfg.cluster))
         .await
         .context("subscribing to NATS queries")?;
     nats.flush().await.context("registering the query subscription")?;
-    let (server, addr) = crate::http::bind(handle.clone(), &cfg.http)?;
+    let (server, addr) = crate::http::bind(handle.clone(), listener)?;
     let server_handle = server.handle();
     let serving = actix_rt::spawn(server);
     if cfg.admin_token.is_none() {
@@ -150,9 +210,13 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     let retention = actix_rt::spawn(crate::commands::retention_loop(handle.clone()));
     let measuring = actix_rt::spawn(measure_pressure(handle.clone(), pressure));
     let nats_queries = actix_rt::spawn(serve_queries(handle.clone(), query_sub));
+    let node_queries = actix_rt::spawn(crate::cluster::serve_node_queries(handle.clone(), node_sub));
 
     shutdown.await;
     info!("node-stopping");
+    // Say goodbye first: the others stop sending queries here and place the shards anew.
+    let _ = tokio::time::timeout(Duration::from_secs(2), gossip.send(gossamer_gossip::Leave)).await;
+    node_queries.abort();
     retention.abort();
     measuring.abort();
     nats_queries.abort();
@@ -175,7 +239,7 @@ async fn measure_pressure(node: Arc<NodeHandle>, pressure: Arc<gossamer_bus::Pre
     loop {
         tick.tick().await;
         let mut backlog = 0;
-        for a in &node.shard_actors {
+        for (_, a) in node.cluster.held() {
             if let Ok(st) = a.send(gossamer_shard::GetState).await {
                 backlog += st.pending;
             }

@@ -22,6 +22,17 @@ pub async fn connect(url: &str, deadline: Duration) -> Result<async_nats::Client
     connect_with(url, &NatsAuth::default(), deadline).await
 }
 
+/// The servers of a NATS URL list: `nats://a:4222,nats://b:4222` (a client connects
+/// to one and fails over to the others).
+pub fn servers(url: &str) -> Result<Vec<async_nats::ServerAddr>> {
+    url.split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(|u| u.parse::<async_nats::ServerAddr>().with_context(|| format!("{u:?} is not a NATS server URL")))
+        .collect::<Result<Vec<_>>>()
+        .and_then(|v| if v.is_empty() { anyhow::bail!("no NATS server URL given") } else { Ok(v) })
+}
+
 /// The client options `auth` asks for: credentials and TLS.
 pub async fn options(auth: &NatsAuth) -> Result<async_nats::ConnectOptions> {
     auth.validate()?;
@@ -51,12 +62,13 @@ pub async fn options(auth: &NatsAuth) -> Result<async_nats::ConnectOptions> {
 
 /// [`connect`] with credentials and TLS.
 pub async fn connect_with(url: &str, auth: &NatsAuth, deadline: Duration) -> Result<async_nats::Client> {
+    let addrs = servers(url)?;
     // With retry_on_initial_connect, connect returns at once and the client keeps
     // trying in the background; watch its state so the caller gets a clear error
     // when no server ever answers (or it refuses the credentials).
     // One plain attempt first: a server that is up and refuses the credentials (or
     // the TLS setup) is told at once, rather than retried until the deadline.
-    let first_error = match options(auth).await?.connection_timeout(Duration::from_secs(2)).connect(url).await {
+    let first_error = match options(auth).await?.connection_timeout(Duration::from_secs(2)).connect(addrs.clone()).await {
         Ok(client) => return Ok(client),
         Err(e) => match e.kind() {
             async_nats::ConnectErrorKind::AuthorizationViolation | async_nats::ConnectErrorKind::Authentication => {
@@ -87,7 +99,7 @@ pub async fn connect_with(url: &str, auth: &NatsAuth, deadline: Duration) -> Res
                 }
             }
         })
-        .connect(url)
+        .connect(addrs)
         .await
         .with_context(|| format!("connecting to NATS at {url}"))?;
     let start = std::time::Instant::now();
@@ -137,6 +149,7 @@ pub async fn ensure_streams(js: &jetstream::Context, cfg: &Config) -> Result<Str
             max_bytes: cfg.logs_max_bytes,
             duplicate_window: Duration::from_secs(120),
             storage: stream::StorageType::File,
+            num_replicas: cfg.stream_replicas,
             ..Default::default()
         },
         stream::Config {
@@ -146,6 +159,7 @@ pub async fn ensure_streams(js: &jetstream::Context, cfg: &Config) -> Result<Str
             max_age: Duration::from_secs(cfg.shards_max_age_secs),
             duplicate_window: Duration::from_secs(120),
             storage: stream::StorageType::File,
+            num_replicas: cfg.stream_replicas,
             ..Default::default()
         },
         stream::Config {
@@ -155,6 +169,7 @@ pub async fn ensure_streams(js: &jetstream::Context, cfg: &Config) -> Result<Str
             max_age: Duration::from_secs(7 * 24 * 3600),
             max_bytes: 1 << 30,
             storage: stream::StorageType::File,
+            num_replicas: cfg.stream_replicas,
             ..Default::default()
         },
     ];
@@ -187,7 +202,7 @@ pub struct Pressure {
     max_index_lag: u64,
     /// This node runs the shards its ingest publishes to (both roles): only then does
     /// `published - applied` say how far they are behind.
-    local_shards: bool,
+    local_shards: std::sync::atomic::AtomicBool,
     /// Shard batches this node's ingest published, and shard-log messages this node's
     /// shard actors applied (or skipped as applied): their difference is the backlog
     /// when one node runs both, known at once rather than at the next measurement.
@@ -207,7 +222,7 @@ impl Pressure {
             index_lag: Default::default(),
             max_shard_backlog,
             max_index_lag,
-            local_shards,
+            local_shards: local_shards.into(),
             published: Default::default(),
             applied: Default::default(),
             paused_total: Default::default(),
@@ -220,6 +235,19 @@ impl Pressure {
         Self::new(u64::MAX, u64::MAX, false)
     }
 
+    /// Whether this node now runs every shard its ingest publishes to (in a cluster,
+    /// the shards move as members come and go).
+    /// Counting starts afresh when it is switched on (batches published while the
+    /// shards were elsewhere are no backlog here; the measured one still counts).
+    pub fn set_local_shards(&self, all_here: bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if all_here && !self.local_shards.swap(true, Relaxed) {
+            self.applied.store(self.published.load(Relaxed), Relaxed);
+        } else if !all_here {
+            self.local_shards.store(false, Relaxed);
+        }
+    }
+
     pub fn set(&self, shard_backlog: u64, index_lag: u64) {
         use std::sync::atomic::Ordering::Relaxed;
         self.shard_backlog.store(shard_backlog, Relaxed);
@@ -229,7 +257,7 @@ impl Pressure {
     /// Why ingest should wait, if it should.
     pub fn over(&self) -> Option<String> {
         use std::sync::atomic::Ordering::Relaxed;
-        let here = if self.local_shards { self.published.load(Relaxed).saturating_sub(self.applied.load(Relaxed)) } else { 0 };
+        let here = if self.local_shards.load(Relaxed) { self.published.load(Relaxed).saturating_sub(self.applied.load(Relaxed)) } else { 0 };
         let (backlog, lag) = (self.shard_backlog.load(Relaxed).max(here), self.index_lag.load(Relaxed));
         if backlog > self.max_shard_backlog {
             return Some(format!("{backlog} shard-log messages wait to be applied (max_shard_backlog {})", self.max_shard_backlog));

@@ -23,6 +23,10 @@ pub struct Config {
     /// Serve the API and console over TLS with this certificate chain and key (PEM).
     pub http_tls_cert: Option<PathBuf>,
     pub http_tls_key: Option<PathBuf>,
+    /// The API's URL as the other members and the console should use it, when the
+    /// listen address is not it (`0.0.0.0:8080` in a container). By default the bound
+    /// address.
+    pub http_advertise: Option<String>,
     pub node_id: String,
     pub cluster: String,
     /// Number of logical shards, fixed when the cluster is created.
@@ -63,6 +67,17 @@ pub struct Config {
     /// Ingest stops taking events while the index has more events than this left to
     /// index.
     pub max_index_lag: u64,
+    /// Gossip: how often each node probes another member, in milliseconds.
+    pub gossip_probe_ms: u64,
+    /// Gossip: how long a suspected member has to refute before it is declared dead,
+    /// in milliseconds.
+    pub gossip_suspect_ms: u64,
+    /// How long a query waits for another node's answer before asking the shard's
+    /// next replica, in milliseconds.
+    pub node_query_timeout_ms: u64,
+    /// Copies JetStream keeps of each stream Gossamer creates (3 on a three-server NATS
+    /// cluster; 1 on a single server).
+    pub stream_replicas: usize,
 }
 
 /// NATS credentials: at most one of user and password, token, nkey seed file or creds
@@ -158,10 +173,11 @@ impl Default for Config {
             http: "127.0.0.1:8080".into(),
             http_tls_cert: None,
             http_tls_key: None,
+            http_advertise: None,
             node_id: "node-1".into(),
             cluster: "default".into(),
             shards: 64,
-            replicas: 1,
+            replicas: 2,
             roles: ALL_ROLES.iter().map(|r| r.to_string()).collect(),
             logs_max_bytes: 8 << 30,
             shards_max_age_secs: 24 * 3600,
@@ -176,6 +192,10 @@ impl Default for Config {
             backup_every_secs: 0,
             max_shard_backlog: 50_000,
             max_index_lag: 20_000_000,
+            gossip_probe_ms: 500,
+            gossip_suspect_ms: 2000,
+            node_query_timeout_ms: 5000,
+            stream_replicas: 1,
         }
     }
 }
@@ -267,6 +287,16 @@ impl Config {
         }
         if self.replicas == 0 {
             bail!("replicas must be at least 1");
+        }
+        if !(1..=5).contains(&self.stream_replicas) {
+            bail!("stream_replicas must be between 1 and 5 (JetStream's limit), got {}", self.stream_replicas);
+        }
+        if self.gossip_probe_ms < 50 || self.gossip_suspect_ms < self.gossip_probe_ms {
+            bail!(
+                "gossip_probe_ms must be at least 50 and gossip_suspect_ms at least gossip_probe_ms (got {} and {})",
+                self.gossip_probe_ms,
+                self.gossip_suspect_ms
+            );
         }
         let token_ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !token_ok(&self.cluster) {

@@ -101,7 +101,7 @@ pub fn parse_duration(s: &str) -> Option<i64> {
 }
 
 /// The partial aggregate of one group.
-#[derive(Clone)]
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct Partial {
     /// Events in the group.
     pub events: u64,
@@ -169,7 +169,8 @@ impl Partial {
     }
 }
 
-type GroupKey = (Option<i64>, Vec<Option<String>>);
+/// A group: its time bucket and its key values.
+pub type GroupKey = (Option<i64>, Vec<Option<String>>);
 
 /// Partial aggregates by group; merge several (one per shard, one per node) then finish.
 #[derive(Default, Clone)]
@@ -215,6 +216,16 @@ impl Aggregation {
         }
         self.groups.entry(key).or_insert_with(|| Partial::new(AggFn::Count)).events += n;
         Ok(())
+    }
+
+    /// The groups as a list (a map with tuple keys has no JSON form), for sending to
+    /// the node that merges.
+    pub fn into_parts(self) -> Vec<(GroupKey, Partial)> {
+        self.groups.into_iter().collect()
+    }
+
+    pub fn from_parts(parts: Vec<(GroupKey, Partial)>) -> Self {
+        Self { groups: parts.into_iter().collect() }
     }
 
     pub fn merge(&mut self, other: Aggregation) {

@@ -127,17 +127,28 @@ fn wait_complete(node: &Node, all: &[&Node], q: &str, want: u64, timeout: Durati
 
 /// For every shard, the replicas holding it store the same number of events.
 fn wait_replicas_agree(nodes: &[&Node], timeout: Duration) {
-    wait_for("every replica of every shard to hold the same events", timeout, || {
-        let mut per_shard: std::collections::BTreeMap<u64, Vec<u64>> = Default::default();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut per_shard: std::collections::BTreeMap<u64, Vec<(String, u64, u64)>> = Default::default();
         for n in nodes {
-            for s in n.cluster()["shards"].as_array().unwrap() {
+            let c = n.cluster();
+            let me = c["members"].as_array().unwrap().iter().find(|m| m["me"] == true).unwrap()["node"].as_str().unwrap().to_string();
+            for s in c["shards"].as_array().unwrap() {
                 if s["here"] == true {
-                    per_shard.entry(s["shard"].as_u64().unwrap()).or_default().push(s["events"].as_u64().unwrap());
+                    per_shard.entry(s["shard"].as_u64().unwrap()).or_default().push((
+                        me.clone(),
+                        s["applied_seq"].as_u64().unwrap(),
+                        s["events"].as_u64().unwrap(),
+                    ));
                 }
             }
         }
-        per_shard.values().all(|v| v.len() >= 2 && v.windows(2).all(|w| w[0] == w[1])).then_some(())
-    });
+        if per_shard.values().all(|v| v.len() >= 2 && v.windows(2).all(|w| w[0].2 == w[1].2)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "replicas disagree after {timeout:?} (node, applied, events): {per_shard:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,6 +447,94 @@ async fn random_kills_and_restarts_on_a_nats_cluster_lose_and_duplicate_nothing(
     .await
     .unwrap();
     drop((nodes, nats));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_past_the_log_or_with_a_damaged_tree_are_rebuilt_from_a_peer() {
+    let nats = Nats::start();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let url = nats.url();
+    // The shard log keeps batches two seconds: a replica away longer cannot replay.
+    let extra = ["--shards-max-age-secs", "2"];
+    let mut nodes: Vec<Node> = ["n1", "n2", "n3"].iter().zip(&dirs).map(|(id, d)| start_node(&url, d.path(), id, &extra)).collect();
+    for n in &nodes {
+        n.wait_members(&["n1", "n2", "n3"], Duration::from_secs(20));
+    }
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client);
+    let first = publish_acked(&js, "early", 10, 500).await;
+    let early = first.len() as u64;
+    nodes = tokio::task::spawn_blocking(move || {
+        let all: Vec<&Node> = nodes.iter().collect();
+        wait_complete(&nodes[0], &all, "stream:early", early, Duration::from_secs(60));
+        nodes[2].kill9();
+        nodes
+    })
+    .await
+    .unwrap();
+    let second = publish_acked(&js, "late", 10, 500).await;
+    let shards = js.get_stream("SHARDS").await.unwrap();
+    let (nodes, first, second) = tokio::task::spawn_blocking(move || {
+        let live: Vec<&Node> = nodes[..2].iter().collect();
+        wait_complete(&nodes[0], &live, "stream:late", second.len() as u64, Duration::from_secs(60));
+        (nodes, first, second)
+    })
+    .await
+    .unwrap();
+    // Wait until every batch has left the log.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut shards = shards.clone();
+        if shards.info().await.unwrap().state.messages == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the shard log kept its batches past their age");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut nodes = tokio::task::spawn_blocking(move || {
+        let mut nodes = nodes;
+        // n3 comes back: what it missed is no longer in the log, so its replicas copy a
+        // peer's, and every answer through it is whole.
+        nodes[2].restart();
+        nodes[0].wait_members(&["n1", "n2", "n3"], Duration::from_secs(20));
+        wait_for("n3 to catch up", Duration::from_secs(60), || nodes[2].caught_up().then_some(()));
+        assert!(nodes[2].log().contains("shard-rebuilt-from-peer"), "n3 did not copy a peer:\n{}", nodes[2].log());
+        let all: Vec<&Node> = nodes.iter().collect();
+        wait_replicas_agree(&all, Duration::from_secs(60));
+        assert_exactly_once(&nodes[2], "stream:early", &first);
+        assert_exactly_once(&nodes[2], "stream:late", &second);
+
+        // n2's tree is damaged while it is down (an id list cut short): it is rebuilt
+        // from a peer rather than left dead.
+        nodes[1].kill9();
+        let db = sled::open(nodes[1].data.join("sled")).unwrap();
+        let mut damaged = 0;
+        for name in db.tree_names() {
+            if name.starts_with(b"shard-") {
+                let tree = db.open_tree(&name).unwrap();
+                let ids: Vec<sled::IVec> = tree.scan_prefix(b"k").keys().map(Result::unwrap).collect();
+                if let Some(k) = ids.first() {
+                    tree.insert(k, &b"cut short"[..]).unwrap();
+                    damaged += 1;
+                }
+            }
+        }
+        db.flush().unwrap();
+        drop(db);
+        assert!(damaged > 0, "n2 held no shard to damage");
+        nodes[1].restart();
+        nodes[0].wait_members(&["n1", "n2", "n3"], Duration::from_secs(20));
+        wait_for("n2 to catch up", Duration::from_secs(60), || nodes[1].caught_up().then_some(()));
+        assert!(nodes[1].log().contains("shard-rebuilt-from-peer"), "n2 did not rebuild:\n{}", nodes[1].log());
+        let all: Vec<&Node> = nodes.iter().collect();
+        wait_replicas_agree(&all, Duration::from_secs(60));
+        assert_exactly_once(&nodes[1], "stream:early", &first);
+        assert_exactly_once(&nodes[1], "stream:late", &second);
+        nodes
+    })
+    .await
+    .unwrap();
+    nodes.clear();
 }
 
 /// A small deterministic generator for the checker's choices (its seed is printed).

@@ -16,7 +16,10 @@ use gossamer_schemas::subjects::Subjects;
 use gossamer_schemas::ShardCommand;
 use gossamer_storage::ShardStore;
 use serde::Serialize;
-use tracing::{debug, error, warn};
+use tracing::{debug, error, info, warn};
+
+/// Times a replica asks its peers for a copy before replaying what the log has.
+const SNAPSHOT_ATTEMPTS: u32 = 5;
 
 /// Shard-log messages applied in one sled write.
 const APPLY_BATCH: usize = 256;
@@ -44,6 +47,8 @@ pub struct ShardState {
     pub catch_up_to: u64,
     /// Deliveries found missing (each made the replica start over after what it holds).
     pub gaps: u64,
+    /// Times the tree was rebuilt (from a peer's copy, or emptied to replay the log).
+    pub rebuilds: u64,
 }
 
 #[derive(Message)]
@@ -58,9 +63,42 @@ pub struct ShardActor {
     store: ShardStore,
     state: Arc<Mutex<ShardState>>,
     pressure: Arc<gossamer_bus::Pressure>,
+    snapshots: Option<SnapshotSource>,
+}
+
+/// Gets a copy of a shard from a live peer replica: an encoded snapshot (see
+/// [`encode_snapshot`]); `None` when there is no peer to ask, an error when the peers
+/// gave none (they may still be starting).
+pub type SnapshotSource = Arc<dyn Fn(u32) -> futures::future::BoxFuture<'static, Result<Option<Vec<u8>>>> + Send + Sync>;
+
+/// The whole shard as one blob: its applied sequence and every key, MessagePack in zstd.
+/// Taken under the shard's writer lock, so it is the shard as of one sequence.
+pub fn encode_snapshot(store: &ShardStore) -> Result<(u64, Vec<u8>)> {
+    let mut puts: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let done = store.export(None, &mut |r| {
+        if let gossamer_storage::snapshot::Record::Put(k, v) = r {
+            puts.push((k, v));
+        }
+        Ok(())
+    })?;
+    let bytes = rmp_serde::to_vec(&(done.applied, puts)).context("encoding the snapshot")?;
+    Ok((done.applied, zstd::bulk::compress(&bytes, 3).context("compressing the snapshot")?))
+}
+
+/// The applied sequence a snapshot is of, and its keys.
+fn decode_snapshot(bytes: &[u8]) -> Result<(u64, Vec<(Vec<u8>, Vec<u8>)>)> {
+    let raw = zstd::stream::decode_all(bytes).context("decompressing the snapshot")?;
+    rmp_serde::from_slice(&raw).context("decoding the snapshot")
 }
 
 impl ShardActor {
+    /// Where this replica gets a peer's copy when its log no longer holds what it
+    /// needs, or its tree is damaged.
+    pub fn with_snapshots(mut self, source: SnapshotSource) -> Self {
+        self.snapshots = Some(source);
+        self
+    }
+
     /// `stream` is the SHARDS stream's name; `node` names the durable consumer, so every
     /// replica of a shard has its own.
     /// Every message applied is counted in `pressure.applied`.
@@ -86,6 +124,7 @@ impl ShardActor {
             store,
             state: Arc::new(Mutex::new(state)),
             pressure,
+            snapshots: None,
         }
     }
 
@@ -98,6 +137,7 @@ impl ShardActor {
             store: self.store.clone(),
             state: self.state.clone(),
             pressure: self.pressure.clone(),
+            snapshots: self.snapshots.clone(),
         };
         let state = self.state.clone();
         ctx.spawn(
@@ -184,14 +224,96 @@ struct Runner {
     store: ShardStore,
     state: Arc<Mutex<ShardState>>,
     pressure: Arc<gossamer_bus::Pressure>,
+    snapshots: Option<SnapshotSource>,
 }
 
 impl Runner {
-    async fn run(&self) -> Result<()> {
+    /// Before applying: a damaged tree, or one whose next sequences the log no longer
+    /// holds, is rebuilt from a live peer's snapshot (a damaged one with no peer to copy
+    /// is emptied and replays what the log has).
+    async fn prepare(&self, stream: &mut jetstream::stream::Stream) -> Result<()> {
         let shard = self.store.shard();
         let store = self.store.clone();
+        let damaged = tokio::task::spawn_blocking(move || store.check()).await?.err();
+        let store = self.store.clone();
+        let applied = if damaged.is_some() { 0 } else { tokio::task::spawn_blocking(move || store.applied_seq()).await?? };
+        let first = stream.info().await.context("reading the SHARDS stream's state")?.state.first_sequence;
+        // Messages after what this replica holds have left the log (some may be its own).
+        let behind_log = applied + 1 < first;
+        if damaged.is_none() && !behind_log {
+            return Ok(());
+        }
+        let why = match &damaged {
+            Some(e) => format!("its tree is damaged ({e})"),
+            None => format!("it holds up to sequence {applied} and the log starts at {first}"),
+        };
+        self.state.lock().unwrap().caught_up = false;
+        // A peer answers only for a replica it has caught up on, so its copy holds every
+        // batch of this shard that left the log. Peers may still be starting: try a few
+        // times before going on with what the log has.
+        let mut copy = None;
+        if let Some(source) = &self.snapshots {
+            for attempt in 0..SNAPSHOT_ATTEMPTS {
+                match source(shard).await {
+                    Ok(Some(bytes)) => {
+                        copy = Some(bytes);
+                        break;
+                    }
+                    Ok(None) => break,
+                    Err(e) => debug!(shard, attempt, error = format!("{e:#}"), "shard-no-peer-copy-yet"),
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        let usable = match copy {
+            Some(bytes) => {
+                let (at, puts) = tokio::task::spawn_blocking(move || decode_snapshot(&bytes)).await??;
+                // Never a copy older than what this replica holds.
+                (damaged.is_some() || at >= applied).then_some((at, puts))
+            }
+            None => None,
+        };
+        match usable {
+            Some((at, puts)) => {
+                warn!(shard, reason = %why, from_sequence = at, "shard-rebuilt-from-peer");
+                let store = self.store.clone();
+                let events = tokio::task::spawn_blocking(move || -> Result<u64> {
+                    store.wipe()?;
+                    let mut restoring = store.begin_restore()?;
+                    for (k, v) in puts {
+                        restoring.record(gossamer_storage::snapshot::Record::Put(k, v))?;
+                    }
+                    restoring.finish()?;
+                    Ok(store.event_count()?)
+                })
+                .await??;
+                let mut st = self.state.lock().unwrap();
+                st.rebuilds += 1;
+                st.applied_seq = at;
+                st.events = events;
+            }
+            None if damaged.is_some() => {
+                warn!(shard, reason = %why, "shard-rebuilt-from-log");
+                let store = self.store.clone();
+                tokio::task::spawn_blocking(move || store.wipe()).await??;
+                let mut st = self.state.lock().unwrap();
+                st.rebuilds += 1;
+                st.applied_seq = 0;
+                st.events = 0;
+            }
+            // Alone (or no peer had a copy): apply what the log has. After a restore, or
+            // when the batches that left were other shards', this is all there is.
+            None => info!(shard, reason = %why, "shard-replays-what-the-log-holds"),
+        }
+        Ok(())
+    }
+
+    async fn run(&self) -> Result<()> {
+        let shard = self.store.shard();
+        let mut stream = self.js.get_stream(&self.stream).await.context("opening the SHARDS stream")?;
+        self.prepare(&mut stream).await?;
+        let store = self.store.clone();
         let applied = tokio::task::spawn_blocking(move || store.applied_seq()).await??;
-        let stream = self.js.get_stream(&self.stream).await.context("opening the SHARDS stream")?;
         // Start the durable consumer afresh right after what sled holds. Keeping the old
         // one would be wrong: messages it had delivered to a previous incarnation come
         // back only after their ack wait, out of order, behind sequences applied since,

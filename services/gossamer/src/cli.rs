@@ -179,6 +179,10 @@ struct NodeArgs {
     /// Copies JetStream keeps of each stream this node creates (3 on a NATS cluster).
     #[arg(long)]
     stream_replicas: Option<usize>,
+    /// How long the shard log keeps batches, in seconds (when this node creates it): how
+    /// far a replica can replay; past it, replicas copy a peer.
+    #[arg(long)]
+    shards_max_age_secs: Option<u64>,
     /// Gossip: how often to probe a member, in milliseconds (500).
     #[arg(long)]
     gossip_probe_ms: Option<u64>,
@@ -513,6 +517,9 @@ fn node(a: NodeArgs) -> Result<()> {
     }
     if let Some(v) = a.stream_replicas {
         cfg.stream_replicas = v;
+    }
+    if let Some(v) = a.shards_max_age_secs {
+        cfg.shards_max_age_secs = v.max(1);
     }
     if let Some(v) = a.gossip_probe_ms {
         cfg.gossip_probe_ms = v;

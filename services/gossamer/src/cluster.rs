@@ -43,7 +43,14 @@ pub struct Cluster {
     pub placed: tokio::sync::watch::Sender<bool>,
     /// How long to wait for another node's answer.
     pub query_timeout: Duration,
+    /// Copies of shards being handed to rebuilding replicas, by token.
+    snapshots: Mutex<HashMap<u64, (std::time::Instant, Arc<Vec<u8>>)>>,
 }
+
+/// Bytes of a shard copy per answer (under NATS's default 1 MiB payload).
+const SNAPSHOT_CHUNK: usize = 768 << 10;
+/// How long a copy is kept for the replica fetching it.
+const SNAPSHOT_KEEP: Duration = Duration::from_secs(120);
 
 impl Cluster {
     pub fn new(
@@ -62,6 +69,7 @@ impl Cluster {
             moves: Default::default(),
             placed: tokio::sync::watch::channel(false).0,
             query_timeout: Duration::from_millis(cfg.node_query_timeout_ms.max(1)),
+            snapshots: Mutex::new(HashMap::new()),
         }
     }
 
@@ -211,6 +219,9 @@ pub enum Ask {
     StreamCounts,
     /// Wait until the shard has applied the log's sequence `seq`; answer its result.
     Applied { seq: u64 },
+    /// A piece of a copy of the shard, for a replica that must be rebuilt: `token` 0
+    /// takes a new copy; later pieces name the copy the first answer gave.
+    Snapshot { token: u64, offset: u64 },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -227,6 +238,7 @@ pub enum Answer {
     Get(Option<Event>),
     StreamCounts(BTreeMap<String, u64>),
     Applied(u64),
+    Snapshot { token: u64, total: u64, chunk: Vec<u8> },
 }
 
 #[derive(Serialize, Deserialize)]
@@ -259,6 +271,10 @@ async fn answer_here(node: &NodeHandle, shards: &[u32], ask: Ask) -> Result<Answ
         Ask::Applied { seq } => {
             let shard = *shards.first().ok_or_else(|| ApiError::Internal("no shard to wait for".into()))?;
             crate::commands::wait_applied(node, shard, seq).await.map(Answer::Applied)
+        }
+        Ask::Snapshot { token, offset } => {
+            let shard = *shards.first().ok_or_else(|| ApiError::Internal("no shard to copy".into()))?;
+            snapshot_piece(node, shard, token, offset).await
         }
         ask => actix_web::web::block(move || -> Result<Answer, ApiError> {
             let parse = |q: &str| crate::http::parse_query(&limits, q);
@@ -295,11 +311,88 @@ async fn answer_here(node: &NodeHandle, shards: &[u32], ask: Ask) -> Result<Answ
                     }
                     Answer::StreamCounts(totals)
                 }
-                Ask::Applied { .. } => unreachable!("handled above"),
+                Ask::Applied { .. } | Ask::Snapshot { .. } => unreachable!("handled above"),
             })
         })
         .await?,
     }
+}
+
+/// One piece of a copy of `shard`, taking the copy first when `token` is 0.
+async fn snapshot_piece(node: &NodeHandle, shard: u32, token: u64, offset: u64) -> Result<Answer, ApiError> {
+    let cache = &node.cluster.snapshots;
+    let (token, copy) = if token == 0 {
+        let store = node.shards[shard as usize].clone();
+        let (applied, bytes) = actix_web::web::block(move || gossamer_shard::encode_snapshot(&store))
+            .await?
+            .map_err(|e| ApiError::Internal(format!("copying shard {shard}: {e:#}")))?;
+        info!(shard, applied, bytes = bytes.len(), "shard-copy-taken");
+        let token = gossamer_gossip::new_generation() ^ (u64::from(shard) << 48) | 1;
+        let copy = Arc::new(bytes);
+        let mut kept = cache.lock().unwrap();
+        kept.retain(|_, (at, _)| at.elapsed() < SNAPSHOT_KEEP);
+        kept.insert(token, (std::time::Instant::now(), copy.clone()));
+        (token, copy)
+    } else {
+        let copy = cache.lock().unwrap().get(&token).map(|(_, c)| c.clone());
+        (token, copy.ok_or_else(|| ApiError::NotFound(format!("the copy {token} of shard {shard} is no longer kept: start again")))?)
+    };
+    let start = (offset as usize).min(copy.len());
+    let end = (start + SNAPSHOT_CHUNK).min(copy.len());
+    if end == copy.len() {
+        cache.lock().unwrap().remove(&token);
+    }
+    Ok(Answer::Snapshot { token, total: copy.len() as u64, chunk: copy[start..end].to_vec() })
+}
+
+/// Fetches a copy of `shard` from another live member, piece by piece: `None` when
+/// there is no other member; an error when none of them gave one (they may still be
+/// catching up: ask again).
+pub async fn fetch_snapshot(node: &NodeHandle, shard: u32) -> anyhow::Result<Option<Vec<u8>>> {
+    let map = node.cluster.map();
+    let view = node.cluster.membership.borrow().clone();
+    let subjects = Subjects::new(&node.cfg.cluster);
+    // The shard's other replicas first, then any other live member that may hold it.
+    let mut peers: Vec<String> = map.replicas.get(shard as usize).cloned().unwrap_or_default();
+    for n in view.shard_nodes() {
+        if !peers.iter().any(|p| p == n) {
+            peers.push(n.to_string());
+        }
+    }
+    peers.retain(|p| *p != node.cluster.me);
+    if peers.is_empty() {
+        return Ok(None);
+    }
+    for peer in &peers {
+        let mut copy = Vec::new();
+        let mut token = 0;
+        loop {
+            let req = NodeRequest { shards: vec![shard], ask: Ask::Snapshot { token, offset: copy.len() as u64 } };
+            let reply = match ask_node(node, subjects.node_query(&peer), req, node.cluster.query_timeout * 6).await {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!(shard, peer = %peer, error = %e, "shard-copy-unavailable");
+                    break;
+                }
+            };
+            match reply.answer {
+                Ok(Answer::Snapshot { token: t, total, chunk }) => {
+                    token = t;
+                    copy.extend_from_slice(&chunk);
+                    if copy.len() as u64 >= total {
+                        info!(shard, peer = %peer, bytes = total, "shard-copy-received");
+                        return Ok(Some(copy));
+                    }
+                    if chunk.is_empty() {
+                        break;
+                    }
+                }
+                // This peer does not hold the shard, or has not caught up on it.
+                _ => break,
+            }
+        }
+    }
+    anyhow::bail!("none of {peers:?} had a copy of shard {shard} to give")
 }
 
 /// Answers a request for `shards`, refusing the ones this node cannot serve.

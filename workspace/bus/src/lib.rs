@@ -157,7 +157,8 @@ pub async fn ensure_streams(js: &jetstream::Context, cfg: &Config) -> Result<Str
             subjects: vec![subjects.shards_wildcard()],
             retention: stream::RetentionPolicy::Limits,
             max_age: Duration::from_secs(cfg.shards_max_age_secs),
-            duplicate_window: Duration::from_secs(120),
+            // JetStream refuses a window longer than the age.
+            duplicate_window: Duration::from_secs(120.min(cfg.shards_max_age_secs.max(1))),
             storage: stream::StorageType::File,
             num_replicas: cfg.stream_replicas,
             ..Default::default()

@@ -117,6 +117,33 @@ impl ShardStore {
         Ok(done)
     }
 
+    /// Reads what a replica needs before it applies anything (the applied sequence, the
+    /// count, every id list, by building the id filter): an error here means the tree
+    /// is damaged and must be rebuilt ([`ShardStore::wipe`], then a peer's snapshot or
+    /// the log).
+    pub fn check(&self) -> Result<()> {
+        let _writing = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let count = self.event_count()?;
+        self.applied_seq()?;
+        let mut filter = self.filter.lock().unwrap_or_else(|p| p.into_inner());
+        if filter.is_none() {
+            *filter = Some(IdFilter::build(&self.tree, count, self.shard)?);
+        }
+        Ok(())
+    }
+
+    /// Empties the shard (its tree and its index) so it can be rebuilt: a replica whose
+    /// tree is damaged, or that needs what its log no longer holds.
+    pub fn wipe(&self) -> Result<()> {
+        let _writing = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.tree.clear()?;
+        self.index.clear()?;
+        *self.index_cache.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *self.filter.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Starts restoring into this shard, which must hold nothing. Writes to the shard
     /// wait until the restore finishes.
     pub fn begin_restore(&self) -> Result<Restoring<'_>> {

@@ -68,6 +68,21 @@ pub struct MemberView {
     pub me: bool,
 }
 
+impl MemberView {
+    /// The node giving the view: alive, its incarnation its own business.
+    fn me(id: &NodeId) -> Self {
+        Self {
+            node: id.name.clone(),
+            gen: id.gen,
+            http: id.http.clone(),
+            shards: id.shards,
+            state: MemberState::Alive,
+            incarnation: None,
+            me: true,
+        }
+    }
+}
+
 /// This node's view of the cluster, sorted by node name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Membership {
@@ -160,18 +175,7 @@ impl GossipActor {
                 }
             }
         });
-        let me = settings.me.clone();
-        let (view, rx) = tokio::sync::watch::channel(Membership {
-            members: vec![MemberView {
-                node: me.name.clone(),
-                gen: me.gen,
-                http: me.http.clone(),
-                shards: me.shards,
-                state: MemberState::Alive,
-                incarnation: None,
-                me: true,
-            }],
-        });
+        let (view, rx) = tokio::sync::watch::channel(Membership { members: vec![MemberView::me(&settings.me)] });
         let subjects = Subjects::new(&settings.cluster);
         (Self { settings, subjects, nats, swim, runtime: AccumulatingRuntime::new(), outbox, view, left: false }, rx)
     }
@@ -248,18 +252,7 @@ impl GossipActor {
                 }
             }
         }
-        members.insert(
-            me.name.clone(),
-            MemberView {
-                node: me.name.clone(),
-                gen: me.gen,
-                http: me.http.clone(),
-                shards: me.shards,
-                state: MemberState::Alive,
-                incarnation: None,
-                me: true,
-            },
-        );
+        members.insert(me.name.clone(), MemberView::me(me));
         let view = Membership { members: members.into_values().collect() };
         self.view.send_if_modified(|v| {
             if *v == view {

@@ -26,6 +26,8 @@ use crate::node::NodeHandle;
 
 /// Builds the shard actor of one shard on this node.
 pub type StartShard = Box<dyn Fn(u32) -> Addr<ShardActor> + Send + Sync>;
+/// Removes this node's consumer of a shard it no longer holds.
+pub type ForgetShard = Arc<dyn Fn(u32) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
 
 /// What this node knows of the cluster and holds of it.
 pub struct Cluster {
@@ -103,8 +105,7 @@ impl Cluster {
 pub struct OwnershipActor {
     cluster: Arc<Cluster>,
     start_shard: StartShard,
-    /// Removes this node's consumer of a shard it no longer holds.
-    forget: Arc<dyn Fn(u32) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Send + Sync>,
+    forget: ForgetShard,
     pressure: Arc<gossamer_bus::Pressure>,
     /// Whether this node runs the shard role.
     shard_role: bool,
@@ -116,7 +117,7 @@ impl OwnershipActor {
     pub fn new(
         cluster: Arc<Cluster>,
         start_shard: StartShard,
-        forget: Arc<dyn Fn(u32) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Send + Sync>,
+        forget: ForgetShard,
         pressure: Arc<gossamer_bus::Pressure>,
         shard_role: bool,
         settle: Duration,

@@ -123,7 +123,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
                 .start()
         })
     };
-    let forget: Arc<dyn Fn(u32) -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync> = {
+    let forget: crate::cluster::ForgetShard = {
         let (js, stream, node_id) = (js.clone(), names.shards.clone(), cfg.node_id.clone());
         Arc::new(move |n| {
             let (js, stream, node_id) = (js.clone(), stream.clone(), node_id.clone());

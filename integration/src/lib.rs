@@ -443,6 +443,14 @@ pub fn http_post(url: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
     }
 }
 
+pub fn http_delete(url: &str) -> (u16, Value) {
+    match ureq::delete(url).call() {
+        Ok(r) => (r.status(), r.into_json().unwrap_or(Value::Null)),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_json().unwrap_or(Value::Null)),
+        Err(e) => panic!("DELETE {url}: {e}"),
+    }
+}
+
 /// Publishes `body` to `subject` with JetStream and waits for the bus's ack.
 pub async fn js_publish(js: &async_nats::jetstream::Context, subject: &str, body: Vec<u8>) {
     js.publish(subject.to_string(), body.into()).await.expect("publish").await.expect("JetStream ack");

@@ -121,3 +121,70 @@ fn publish_and_query_from_the_command_line() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("column 24"), "{stderr}");
 }
+
+#[test]
+fn up_runs_a_three_node_cluster_that_cluster_status_shows_and_stops_it_whole() {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(gossamer_binary())
+        .args(["up", "--nodes", "3", "--http", "127.0.0.1:0", "--nats-port", "0", "--shards", "8", "--data"])
+        .arg(data.path())
+        .env("GOSSAMER_NATS_SERVER", nats_server_binary())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut nodes, mut nats) = (Vec::new(), None);
+    loop {
+        let line = lines.next().expect("up printed its addresses").unwrap();
+        if let Some((name, url)) = line.trim().split_once(": http://") {
+            nodes.push((name.to_string(), format!("http://{}", url.trim_end_matches('/'))));
+        }
+        if let Some(n) = line.strip_prefix("  NATS: ") {
+            nats = Some(n.to_string());
+        }
+        if line.starts_with("Press Ctrl-C") {
+            break;
+        }
+    }
+    let names: Vec<&str> = nodes.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["node-1", "node-2", "node-3"]);
+    let nats = nats.expect("up printed the NATS address");
+
+    // `cluster status` through any node lists all three, alive, sharing the shards.
+    let status = gossamer_integration::wait_for("three live members", Duration::from_secs(30), || {
+        let out = Command::new(gossamer_binary()).args(["cluster", "status", "--server", &nodes[2].1]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (out.status.success() && text.lines().filter(|l| l.contains(" alive ")).count() == 3).then_some(text)
+    });
+    assert!(status.contains("8 shards, 2 replicas each"), "{status}");
+    assert!(status.contains("node-3") && status.contains("(this node)"), "{status}");
+    let (_, c) = http_get(&format!("{}/api/v1/cluster", nodes[0].1));
+    let held: u64 = c["members"].as_array().unwrap().iter().map(|m| m["replicas"].as_u64().unwrap()).sum();
+    assert_eq!(held, 16, "8 shards on 2 replicas each: {c}");
+
+    // An event published once is found through every node.
+    let mut publish = Command::new(gossamer_binary())
+        .args(["publish", "--nats", &nats, "--stream", "up.cluster"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    publish.stdin.take().unwrap().write_all(b"hello from three nodes\n").unwrap();
+    assert!(publish.wait().unwrap().success());
+    for (_, url) in &nodes {
+        gossamer_integration::wait_for("the event", Duration::from_secs(30), || {
+            let (_, body) = http_get(&format!("{url}/api/v1/count?q=hello"));
+            (body["count"] == 1 && body["partial"] == false).then_some(())
+        });
+    }
+
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    assert!(child.wait().unwrap().success(), "up exits cleanly on Ctrl-C");
+    for (name, url) in &nodes {
+        let port: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+        assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "{name} is stopped");
+    }
+}

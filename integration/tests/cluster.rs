@@ -361,6 +361,130 @@ fn a_silent_node_is_suspected_then_declared_dead_and_one_that_answers_again_refu
     });
     assert!(back["generation"].as_u64() > first["generation"].as_u64(), "rejoined as {back}, was {first}");
     watcher.wait_members(&["n1", "n2", "n3"], Duration::from_secs(20));
+
+    // A node stopped cleanly (SIGTERM) says goodbye: dead at once, no suspicion first.
+    let mut nodes = nodes;
+    let leaving = Instant::now();
+    assert!(nodes[1].terminate().success());
+    wait_for("n2 to be seen leaving", Duration::from_millis(suspect_ms), || {
+        (nodes[0].member("n2").unwrap()["state"] == "dead").then_some(())
+    });
+    assert!(leaving.elapsed() < Duration::from_millis(suspect_ms), "a clean leave is seen before any suspicion could end");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drained_node_hands_its_shards_over_and_answers_stay_complete() {
+    let nats = Nats::start();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let url = nats.url();
+    let nodes: Vec<Node> = ["n1", "n2", "n3"].iter().zip(&dirs).map(|(id, d)| start_node(&url, d.path(), id, &[])).collect();
+    for n in &nodes {
+        n.wait_members(&["n1", "n2", "n3"], Duration::from_secs(20));
+    }
+    let js = async_nats::jetstream::new(nats.client().await);
+    let ids = publish_acked(&js, "drain", 20, 500).await;
+    let total = ids.len() as u64;
+    tokio::task::spawn_blocking(move || {
+        let all: Vec<&Node> = nodes.iter().collect();
+        wait_complete(&nodes[0], &all, "", total, Duration::from_secs(60));
+        // Queries through n1 the whole time; every answer must be whole.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let bad = Arc::new(Mutex::new((0u64, Vec::<String>::new())));
+        let querier = {
+            let (stop, bad, http) = (stop.clone(), bad.clone(), nodes[0].http.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (status, body) = gossamer_integration::http_get(&format!("{http}/api/v1/count?q="));
+                    let mut b = bad.lock().unwrap();
+                    b.0 += 1;
+                    if status != 200 || body["partial"] != false || body["count"].as_u64() != Some(total) {
+                        b.1.push(format!("{status} {body}"));
+                    }
+                }
+            })
+        };
+        // Drain n3 with the CLI, waiting until it is done.
+        let out = std::process::Command::new(gossamer_integration::gossamer_binary())
+            .args(["admin", "drain", "--wait", "--server", &nodes[2].http])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("holds 0 shards"), "{}", String::from_utf8_lossy(&out.stdout));
+        let me = nodes[2].member("n3").unwrap();
+        assert_eq!((me["draining"].clone(), me["replicas"].clone()), (json!(true), json!(0)));
+        let two = ShardMap::compute(8, 2, &["n1", "n2"]);
+        for n in &nodes {
+            wait_for("every map to leave n3 out", Duration::from_secs(20), || (n.shard_map() == two.replicas).then_some(()));
+        }
+        wait_replicas_agree(&nodes[..2].iter().collect::<Vec<_>>(), Duration::from_secs(60));
+        // Drained, n3 still answers (through the others), exactly.
+        assert_exactly_once(&nodes[2], "stream:drain", &ids);
+
+        // And it takes its share back.
+        let (status, body) = gossamer_integration::http_delete(&format!("{}/api/v1/admin/drain", nodes[2].http));
+        assert_eq!(status, 202, "{body}");
+        let three = ShardMap::compute(8, 2, &["n1", "n2", "n3"]);
+        for n in &nodes {
+            wait_for("n3 to take its shards back", Duration::from_secs(20), || (n.shard_map() == three.replicas).then_some(()));
+        }
+        wait_for("n3 to catch up", Duration::from_secs(60), || nodes[2].caught_up().then_some(()));
+        wait_replicas_agree(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(60));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        querier.join().unwrap();
+        let (asked, bad) = bad.lock().unwrap().clone();
+        assert!(asked > 0);
+        assert!(bad.is_empty(), "{} of {asked} answers during the drain were not whole, e.g. {}", bad.len(), bad[0]);
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_without_a_live_replica_makes_answers_partial_never_short() {
+    let nats = Nats::start();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let url = nats.url();
+    // One replica per shard, and a suspicion long enough to query before n2 is dead.
+    let extra = ["--replicas", "1", "--gossip-suspect-ms", "5000"];
+    let nodes: Vec<Node> = ["n1", "n2"].iter().zip(&dirs).map(|(id, d)| start_node(&url, d.path(), id, &extra)).collect();
+    for n in &nodes {
+        n.wait_members(&["n1", "n2"], Duration::from_secs(20));
+    }
+    let js = async_nats::jetstream::new(nats.client().await);
+    let ids = publish_acked(&js, "partial", 10, 500).await;
+    let total = ids.len() as u64;
+    tokio::task::spawn_blocking(move || {
+        let mut nodes = nodes;
+        let all: Vec<&Node> = nodes.iter().collect();
+        wait_complete(&nodes[0], &all, "", total, Duration::from_secs(60));
+        let map = nodes[0].shard_map();
+        let on_n2: Vec<u64> = (0..map.len() as u64).filter(|s| map[*s as usize] == ["n2"]).collect();
+        assert!(!on_n2.is_empty(), "n2 holds some shards: {map:?}");
+        let (_, c) = nodes[0].get("/api/v1/cluster");
+        let on_n1: u64 = c["shards"].as_array().unwrap().iter().filter(|s| s["here"] == true).map(|s| s["events"].as_u64().unwrap()).sum();
+
+        // n2 dies; until gossip says so, its shards have no live replica: every kind of
+        // answer says which are missing, and counts only what the others hold.
+        nodes[1].kill9();
+        let (_, count) = nodes[0].get("/api/v1/count?q=");
+        assert_eq!(count["partial"], true, "{count}");
+        let missing: Vec<u64> = count["missing_shards"].as_array().unwrap().iter().map(|s| s.as_u64().unwrap()).collect();
+        assert_eq!(missing, on_n2, "{count}");
+        assert_eq!(count["count"].as_u64(), Some(on_n1), "the count is what the live replicas hold");
+        let (_, search) = nodes[0].get("/api/v1/search?q=&limit=10");
+        assert_eq!((search["partial"].clone(), search["missing_shards"].clone()), (json!(true), json!(on_n2)));
+        let (_, agg) = nodes[0].get("/api/v1/aggregate?fn=count&by=stream");
+        assert_eq!((agg["partial"].clone(), agg["missing_shards"].clone()), (json!(true), json!(on_n2)));
+
+        // Declared dead, its shards move to n1, which replays them from the log: whole
+        // again.
+        nodes[0].wait_members(&["n1"], Duration::from_secs(30));
+        let all: Vec<&Node> = nodes[..1].iter().collect();
+        wait_complete(&nodes[0], &all, "", total, Duration::from_secs(60));
+        assert_exactly_once(&nodes[0], "stream:partial", &ids);
+    })
+    .await
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -96,6 +96,9 @@ pub struct MemberInfo {
     /// Roles, as far as this node knows them (its own; `shard` or not for the others).
     pub roles: Vec<String>,
     pub http: Option<String>,
+    /// This node is drained (takes no shards); known for the node answering only.
+    #[serde(default)]
+    pub draining: bool,
     /// Changes at every start of the member (and when it rejoins after being declared
     /// dead).
     pub generation: u64,

@@ -357,6 +357,30 @@ impl Handler<GetMembership> for GossipActor {
     }
 }
 
+/// Whether this node takes shards: off to drain it (the others place its shards among
+/// themselves), on again to take its share back. The node becomes a new generation of
+/// itself with the flag changed, so every member learns it at once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetShards(pub bool);
+
+impl Handler<SetShards> for GossipActor {
+    type Result = ();
+
+    fn handle(&mut self, SetShards(on): SetShards, ctx: &mut Context<Self>) {
+        let current = self.swim.identity().clone();
+        if current.shards == on {
+            return;
+        }
+        let next = NodeId { gen: current.gen + 1, shards: on, ..current };
+        info!(shards = on, gen = next.gen, "gossip-identity-changed");
+        if let Err(e) = self.swim.change_identity(next, &mut self.runtime) {
+            warn!(error = %e, "gossip-identity-change-failed");
+        }
+        self.drain(ctx);
+    }
+}
+
 /// Leave the cluster cleanly (on shutdown): members mark this node dead at once instead
 /// of suspecting it first. Resolves once the goodbye is on the wire.
 #[derive(Message)]

@@ -76,6 +76,17 @@ enum AdminCmd {
         #[arg(long, default_value = "gossamer-data")]
         data: PathBuf,
     },
+    /// Move a node's shards to the other members before it leaves (it keeps answering
+    /// queries); `--undo` gives it its share back.
+    Drain {
+        #[arg(long, env = "GOSSAMER_SERVER", default_value = "http://127.0.0.1:8080")]
+        server: String,
+        #[arg(long)]
+        undo: bool,
+        /// Wait until the node holds no shard and answers are complete without it.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Show how far the index is behind the stored events.
     Index {
         #[arg(long, env = "GOSSAMER_SERVER", default_value = "http://127.0.0.1:8080")]
@@ -840,6 +851,33 @@ fn admin(a: AdminCmd) -> Result<()> {
             println!("\nindex terms by kind (uncompressed)");
             for (kind, (n, bytes)) in &terms {
                 println!("{kind:<24} {n:>12} {bytes:>14}");
+            }
+            Ok(())
+        }
+        AdminCmd::Drain { server, undo, wait } => {
+            let base = server.trim_end_matches('/');
+            let url = format!("{base}/api/v1/admin/drain");
+            let answer = if undo { call(ureq::delete(&url), None)? } else { call(ureq::post(&url), Some(serde_json::json!({})))? };
+            let name = answer["node"].as_str().unwrap_or("the node").to_string();
+            println!("{name}: {}", if undo { "taking shards again" } else { "draining: its shards move to the other members" });
+            if wait {
+                let start = std::time::Instant::now();
+                loop {
+                    let c = call(ureq::get(&format!("{base}/api/v1/cluster")), None)?;
+                    let here = c["shards"].as_array().map_or(0, |s| s.iter().filter(|s| s["here"] == true).count());
+                    let behind = c["shards"].as_array().map_or(0, |s| s.iter().filter(|s| s["here"] == true && s["caught_up"] != true).count());
+                    let count = call(ureq::get(&format!("{base}/api/v1/count?q=")), None)?;
+                    let whole = count["partial"] == false;
+                    let done = if undo { here > 0 && behind == 0 && whole } else { here == 0 && whole };
+                    if done {
+                        println!("{name}: holds {here} shards; answers are complete ({:.1} s)", start.elapsed().as_secs_f64());
+                        break;
+                    }
+                    if start.elapsed() > std::time::Duration::from_secs(600) {
+                        bail!("{name} still holds {here} shards ({behind} catching up) after 10 minutes");
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(250));
+                }
             }
             Ok(())
         }

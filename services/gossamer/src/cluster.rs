@@ -491,7 +491,7 @@ pub async fn gather(node: &NodeHandle, shards: &[u32], ask: Ask) -> Result<Gathe
                 let reply = if target == cluster.me {
                     Ok(serve(node, NodeRequest { shards: shards.clone(), ask }).await)
                 } else {
-                    ask_node(node, subject, NodeRequest { shards: shards.clone(), ask }, timeout).await
+                    ask_watching(node, &target, subject, NodeRequest { shards: shards.clone(), ask }, timeout).await
                 };
                 (target, shards, reply)
             }
@@ -525,6 +525,25 @@ pub async fn gather(node: &NodeHandle, shards: &[u32], ask: Ask) -> Result<Gathe
         warn!(missing = ?missing, "query-partial");
     }
     Ok(Gathered { answers, missing })
+}
+
+/// [`ask_node`], given up early when gossip suspects the node meanwhile (a request sent
+/// just as a node died may otherwise wait for the whole timeout).
+async fn ask_watching(node: &NodeHandle, target: &str, subject: String, req: NodeRequest, timeout: Duration) -> Result<NodeReply, String> {
+    let asked = ask_node(node, subject, req, timeout);
+    tokio::pin!(asked);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            reply = &mut asked => return reply,
+            _ = tick.tick() => {
+                let alive = node.cluster.membership.borrow().get(target).is_some_and(|m| m.state == gossamer_gossip::MemberState::Alive);
+                if !alive {
+                    return Err(format!("{target} is no longer alive to gossip"));
+                }
+            }
+        }
+    }
 }
 
 async fn ask_node(node: &NodeHandle, subject: String, req: NodeRequest, timeout: Duration) -> Result<NodeReply, String> {

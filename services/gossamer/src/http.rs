@@ -146,6 +146,8 @@ api_routes! {
     put "/streams/{name}/retention" => set_retention,
     get "/index" => index_state,
     post "/admin/reindex" => reindex,
+    post "/admin/drain" => drain,
+    delete "/admin/drain" => undrain,
     get "/backups" => list_backups,
     post "/backups" => create_backup,
     get "/backups/{id}" => get_backup,
@@ -168,7 +170,7 @@ api_routes! {
     info(title = "Gossamer", description = "The REST API of a Gossamer node: search, events, streams, queues, backups, administration. Every /api route and /metrics take `Authorization: Bearer <token>` when the node has tokens."),
     paths(
         health, cluster, search, count, aggregate, query, get_event, delete_event, update_event, delete_where,
-        streams, set_retention, index_state, reindex, list_backups, create_backup, get_backup, verify_backup,
+        streams, set_retention, index_state, reindex, drain, undrain, list_backups, create_backup, get_backup, verify_backup,
         restore_backup, list_queues, create_queue, get_queue, update_queue, delete_queue, crate::tail::tail,
         list_jobs, get_job, openapi, metrics, console
     ),
@@ -367,7 +369,8 @@ async fn metrics(node: Node) -> Result<HttpResponse, ApiError> {
     let mut events = Vec::new();
     let mut pending = Vec::new();
     for (_, addr) in node.cluster.held() {
-        let st = addr.send(gossamer_shard::GetState).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+        // A shard that moved away meanwhile has stopped: it is no longer this node's.
+        let Ok(st) = addr.send(gossamer_shard::GetState).await else { continue };
         let labels = format!("node=\"{n}\",shard=\"{}\"", st.shard);
         applied.push((labels.clone(), st.applied_seq));
         events.push((labels.clone(), st.events));
@@ -741,6 +744,50 @@ async fn index_state(node: Node) -> Result<HttpResponse, ApiError> {
     };
     let st = index.send(gossamer_index_actor::GetState).await.map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(HttpResponse::Ok().json(st))
+}
+
+/// `POST /api/v1/admin/drain`: this node stops taking shards; the others place its
+/// shards among themselves and catch up on them, while it goes on answering queries
+/// (through the other replicas). `DELETE` takes its share back.
+#[utoipa::path(
+    post,
+    path = "/api/v1/admin/drain",
+    tag = "admin",
+    summary = "Move this node's shards to the other members before it leaves",
+    responses(
+        (status = 202, description = "Draining: follow `replicas` of this node in GET /api/v1/cluster down to 0", body = serde_json::Value),
+        (status = 409, description = "This node does not run the shard role", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 403, description = "A read token asked for a change", body = ErrorBody),
+    ),
+)]
+async fn drain(node: Node) -> Result<HttpResponse, ApiError> {
+    set_draining(&node, true).await
+}
+
+#[utoipa::path(
+    delete,
+    path = "/api/v1/admin/drain",
+    tag = "admin",
+    summary = "Take shards again after a drain",
+    responses(
+        (status = 202, description = "This node takes its share of shards again", body = serde_json::Value),
+        (status = 409, description = "This node does not run the shard role", body = ErrorBody),
+        (status = 401, description = "No valid bearer token", body = ErrorBody),
+        (status = 403, description = "A read token asked for a change", body = ErrorBody),
+    ),
+)]
+async fn undrain(node: Node) -> Result<HttpResponse, ApiError> {
+    set_draining(&node, false).await
+}
+
+async fn set_draining(node: &NodeHandle, draining: bool) -> Result<HttpResponse, ApiError> {
+    if !node.cfg.has_role("shard") {
+        return Err(ApiError::Conflict("this node does not run the shard role, so it holds no shards to move".into()));
+    }
+    node.cluster.gossip.send(gossamer_gossip::SetShards(!draining)).await.map_err(|e| ApiError::Internal(e.to_string()))?;
+    let held = node.cluster.held().len();
+    Ok(HttpResponse::Accepted().json(json!({ "node": node.cfg.node_id, "draining": draining, "holds": held })))
 }
 
 /// `POST /api/v1/admin/reindex`: drops every shard's index and rebuilds it from the
@@ -1305,8 +1352,10 @@ async fn cluster(node: Node) -> Result<HttpResponse, ApiError> {
     let map = node.cluster.map();
     let mut states = BTreeMap::new();
     for (s, addr) in node.cluster.held() {
-        let st = addr.send(gossamer_shard::GetState).await.map_err(|e| ApiError::Internal(e.to_string()))?;
-        states.insert(s, st);
+        // A shard that moved away meanwhile has stopped: it is no longer this node's.
+        if let Ok(st) = addr.send(gossamer_shard::GetState).await {
+            states.insert(s, st);
+        }
     }
     let shards = (0..node.cfg.shards)
         .map(|s| {
@@ -1337,6 +1386,7 @@ async fn cluster(node: Node) -> Result<HttpResponse, ApiError> {
                 vec![]
             },
             http: Some(m.http.clone()),
+            draining: m.me && !m.shards && node.cfg.has_role("shard"),
             generation: m.gen,
             incarnation: m.incarnation,
             replicas: map.held_by(&m.node).len() as u32,

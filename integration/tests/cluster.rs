@@ -192,6 +192,22 @@ async fn kill_9_one_of_three_nodes_while_publishing() {
         assert!(took < Duration::from_secs(5), "queries were complete again only {took:?} after the kill");
         // Gossip declares n2 dead, and the shards it held get new replicas.
         nodes[0].wait_members(&["n1", "n3"], Duration::from_secs(20));
+        wait_for("n2 to be declared dead", Duration::from_secs(20), || {
+            (nodes[0].member("n2").unwrap()["state"] == "dead").then_some(())
+        });
+        wait_for("n2's shards to be placed anew", Duration::from_secs(20), || {
+            nodes[0].shard_map().iter().all(|r| r.len() == 2 && !r.contains(&"n2".to_string())).then_some(())
+        });
+        // /metrics says so too.
+        let metrics = ureq::get(&format!("{}/metrics", nodes[0].http)).call().unwrap().into_string().unwrap();
+        for line in [
+            "gossamer_cluster_member_state{node=\"n1\",member=\"n2\",state=\"dead\"} 1",
+            "gossamer_cluster_member_state{node=\"n1\",member=\"n3\",state=\"alive\"} 1",
+            "gossamer_cluster_members_live{node=\"n1\"} 2",
+            "gossamer_cluster_shards_unplaced{node=\"n1\"} 0",
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "no {line:?} in /metrics:\n{metrics}");
+        }
         nodes
     })
     .await

@@ -7,6 +7,18 @@ use std::time::Duration;
 
 use gossamer_integration::{gossamer_binary, http_get, nats_server_binary, Nats, Node};
 
+/// `gossamer publish` of one line from stdin.
+fn publish_line(nats: &str, stream: &str, line: &[u8]) {
+    let mut publish = Command::new(gossamer_binary())
+        .args(["publish", "--nats", nats, "--stream", stream])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    publish.stdin.take().unwrap().write_all(line).unwrap();
+    assert!(publish.wait().unwrap().success());
+}
+
 #[test]
 fn up_without_nats_server_says_how_to_install_it() {
     let data = tempfile::tempdir().unwrap();
@@ -50,14 +62,7 @@ fn up_runs_everything_and_stops_cleanly_on_ctrl_c() {
     assert_eq!(status, 200, "the console page is served");
 
     // Publish through the child nats-server and find the event.
-    let mut publish = Command::new(gossamer_binary())
-        .args(["publish", "--nats", &nats, "--stream", "up.test"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    publish.stdin.take().unwrap().write_all(b"hello from up\n").unwrap();
-    assert!(publish.wait().unwrap().success());
+    publish_line(&nats, "up.test", b"hello from up\n");
     gossamer_integration::wait_for("the event", Duration::from_secs(30), || {
         let (_, body) = http_get(&format!("{http}/api/v1/count?q=hello"));
         (body["count"] == 1).then_some(())
@@ -164,14 +169,7 @@ fn up_runs_a_three_node_cluster_that_cluster_status_shows_and_stops_it_whole() {
     assert_eq!(held, 16, "8 shards on 2 replicas each: {c}");
 
     // An event published once is found through every node.
-    let mut publish = Command::new(gossamer_binary())
-        .args(["publish", "--nats", &nats, "--stream", "up.cluster"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    publish.stdin.take().unwrap().write_all(b"hello from three nodes\n").unwrap();
-    assert!(publish.wait().unwrap().success());
+    publish_line(&nats, "up.cluster", b"hello from three nodes\n");
     for (_, url) in &nodes {
         gossamer_integration::wait_for("the event", Duration::from_secs(30), || {
             let (_, body) = http_get(&format!("{url}/api/v1/count?q=hello"));

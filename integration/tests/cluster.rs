@@ -3,7 +3,7 @@
 //! run of random kills and restarts against a three-server NATS cluster.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gossamer_integration::{enc, wait_for, Nats, NatsCluster, Node};
@@ -21,6 +21,49 @@ fn start_node(url: &str, dir: &std::path::Path, id: &str, extra: &[&str]) -> Nod
     }
     args.extend_from_slice(extra);
     Node::start_with_url(url, dir, &args)
+}
+
+/// Starts one node per name against `url` and waits until each sees all of them.
+fn start_cluster(url: &str, dirs: &[tempfile::TempDir], names: &[&str], extra: &[&str]) -> Vec<Node> {
+    let nodes: Vec<Node> = names.iter().zip(dirs).map(|(id, d)| start_node(url, d.path(), id, extra)).collect();
+    for n in &nodes {
+        n.wait_members(names, Duration::from_secs(30));
+    }
+    nodes
+}
+
+/// Counts through a node over and over on a thread of its own, keeping every answer
+/// that is not whole (not 200, partial, or not `total`).
+struct Querier {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, Vec<String>)>,
+}
+
+impl Querier {
+    fn start(http: &str, total: u64) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (flag, http) = (stop.clone(), http.to_string());
+        let thread = std::thread::spawn(move || {
+            let (mut asked, mut bad) = (0, Vec::new());
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, body) = gossamer_integration::http_get(&format!("{http}/api/v1/count?q="));
+                asked += 1;
+                if status != 200 || body["partial"] != false || body["count"].as_u64() != Some(total) {
+                    bad.push(format!("{status} {body}"));
+                }
+            }
+            (asked, bad)
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops, and asserts every answer was whole.
+    fn finish(self, during: &str) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let (asked, bad) = self.thread.join().unwrap();
+        assert!(asked > 0, "no query ran during {during}");
+        assert!(bad.is_empty(), "{} of {asked} answers during {during} were not whole, e.g. {}", bad.len(), bad[0]);
+    }
 }
 
 /// Publishes `messages` NDJSON messages of `per` events with ids to `logs.<stream>`,
@@ -156,10 +199,7 @@ async fn kill_9_one_of_three_nodes_while_publishing() {
     let nats = Nats::start();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let url = nats.url();
-    let mut nodes: Vec<Node> = ["n1", "n2", "n3"].iter().zip(&dirs).map(|(id, d)| start_node(&url, d.path(), id, &[])).collect();
-    for n in &nodes {
-        n.wait_members(&["n1", "n2", "n3"], Duration::from_secs(20));
-    }
+    let mut nodes = start_cluster(&url, &dirs, &["n1", "n2", "n3"], &[]);
     let js = async_nats::jetstream::new(nats.client().await);
 
     // Stored before the kill: 10,000 events.
@@ -243,10 +283,7 @@ async fn a_fourth_node_takes_the_shards_rendezvous_hashing_gives_it_and_answers_
     let nats = Nats::start();
     let dirs: Vec<_> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
     let url = nats.url();
-    let three: Vec<Node> = ["n1", "n2", "n3"].iter().zip(&dirs).map(|(id, d)| start_node(&url, d.path(), id, &[])).collect();
-    for n in &three {
-        n.wait_members(&["n1", "n2", "n3"], Duration::from_secs(20));
-    }
+    let three = start_cluster(&url, &dirs[..3], &["n1", "n2", "n3"], &[]);
     let js = async_nats::jetstream::new(nats.client().await);
     let ids = publish_acked(&js, "join", 20, 500).await;
     let total = ids.len() as u64;
@@ -268,22 +305,7 @@ async fn a_fourth_node_takes_the_shards_rendezvous_hashing_gives_it_and_answers_
     }
 
     // Queries run all through the join; every answer must be complete.
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let answers = Arc::new(Mutex::new((0u64, Vec::<String>::new())));
-    let http = three[0].http.clone();
-    let querier = {
-        let (stop, answers) = (stop.clone(), answers.clone());
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let (status, body) = gossamer_integration::http_get(&format!("{http}/api/v1/count?q="));
-                let mut a = answers.lock().unwrap();
-                a.0 += 1;
-                if status != 200 || body["partial"] != false || body["count"].as_u64() != Some(total) {
-                    a.1.push(format!("{status} {body}"));
-                }
-            }
-        })
-    };
+    let querier = Querier::start(&three[0].http, total);
     let n4 = start_node(&url, dirs[3].path(), "n4", &[]);
     let (nodes_ok, n4) = tokio::task::spawn_blocking(move || {
         for n in &three {
@@ -314,11 +336,7 @@ async fn a_fourth_node_takes_the_shards_rendezvous_hashing_gives_it_and_answers_
     })
     .await
     .unwrap();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    querier.join().unwrap();
-    let (asked, bad) = answers.lock().unwrap().clone();
-    assert!(asked > 0);
-    assert!(bad.is_empty(), "{} of {asked} answers during the join were not complete, e.g. {}", bad.len(), bad[0]);
+    querier.finish("the join");
     // Through the new node too.
     let n4 = tokio::task::spawn_blocking(move || {
         assert_exactly_once(&n4, "", &ids);
@@ -393,10 +411,7 @@ async fn a_drained_node_hands_its_shards_over_and_answers_stay_complete() {
     let nats = Nats::start();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
     let url = nats.url();
-    let nodes: Vec<Node> = ["n1", "n2", "n3"].iter().zip(&dirs).map(|(id, d)| start_node(&url, d.path(), id, &[])).collect();
-    for n in &nodes {
-        n.wait_members(&["n1", "n2", "n3"], Duration::from_secs(20));
-    }
+    let nodes = start_cluster(&url, &dirs, &["n1", "n2", "n3"], &[]);
     let js = async_nats::jetstream::new(nats.client().await);
     let ids = publish_acked(&js, "drain", 20, 500).await;
     let total = ids.len() as u64;
@@ -404,21 +419,7 @@ async fn a_drained_node_hands_its_shards_over_and_answers_stay_complete() {
         let all: Vec<&Node> = nodes.iter().collect();
         wait_complete(&nodes[0], &all, "", total, Duration::from_secs(60));
         // Queries through n1 the whole time; every answer must be whole.
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let bad = Arc::new(Mutex::new((0u64, Vec::<String>::new())));
-        let querier = {
-            let (stop, bad, http) = (stop.clone(), bad.clone(), nodes[0].http.clone());
-            std::thread::spawn(move || {
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let (status, body) = gossamer_integration::http_get(&format!("{http}/api/v1/count?q="));
-                    let mut b = bad.lock().unwrap();
-                    b.0 += 1;
-                    if status != 200 || body["partial"] != false || body["count"].as_u64() != Some(total) {
-                        b.1.push(format!("{status} {body}"));
-                    }
-                }
-            })
-        };
+        let querier = Querier::start(&nodes[0].http, total);
         // Drain n3 with the CLI, waiting until it is done.
         let out = std::process::Command::new(gossamer_integration::gossamer_binary())
             .args(["admin", "drain", "--wait", "--server", &nodes[2].http])
@@ -445,11 +446,7 @@ async fn a_drained_node_hands_its_shards_over_and_answers_stay_complete() {
         }
         wait_for("n3 to catch up", Duration::from_secs(60), || nodes[2].caught_up().then_some(()));
         wait_replicas_agree(&nodes.iter().collect::<Vec<_>>(), Duration::from_secs(60));
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        querier.join().unwrap();
-        let (asked, bad) = bad.lock().unwrap().clone();
-        assert!(asked > 0);
-        assert!(bad.is_empty(), "{} of {asked} answers during the drain were not whole, e.g. {}", bad.len(), bad[0]);
+        querier.finish("the drain");
     })
     .await
     .unwrap();
@@ -462,10 +459,7 @@ async fn a_shard_without_a_live_replica_makes_answers_partial_never_short() {
     let url = nats.url();
     // One replica per shard, and a suspicion long enough to query before n2 is dead.
     let extra = ["--replicas", "1", "--gossip-suspect-ms", "5000"];
-    let nodes: Vec<Node> = ["n1", "n2"].iter().zip(&dirs).map(|(id, d)| start_node(&url, d.path(), id, &extra)).collect();
-    for n in &nodes {
-        n.wait_members(&["n1", "n2"], Duration::from_secs(20));
-    }
+    let nodes = start_cluster(&url, &dirs, &["n1", "n2"], &extra);
     let js = async_nats::jetstream::new(nats.client().await);
     let ids = publish_acked(&js, "partial", 10, 500).await;
     let total = ids.len() as u64;
@@ -509,14 +503,7 @@ async fn random_kills_and_restarts_on_a_nats_cluster_lose_and_duplicate_nothing(
     nats.wait_jetstream(3).await;
     let urls = nats.urls();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let nodes: Vec<Node> = ["n1", "n2", "n3"]
-        .iter()
-        .zip(&dirs)
-        .map(|(id, d)| start_node(&urls, d.path(), id, &["--stream-replicas", "3"]))
-        .collect();
-    for n in &nodes {
-        n.wait_members(&["n1", "n2", "n3"], Duration::from_secs(30));
-    }
+    let nodes = start_cluster(&urls, &dirs, &["n1", "n2", "n3"], &["--stream-replicas", "3"]);
     let js = async_nats::jetstream::new(nats.client().await);
 
     // A producer that publishes until told to stop, each message retried until acked, at
@@ -596,10 +583,7 @@ async fn replicas_past_the_log_or_with_a_damaged_tree_are_rebuilt_from_a_peer() 
     let url = nats.url();
     // The shard log keeps batches two seconds: a replica away longer cannot replay.
     let extra = ["--shards-max-age-secs", "2"];
-    let mut nodes: Vec<Node> = ["n1", "n2", "n3"].iter().zip(&dirs).map(|(id, d)| start_node(&url, d.path(), id, &extra)).collect();
-    for n in &nodes {
-        n.wait_members(&["n1", "n2", "n3"], Duration::from_secs(20));
-    }
+    let mut nodes = start_cluster(&url, &dirs, &["n1", "n2", "n3"], &extra);
     let client = nats.client().await;
     let js = async_nats::jetstream::new(client);
     let first = publish_acked(&js, "early", 10, 500).await;

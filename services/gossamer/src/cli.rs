@@ -728,7 +728,8 @@ fn run_children(base: Config, nodes: u32) -> Result<()> {
     Ok(())
 }
 
-/// SIGTERM to every child (they leave the cluster and flush), then wait.
+/// SIGTERM to every child (they leave the cluster and flush), then wait; one that has
+/// not stopped after 30 s is killed.
 fn stop_children(children: &mut [std::process::Child]) {
     for c in children.iter() {
         // SAFETY: signalling our own child by its pid.
@@ -736,7 +737,16 @@ fn stop_children(children: &mut [std::process::Child]) {
             libc::kill(c.id() as i32, libc::SIGTERM);
         }
     }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     for c in children.iter_mut() {
+        while let Ok(None) = c.try_wait() {
+            if std::time::Instant::now() > deadline {
+                eprintln!("node (pid {}) did not stop within 30 s; killing it", c.id());
+                let _ = c.kill();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let _ = c.wait();
     }
 }

@@ -52,7 +52,12 @@ impl NatsServer {
         std::fs::create_dir_all(store_dir).with_context(|| format!("creating {}", store_dir.display()))?;
         let port = if port == 0 { free_port()? } else { port };
         let log = store_dir.join("nats-server.log");
+        use std::os::unix::process::CommandExt;
         let child = Command::new(&bin)
+            // Its own process group: Ctrl-C in a terminal reaches the nodes, which stop
+            // while the bus is still there to take their last acks; this server is
+            // stopped after them.
+            .process_group(0)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(store_dir)
             .args(["-l"])

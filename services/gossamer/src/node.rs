@@ -250,8 +250,11 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     nats_queries.abort();
     server_handle.stop(true).await;
     let _ = serving.await;
-    // Acks sent but not yet written would be lost with the connection.
-    let _ = nats.flush().await;
+    // Acks sent but not yet written would be lost with the connection. Bounded: with
+    // the server gone (stopped with us), a flush would wait for it forever.
+    if tokio::time::timeout(Duration::from_secs(5), nats.flush()).await.is_err() {
+        tracing::warn!("nats-flush-timed-out: the NATS server did not answer at shutdown; unacked messages will be redelivered");
+    }
     let store = handle.store.clone();
     tokio::task::spawn_blocking(move || store.flush()).await??;
     info!("node-stopped");

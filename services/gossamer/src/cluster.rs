@@ -179,15 +179,15 @@ impl Actor for OwnershipActor {
         let addr = ctx.address();
         actix::spawn(async move {
             // At start, give the others a moment to answer our hello, so a node does not
-            // take every shard only to hand most of them back a moment later.
-            let deadline = tokio::time::Instant::now() + settle;
+            // take every shard only to hand most of them back a moment later: wait until
+            // someone answers (or `settle` passes alone), then until the view has not
+            // changed for a quarter of it (the rest follows within a gossip round).
+            let start = tokio::time::Instant::now();
             loop {
-                if rx.borrow().members.len() > 1 {
-                    // Someone answered: the rest of the view follows within a gossip round.
-                    tokio::time::sleep(settle / 4).await;
-                    break;
-                }
-                if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                let alone = rx.borrow().members.len() <= 1;
+                let quiet = if alone { (start + settle).saturating_duration_since(tokio::time::Instant::now()) } else { settle / 4 };
+                let changed = tokio::time::timeout(quiet, rx.changed()).await;
+                if !matches!(changed, Ok(Ok(()))) || start.elapsed() > settle * 2 {
                     break;
                 }
             }

@@ -368,17 +368,22 @@ async fn metrics(node: Node) -> Result<HttpResponse, ApiError> {
     let mut applied = Vec::new();
     let mut events = Vec::new();
     let mut pending = Vec::new();
+    let (mut gaps, mut rebuilds) = (Vec::new(), Vec::new());
     for (_, addr) in node.cluster.held() {
         // A shard that moved away meanwhile has stopped: it is no longer this node's.
         let Ok(st) = addr.send(gossamer_shard::GetState).await else { continue };
         let labels = format!("node=\"{n}\",shard=\"{}\"", st.shard);
         applied.push((labels.clone(), st.applied_seq));
         events.push((labels.clone(), st.events));
+        gaps.push((labels.clone(), st.gaps));
+        rebuilds.push((labels.clone(), st.rebuilds));
         pending.push((labels, st.pending));
     }
     metric("gossamer_shard_applied_sequence", "gauge", "last shard-log sequence applied (shards this node holds)", applied);
     metric("gossamer_shard_events", "gauge", "events stored in the shard (shards this node holds)", events);
     metric("gossamer_shard_pending", "gauge", "shard-log messages not yet applied (shards this node holds)", pending);
+    metric("gossamer_shard_delivery_gaps_total", "counter", "deliveries found missing, each replayed from the log (since the replica started here)", gaps);
+    metric("gossamer_shard_rebuilds_total", "counter", "times the replica's tree was rebuilt from a peer's copy or the log", rebuilds);
     {
         let view = node.cluster.membership.borrow().clone();
         let map = node.cluster.map();

@@ -89,31 +89,21 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     let gossip = gossip.start();
     let cluster = Arc::new(crate::cluster::Cluster::new(&cfg, membership, gossip.clone()));
     // Copies of shards come from peers through the node's query service, which needs
-    // the node's handle: it is set once the handle exists.
-    let handle_slot: Arc<std::sync::OnceLock<std::sync::Weak<NodeHandle>>> = Arc::default();
-    let snapshots: gossamer_shard::SnapshotSource = {
-        let slot = handle_slot.clone();
-        Arc::new(move |shard| {
-            let slot = slot.clone();
-            Box::pin(async move {
-                // Shards start while the node is still being wired: wait for its handle.
-                let start = std::time::Instant::now();
-                let node = loop {
-                    if let Some(weak) = slot.get() {
-                        break weak.upgrade();
-                    }
-                    if start.elapsed() > NATS_WAIT {
-                        break None;
-                    }
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                };
-                match node {
-                    Some(node) => crate::cluster::fetch_snapshot(&node, shard).await,
-                    None => Ok(None),
-                }
-            })
+    // the node's handle: shards may start before it exists, so they wait for it.
+    let (handle_tx, handle_rx) = tokio::sync::watch::channel(None::<std::sync::Weak<NodeHandle>>);
+    let snapshots: gossamer_shard::SnapshotSource = Arc::new(move |shard| {
+        let mut handle = handle_rx.clone();
+        Box::pin(async move {
+            let node = match tokio::time::timeout(NATS_WAIT, handle.wait_for(Option::is_some)).await {
+                Ok(Ok(weak)) => weak.as_ref().and_then(std::sync::Weak::upgrade),
+                _ => None,
+            };
+            match node {
+                Some(node) => crate::cluster::fetch_snapshot(&node, shard).await,
+                None => Ok(None),
+            }
         })
-    };
+    });
     let start_shard: crate::cluster::StartShard = {
         let (js, stream, shards, pressure, cluster_name, node_id) =
             (js.clone(), names.shards.clone(), shards.clone(), pressure.clone(), cfg.cluster.clone(), cfg.node_id.clone());
@@ -193,7 +183,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         nats: nats.clone(),
         tail_nats,
     });
-    let _ = handle_slot.set(Arc::downgrade(&handle));
+    handle_tx.send_replace(Some(Arc::downgrade(&handle)));
     // Ready means producers can be answered: wait for ingest to subscribe and pull.
     if let Some(ingest) = &handle.ingest {
         let start = std::time::Instant::now();

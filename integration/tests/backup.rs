@@ -284,7 +284,7 @@ fn a_backup_taken_during_ingest_is_the_shard_log_up_to_its_sequences() {
                 if msg.subject.as_str() != format!("gossamer.default.shard.{n}") {
                     continue;
                 }
-                if let gossamer_schemas::ShardCommand::Insert { events } = gossamer_schemas::ShardCommand::decode(&msg.payload).unwrap() {
+                if let Some(events) = gossamer_schemas::ShardCommand::decode(&msg.payload).unwrap().into_inserted().unwrap() {
                     want.extend(events.into_iter().map(|e| e.id));
                 }
             }

@@ -20,6 +20,7 @@ use futures::StreamExt;
 use gossamer_bus::StreamNames;
 use gossamer_config::Config;
 use gossamer_schemas::subjects::{Subjects, HEADER_ERROR, HEADER_SUBJECT, LOGS_PREFIX, LOGS_SUBJECTS};
+use gossamer_schemas::batch::{SealedBlock, BLOCK_EVENTS};
 use gossamer_schemas::{decode_payload, shard_for, Event, IdSeed, ShardCommand};
 use serde::Serialize;
 use tracing::{info, warn};
@@ -260,9 +261,7 @@ impl Runner {
     /// Decodes and routes `inputs` on the blocking pool, then publishes their shard
     /// batches and dead letters and waits for every ack. Returns each input's outcome.
     async fn ingest(&self, inputs: Vec<Input>) -> Result<Vec<Outcome>> {
-        let shards = self.shards;
-        let limits = self.limits.clone();
-        let prepared = tokio::task::spawn_blocking(move || prepare(inputs, shards, &limits)).await??;
+        let prepared = prepare(inputs, self.shards, &self.limits).await?;
         let mut pending = FuturesUnordered::new();
         for (i, reason) in prepared.dead.iter() {
             let input = &prepared.inputs[*i];
@@ -448,34 +447,128 @@ struct Prepared {
     events: u64,
 }
 
-fn prepare(inputs: Vec<Input>, shards: u32, limits: &gossamer_schemas::decode::Limits) -> Result<Prepared> {
+/// Decodes `inputs` and seals their events into shard batches, on the blocking pool,
+/// split over as many tasks as the machine has cores.
+async fn prepare(inputs: Vec<Input>, shards: u32, limits: &Arc<gossamer_schemas::decode::Limits>) -> Result<Prepared> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // Decode: the inputs in contiguous parts, so outcomes keep their order.
+    let per_task = inputs.len().div_ceil(cores).max(1);
+    let mut parts = Vec::new();
+    let mut rest = inputs;
+    while !rest.is_empty() {
+        let tail = rest.split_off(per_task.min(rest.len()));
+        let part = std::mem::replace(&mut rest, tail);
+        let limits = limits.clone();
+        parts.push(tokio::task::spawn_blocking(move || decode_part(part, shards, &limits)));
+    }
+    let mut prepared = Prepared { inputs: Vec::new(), outcomes: Vec::new(), dead: Vec::new(), batches: Vec::new(), events: 0 };
     let mut per_shard: HashMap<u32, Vec<Event>> = HashMap::new();
-    let mut outcomes = Vec::with_capacity(inputs.len());
-    let mut dead = Vec::new();
-    let mut events = 0u64;
+    for part in parts {
+        let d = part.await?;
+        let offset = prepared.inputs.len();
+        prepared.dead.extend(d.dead.into_iter().map(|(i, reason)| (i + offset, reason)));
+        prepared.inputs.extend(d.inputs);
+        prepared.outcomes.extend(d.outcomes);
+        prepared.events += d.events;
+        for (shard, evs) in d.per_shard {
+            per_shard.entry(shard).or_default().extend(evs);
+        }
+    }
+    // Seal: the shards dealt out so each task gets about as many events.
+    let mut groups: Vec<(usize, Vec<(u32, Vec<Event>)>)> = (0..cores).map(|_| (0, Vec::new())).collect();
+    let mut by_size: Vec<(u32, Vec<Event>)> = per_shard.into_iter().collect();
+    by_size.sort_by_key(|(_, evs)| std::cmp::Reverse(evs.len()));
+    for (shard, evs) in by_size {
+        let lightest = groups.iter_mut().min_by_key(|(n, _)| *n).expect("at least one group");
+        lightest.0 += evs.len();
+        lightest.1.push((shard, evs));
+    }
+    let sealing: Vec<_> = groups
+        .into_iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(_, group)| tokio::task::spawn_blocking(move || seal_shards(group)))
+        .collect();
+    for task in sealing {
+        prepared.batches.extend(task.await??);
+    }
+    Ok(prepared)
+}
+
+/// What decoding a part of a round's inputs gave.
+struct Decoded {
+    inputs: Vec<Input>,
+    outcomes: Vec<Outcome>,
+    /// (index in `inputs`, reason)
+    dead: Vec<(usize, String)>,
+    per_shard: HashMap<u32, Vec<Event>>,
+    events: u64,
+}
+
+fn decode_part(inputs: Vec<Input>, shards: u32, limits: &gossamer_schemas::decode::Limits) -> Decoded {
+    let mut d = Decoded { outcomes: Vec::with_capacity(inputs.len()), dead: Vec::new(), per_shard: HashMap::new(), events: 0, inputs: Vec::new() };
     for (i, input) in inputs.iter().enumerate() {
         let stream = input.subject.get(input.stream_offset..).unwrap_or_default();
         match decode_payload(stream, &input.payload, input.content_type.as_deref(), input.seed, limits) {
             Ok(evs) => {
-                outcomes.push(Outcome::Accepted(evs.len()));
-                events += evs.len() as u64;
+                d.outcomes.push(Outcome::Accepted(evs.len()));
+                d.events += evs.len() as u64;
                 for e in evs {
-                    per_shard.entry(shard_for(&e.stream, &e.id, shards)).or_default().push(e);
+                    d.per_shard.entry(shard_for(&e.stream, &e.id, shards)).or_default().push(e);
                 }
             }
             Err(reason) => {
-                outcomes.push(Outcome::DeadLettered(reason.to_string()));
-                dead.push((i, reason.to_string()));
+                d.outcomes.push(Outcome::DeadLettered(reason.to_string()));
+                d.dead.push((i, reason.to_string()));
             }
         }
     }
-    let mut batches = Vec::new();
-    for (shard, evs) in per_shard {
-        for (bytes, ids) in split_for_wire(evs)? {
-            batches.push((shard, bytes, batch_id(shard, &ids)));
+    d.inputs = inputs;
+    d
+}
+
+/// Each shard's events, in time order, sealed into blocks and packed into shard-log
+/// messages: `(shard, encoded command, Nats-Msg-Id)`.
+fn seal_shards(group: Vec<(u32, Vec<Event>)>) -> Result<Vec<(u32, Vec<u8>, String)>> {
+    let mut out = Vec::new();
+    for (shard, mut evs) in group {
+        evs.sort_by_key(|e| e.ts);
+        let mut blocks = Vec::new();
+        for chunk in evs.chunks(BLOCK_EVENTS) {
+            seal_for_wire(chunk, &mut blocks)?;
+        }
+        let mut message: Vec<SealedBlock> = Vec::new();
+        let mut bytes = 0;
+        for block in blocks {
+            if !message.is_empty() && bytes + block.bytes.len() > MAX_BATCH_BYTES {
+                out.push(wire_message(shard, std::mem::take(&mut message))?);
+                bytes = 0;
+            }
+            bytes += block.bytes.len();
+            message.push(block);
+        }
+        if !message.is_empty() {
+            out.push(wire_message(shard, message)?);
         }
     }
-    Ok(Prepared { inputs, outcomes, dead, batches, events })
+    Ok(out)
+}
+
+/// Seals `events` as one block, or as several when one would not fit a NATS message.
+fn seal_for_wire(events: &[Event], out: &mut Vec<SealedBlock>) -> Result<()> {
+    let block = SealedBlock::seal(events).context("sealing a block")?;
+    if block.bytes.len() <= MAX_BATCH_BYTES || events.len() <= 1 {
+        out.push(block);
+        return Ok(());
+    }
+    let (a, b) = events.split_at(events.len() / 2);
+    seal_for_wire(a, out)?;
+    seal_for_wire(b, out)
+}
+
+fn wire_message(shard: u32, blocks: Vec<SealedBlock>) -> Result<(u32, Vec<u8>, String)> {
+    let id = batch_id(shard, blocks.iter().flat_map(|b| b.ids.iter()));
+    let bytes = ShardCommand::Blocks { blocks }.encode().context("encoding a shard batch")?;
+    Ok((shard, bytes, id))
 }
 
 fn content_type(headers: Option<&HeaderMap>) -> Option<String> {
@@ -488,26 +581,9 @@ fn rand_seq() -> u64 {
     u64::from_le_bytes(id.as_bytes()[..8].try_into().unwrap())
 }
 
-/// Encodes events as shard-log messages no larger than [`MAX_BATCH_BYTES`], splitting
-/// when needed. Returns each message's bytes with its events' ids.
-fn split_for_wire(events: Vec<Event>) -> Result<Vec<(Vec<u8>, Vec<uuid::Uuid>)>> {
-    let ids: Vec<uuid::Uuid> = events.iter().map(|e| e.id).collect();
-    let n = events.len();
-    let cmd = ShardCommand::Insert { events };
-    let bytes = cmd.encode().context("encoding a shard batch")?;
-    if bytes.len() <= MAX_BATCH_BYTES || n <= 1 {
-        return Ok(vec![(bytes, ids)]);
-    }
-    let ShardCommand::Insert { mut events } = cmd else { unreachable!("built as an insert above") };
-    let tail = events.split_off(n / 2);
-    let mut out = split_for_wire(events)?;
-    out.extend(split_for_wire(tail)?);
-    Ok(out)
-}
-
 /// A batch's `Nats-Msg-Id`: the shard and a hash of its event ids, so the same batch
 /// republished within the bus's duplicate window is dropped by the bus itself.
-fn batch_id(shard: u32, ids: &[uuid::Uuid]) -> String {
+fn batch_id<'a>(shard: u32, ids: impl Iterator<Item = &'a uuid::Uuid>) -> String {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     for id in ids {
         h.update(id.as_bytes());

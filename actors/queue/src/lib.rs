@@ -454,7 +454,7 @@ impl Queues {
                 let mut out = Vec::new();
                 for p in payloads {
                     // Deletes, updates and retention are not new events.
-                    if let Ok(ShardCommand::Insert { events }) = ShardCommand::decode(&p) {
+                    if let Ok(Some(events)) = ShardCommand::decode(&p).and_then(ShardCommand::into_inserted) {
                         out.extend(events.into_iter().filter(|e| filter.matches(e)).map(|e| (e.id, e.to_json().to_string())));
                     }
                 }

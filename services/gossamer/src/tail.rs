@@ -56,7 +56,7 @@ pub async fn tail(node: web::Data<std::sync::Arc<crate::node::NodeHandle>>, para
     node.tail_nats.flush().await.map_err(|e| ApiError::Unavailable(format!("NATS: {e}")))?;
     let events = sub.flat_map(move |msg| {
         let mut out = Vec::new();
-        if let Ok(ShardCommand::Insert { events }) = ShardCommand::decode(&msg.payload) {
+        if let Ok(Some(events)) = ShardCommand::decode(&msg.payload).and_then(ShardCommand::into_inserted) {
             for e in events.iter().filter(|e| expr.as_ref().is_none_or(|x| x.matches(e))) {
                 out.push(Ok::<_, actix_web::Error>(Bytes::from(format!("data: {}\n\n", e.to_json()))));
             }

@@ -1,11 +1,13 @@
 //! Shard storage in sled.
 //!
 //! One sled database per node, one tree per shard. A shard's tree holds:
-//! - `b` + block id (u64 BE: the last sequence of the apply call that added the events,
-//!   shifted left 16 bits, plus a part number): up to 512 events in time order,
-//!   compressed in frames of 128 (so one event is read without decompressing the block);
-//!   the value starts with the block's min and max `ts` and its event count so time
-//!   ranges skip blocks without decompressing them;
+//! - `b` + block id (u64 BE: the shard-log sequence that added the events, shifted left
+//!   16 bits, plus a part number): up to 512 events in time order, compressed in frames
+//!   of 128 (so one event is read without decompressing the block); the value starts
+//!   with the block's min and max `ts` and its event count so time ranges skip blocks
+//!   without decompressing them (format: `gossamer_schemas::batch::encode_block`).
+//!   Ingest seals most blocks itself; the shard writes them as they came unless one
+//!   holds an id already stored;
 //! - `h` + seq: the block's header alone, to list time bounds without reading blocks;
 //! - `k` + block id: the block's event ids, sorted, each with its position (dedupe, get
 //!   and delete by id): one key per block, not per event; in memory, a Bloom filter over
@@ -30,7 +32,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use gossamer_schemas::batch::{decode_events, decode_events_at, encode_events, for_each_lite, CodecError, LiteEvent};
+use gossamer_schemas::batch::{
+    block_frames, decode_block, decode_events_at, encode_block, for_each_lite, CodecError, LiteEvent, SealedBlock, BLOCK_EVENTS,
+    BLOCK_HEADER as HEADER, FRAME_EVENTS,
+};
 use gossamer_schemas::{Event, ShardCommand};
 use uuid::Uuid;
 
@@ -46,12 +51,6 @@ const HEAD: u8 = b'h';
 const DIRTY: u8 = b'd';
 /// `w` + block id: the last sequence that rewrote or removed it.
 const REWRITTEN: u8 = b'w';
-const HEADER: usize = 20;
-/// zstd level for stored blocks.
-const BLOCK_LEVEL: i32 = 6;
-/// Events per compressed frame of a block: reading one event decompresses its frame
-/// alone.
-const FRAME_EVENTS: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -236,13 +235,19 @@ struct Work<'s> {
     ids: std::collections::HashMap<Uuid, Option<u64>>,
     streams: BTreeMap<String, i64>,
     count: u64,
+    /// Blocks that came sealed, by their new key: written as they came.
+    sealed: BTreeMap<u64, SealedBlock>,
+    /// Sealed blocks this call then changed (moved to `blocks`): new blocks, so not
+    /// marked as rewritten.
+    opened: std::collections::BTreeSet<u64>,
+    /// The next free part number of each sequence's block keys.
+    parts: BTreeMap<u64, u64>,
 }
 
 /// The `ids` marker for events in the new block.
 const FRESH: u64 = u64::MAX;
-/// Events per new block.
-const BLOCK_EVENTS: usize = 512;
-/// A block's key is its apply call's last adding sequence, shifted, plus its part.
+/// A block's key is the sequence that added it (for events inserted one by one, the
+/// call's last adding sequence), shifted, plus its part.
 pub const PART_BITS: u32 = 16;
 
 impl<'s> Work<'s> {
@@ -261,7 +266,48 @@ impl<'s> Work<'s> {
             ids: Default::default(),
             streams: BTreeMap::new(),
             count,
+            sealed: BTreeMap::new(),
+            opened: Default::default(),
+            parts: BTreeMap::new(),
         })
+    }
+
+    /// The key for the next block that sequence `seq` adds.
+    fn next_key(&mut self, seq: u64) -> u64 {
+        let part = self.parts.entry(seq).or_default();
+        *part += 1;
+        (seq << PART_BITS) | (*part - 1)
+    }
+
+    /// Takes a block sealed by ingest whose ids are all new: it is written as it came.
+    fn seal(&mut self, seq: u64, block: SealedBlock) {
+        let at = self.next_key(seq);
+        for id in &block.ids {
+            if let Some(f) = &mut *self.filter {
+                f.insert(id);
+            }
+            self.ids.insert(*id, Some(at));
+        }
+        for (stream, n) in &block.streams {
+            *self.streams.entry(stream.clone()).or_default() += i64::from(*n);
+        }
+        self.count += block.ids.len() as u64;
+        self.sealed.insert(at, block);
+    }
+
+    /// Whether none of `block`'s ids is stored, nor repeated within it.
+    fn all_new(&self, block: &SealedBlock) -> Result<bool> {
+        let mut sorted = block.ids.clone();
+        sorted.sort_unstable();
+        if sorted.windows(2).any(|w| w[0] == w[1]) {
+            return Ok(false);
+        }
+        for id in &block.ids {
+            if self.locate(id)?.is_some() {
+                return Ok(false);
+            }
+        }
+        Ok(true)
     }
 
     /// Where the event with `id` is now: a block seq, [`FRESH`], or nowhere.
@@ -286,10 +332,27 @@ impl<'s> Work<'s> {
         self.fresh_seq = seq;
     }
 
+    /// Adds the events whose ids are not stored yet; counts the others as duplicates.
+    fn insert_new(&mut self, seq: u64, events: Vec<Event>, outcome: &mut Applied) -> Result<()> {
+        for e in events {
+            if self.locate(&e.id)?.is_some() {
+                outcome.duplicates += 1;
+            } else {
+                self.insert(seq, e);
+                outcome.stored += 1;
+            }
+        }
+        Ok(())
+    }
+
     /// The events of block `seq` as this call sees them, loaded on first touch.
     fn block_mut(&mut self, seq: u64) -> Result<&mut Vec<Event>> {
         if seq == FRESH {
             return Ok(&mut self.fresh);
+        }
+        if let Some(sealed) = self.sealed.remove(&seq) {
+            self.blocks.insert(seq, decode_block(&sealed.bytes)?);
+            self.opened.insert(seq);
         }
         if !self.blocks.contains_key(&seq) {
             let events = match self.store.tree.get(key(BLOCK, &seq.to_be_bytes()))? {
@@ -330,6 +393,7 @@ impl<'s> Work<'s> {
             ControlFlow::Continue(())
         })?;
         touched.extend(self.blocks.keys().copied());
+        touched.extend(self.sealed.keys().copied());
         touched.push(FRESH);
         touched.sort_unstable();
         touched.dedup();
@@ -340,6 +404,7 @@ impl<'s> Work<'s> {
             let any = match (seq, self.blocks.get(&seq)) {
                 (FRESH, _) => self.fresh.iter().any(hit),
                 (_, Some(events)) => events.iter().any(hit),
+                (_, None) if self.sealed.contains_key(&seq) => decode_block(&self.sealed[&seq].bytes)?.iter().any(hit),
                 (_, None) => match self.store.tree.get(key(BLOCK, &seq.to_be_bytes()))? {
                     Some(v) => self.store.decode_block(&v)?.iter().any(hit),
                     None => false,
@@ -389,8 +454,11 @@ impl<'s> Work<'s> {
         let mut batch = sled::Batch::default();
         let mut filter = self.filter;
         for (seq, events) in &self.blocks {
-            batch.insert(key(DIRTY, &seq.to_be_bytes()), &stamp.to_be_bytes());
-            batch.insert(key(REWRITTEN, &seq.to_be_bytes()), &stamp.to_be_bytes());
+            // A block new in this call is not indexed or backed up yet: nothing to mark.
+            if !self.opened.contains(seq) {
+                batch.insert(key(DIRTY, &seq.to_be_bytes()), &stamp.to_be_bytes());
+                batch.insert(key(REWRITTEN, &seq.to_be_bytes()), &stamp.to_be_bytes());
+            }
             if events.is_empty() {
                 batch.remove(key(BLOCK, &seq.to_be_bytes()));
                 batch.remove(key(HEAD, &seq.to_be_bytes()));
@@ -407,10 +475,16 @@ impl<'s> Work<'s> {
         // bounds let newest-first searches stop after the newest blocks.
         let mut fresh = self.fresh;
         fresh.sort_by_key(|e| e.ts);
+        let first_part = self.parts.get(&self.fresh_seq).copied().unwrap_or(0);
         for (part, chunk) in fresh.chunks(BLOCK_EVENTS).enumerate() {
-            let block = (self.fresh_seq << PART_BITS) | part as u64;
+            let block = (self.fresh_seq << PART_BITS) | (first_part + part as u64);
             put_block(&mut batch, block, chunk)?;
             put_ids(&mut batch, &mut filter, block, chunk);
+        }
+        for (at, sealed) in &self.sealed {
+            batch.insert(key(HEAD, &at.to_be_bytes()), &sealed.bytes[..HEADER]);
+            batch.insert(key(BLOCK, &at.to_be_bytes()), sealed.bytes.as_slice());
+            put_id_list(&mut batch, &mut filter, *at, sealed.ids.iter().enumerate().map(|(i, id)| (*id, i as u16)).collect());
         }
         for (name, delta) in &self.streams {
             if *delta == 0 {
@@ -570,7 +644,11 @@ impl IdFilter {
 
 /// Writes block `seq`'s id list and updates the filters.
 fn put_ids(batch: &mut sled::Batch, filter: &mut Option<IdFilter>, seq: u64, events: &[Event]) {
-    let mut ids: Vec<(Uuid, u16)> = events.iter().enumerate().map(|(i, e)| (e.id, i as u16)).collect();
+    put_id_list(batch, filter, seq, events.iter().enumerate().map(|(i, e)| (e.id, i as u16)).collect());
+}
+
+/// Writes block `seq`'s id list from its `(id, position)` pairs and updates the filters.
+fn put_id_list(batch: &mut sled::Batch, filter: &mut Option<IdFilter>, seq: u64, mut ids: Vec<(Uuid, u16)>) {
     ids.sort_unstable();
     let mut v = Vec::with_capacity(ids.len() * ID_ENTRY);
     for (id, pos) in &ids {
@@ -640,13 +718,15 @@ impl ShardStore {
                 continue;
             }
             match cmd {
-                ShardCommand::Insert { events } => {
-                    for e in events {
-                        if w.locate(&e.id)?.is_some() {
-                            outcome.duplicates += 1;
+                ShardCommand::Insert { events } => w.insert_new(seq, events, &mut outcome)?,
+                ShardCommand::Blocks { blocks } => {
+                    for block in blocks {
+                        if w.all_new(&block)? {
+                            outcome.stored += block.ids.len() as u64;
+                            w.seal(seq, block);
                         } else {
-                            w.insert(seq, e);
-                            outcome.stored += 1;
+                            // A retried batch, or ids repeated by their producer: open it.
+                            w.insert_new(seq, decode_block(&block.bytes)?, &mut outcome)?;
                         }
                     }
                 }
@@ -873,26 +953,12 @@ impl ShardStore {
     }
 
     fn decode_block(&self, v: &[u8]) -> Result<Vec<Event>> {
-        let mut out = Vec::new();
-        for frame in self.frames(v)? {
-            out.extend(decode_events(frame)?);
-        }
-        Ok(out)
+        Ok(decode_block(v)?)
     }
 
     /// The compressed frames of a block value.
     fn frames<'v>(&self, v: &'v [u8]) -> Result<Vec<&'v [u8]>> {
-        let short = || self.corrupt("short block".into());
-        let n = u16::from_be_bytes(v.get(HEADER..HEADER + 2).ok_or_else(short)?.try_into().unwrap()) as usize;
-        let mut at = HEADER + 2 + 4 * n;
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            let o = HEADER + 2 + 4 * i;
-            let len = u32::from_be_bytes(v.get(o..o + 4).ok_or_else(short)?.try_into().unwrap()) as usize;
-            out.push(v.get(at..at + len).ok_or_else(short)?);
-            at += len;
-        }
-        Ok(out)
+        block_frames(v).map_err(|e| self.corrupt(e.to_string()))
     }
 
     fn corrupt(&self, what: String) -> StorageError {
@@ -922,25 +988,6 @@ fn put_block(batch: &mut sled::Batch, seq: u64, events: &[Event]) -> Result<()> 
     batch.insert(key(HEAD, &seq.to_be_bytes()), &block[..HEADER]);
     batch.insert(key(BLOCK, &seq.to_be_bytes()), block);
     Ok(())
-}
-
-fn encode_block(events: &[Event]) -> Result<Vec<u8>> {
-    let min = events.iter().map(|e| e.ts).min().unwrap_or(0);
-    let max = events.iter().map(|e| e.ts).max().unwrap_or(0);
-    let frames = events.chunks(FRAME_EVENTS).map(|c| encode_events(c, BLOCK_LEVEL)).collect::<std::result::Result<Vec<_>, _>>()?;
-    let body: usize = frames.iter().map(Vec::len).sum();
-    let mut v = Vec::with_capacity(HEADER + 2 + 4 * frames.len() + body);
-    v.extend_from_slice(&min.to_be_bytes());
-    v.extend_from_slice(&max.to_be_bytes());
-    v.extend_from_slice(&(events.len() as u32).to_be_bytes());
-    v.extend_from_slice(&(frames.len() as u16).to_be_bytes());
-    for f in &frames {
-        v.extend_from_slice(&(f.len() as u32).to_be_bytes());
-    }
-    for f in &frames {
-        v.extend_from_slice(f);
-    }
-    Ok(v)
 }
 
 pub mod snapshot;

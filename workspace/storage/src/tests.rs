@@ -78,6 +78,8 @@ fn reopen_store(path: &std::path::Path) -> Store {
 #[derive(Debug, Clone)]
 enum Op {
     Insert(Vec<u128>),
+    /// Blocks sealed by ingest, one per list of ids.
+    Sealed(Vec<Vec<u128>>),
     Delete(Vec<u128>),
     /// Delete the events whose id is a multiple of this, via a compiled predicate.
     DeleteWhere(u128),
@@ -87,12 +89,15 @@ enum Op {
     /// Re-send the last sequence with other content: must be ignored.
     Replay(Vec<u128>),
     Reopen,
+    /// These commands applied in one call, at consecutive sequences.
+    Together(Vec<Op>),
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let ids = proptest::collection::vec(0u128..40, 0..8);
     prop_oneof![
         4 => ids.clone().prop_map(Op::Insert),
+        3 => proptest::collection::vec(proptest::collection::vec(0u128..40, 1..6), 1..3).prop_map(Op::Sealed),
         1 => ids.clone().prop_map(Op::Delete),
         1 => (2u128..6).prop_map(Op::DeleteWhere),
         1 => (0u128..40, "[a-z]{1,4}").prop_map(|(i, v)| Op::Update(i, v)),
@@ -102,19 +107,88 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// [`op`], or a few of its commands applied in one call.
+fn model_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => op(),
+        1 => proptest::collection::vec(op(), 2..5)
+            .prop_map(|ops| Op::Together(ops.into_iter().filter(|o| !matches!(o, Op::Reopen | Op::Replay(_))).collect())),
+    ]
+}
+
+/// The blocks ingest would seal from these lists of ids.
+fn sealed(blocks: &[Vec<u128>]) -> ShardCommand {
+    let blocks = blocks
+        .iter()
+        .map(|ids| {
+            let mut events: Vec<Event> = ids.iter().map(|&i| model_event(i)).collect();
+            events.sort_by_key(|e| e.ts);
+            SealedBlock::seal(&events).unwrap()
+        })
+        .collect();
+    ShardCommand::Blocks { blocks }
+}
+
 fn model_event(id: u128) -> Event {
     let mut e = event(id, id as i64 * 7, if id.is_multiple_of(2) { "s" } else { "t" });
     e.labels.insert("v".into(), String::new());
     e
 }
 
+/// The command for `op` (not a reopen, a replay or a group), and its effect on the
+/// model of id -> (ts, stream, label).
+fn step(op: &Op, model: &mut Model<u128, (i64, String, String)>) -> ShardCommand {
+    match op {
+        Op::Insert(ids) => {
+            for &i in ids {
+                let e = model_event(i);
+                model.entry(i).or_insert((e.ts, e.stream.clone(), String::new()));
+            }
+            ShardCommand::Insert { events: ids.iter().map(|&i| model_event(i)).collect() }
+        }
+        Op::Sealed(blocks) => {
+            for &i in blocks.iter().flatten() {
+                let e = model_event(i);
+                model.entry(i).or_insert((e.ts, e.stream.clone(), String::new()));
+            }
+            sealed(blocks)
+        }
+        Op::Delete(ids) => {
+            for i in ids {
+                model.remove(i);
+            }
+            ShardCommand::Delete { ids: ids.iter().map(|&i| Uuid::from_u128(i)).collect() }
+        }
+        Op::DeleteWhere(m) => {
+            model.retain(|i, _| !i.is_multiple_of(*m));
+            ShardCommand::DeleteWhere { q: m.to_string(), from: i64::MIN, to: i64::MAX }
+        }
+        Op::Update(i, v) => {
+            if let Some(entry) = model.get_mut(i) {
+                entry.2 = v.clone();
+            }
+            ShardCommand::Update {
+                id: Uuid::from_u128(*i),
+                labels: [("v".to_string(), Some(v.clone()))].into(),
+                fields: Default::default(),
+            }
+        }
+        Op::Retention(s, before) => {
+            let stream = if *s { "s" } else { "t" };
+            model.retain(|_, (ts, st, _)| !(st == stream && *ts < *before));
+            ShardCommand::Retention { stream: stream.into(), before: *before }
+        }
+        Op::Reopen | Op::Replay(_) | Op::Together(_) => unreachable!("handled by the caller"),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
-    /// Random inserts (with repeated ids), deletes by id and by predicate, updates,
+    /// Random inserts (with repeated ids, one by one or in sealed blocks), deletes by id and by predicate, updates,
     /// retention, replayed sequences and reopens, checked against a map of id ->
     /// (ts, stream, label).
     #[test]
-    fn store_matches_a_model_across_reopens(ops in proptest::collection::vec(op(), 1..40)) {
+    fn store_matches_a_model_across_reopens(ops in proptest::collection::vec(model_op(), 1..40)) {
         let dir = tempfile::tempdir().unwrap();
         let mut store = Store::open(dir.path()).unwrap();
         let mut model: Model<u128, (i64, String, String)> = Model::new();
@@ -138,38 +212,16 @@ proptest! {
                     store.shard(1).unwrap().apply(vec![(seq, ShardCommand::Insert { events })]).unwrap();
                     continue;
                 }
-                Op::Insert(ids) => {
-                    for &i in ids {
-                        let e = model_event(i);
-                        model.entry(i).or_insert((e.ts, e.stream.clone(), String::new()));
+                Op::Together(ops) => {
+                    let mut cmds = Vec::new();
+                    for op in ops {
+                        seq += 1;
+                        cmds.push((seq, step(op, &mut model)));
                     }
-                    ShardCommand::Insert { events: ids.iter().map(|&i| model_event(i)).collect() }
+                    store.shard(1).unwrap().apply_with(cmds, &compile).unwrap();
+                    continue;
                 }
-                Op::Delete(ids) => {
-                    for i in ids {
-                        model.remove(i);
-                    }
-                    ShardCommand::Delete { ids: ids.iter().map(|&i| Uuid::from_u128(i)).collect() }
-                }
-                Op::DeleteWhere(m) => {
-                    model.retain(|i, _| !i.is_multiple_of(*m));
-                    ShardCommand::DeleteWhere { q: m.to_string(), from: i64::MIN, to: i64::MAX }
-                }
-                Op::Update(i, v) => {
-                    if let Some(entry) = model.get_mut(i) {
-                        entry.2 = v.clone();
-                    }
-                    ShardCommand::Update {
-                        id: Uuid::from_u128(*i),
-                        labels: [("v".to_string(), Some(v.clone()))].into(),
-                        fields: Default::default(),
-                    }
-                }
-                Op::Retention(s, before) => {
-                    let stream = if *s { "s" } else { "t" };
-                    model.retain(|_, (ts, st, _)| !(st == stream && *ts < *before));
-                    ShardCommand::Retention { stream: stream.into(), before: *before }
-                }
+                op => step(op, &mut model),
             };
             seq += 1;
             store.shard(1).unwrap().apply_with(vec![(seq, cmd)], &compile).unwrap();
@@ -269,6 +321,7 @@ fn seen(s: &ShardStore) -> Seen {
 fn command(op: &Op) -> Option<ShardCommand> {
     Some(match op {
         Op::Insert(ids) | Op::Replay(ids) => ShardCommand::Insert { events: ids.iter().map(|&i| model_event(i)).collect() },
+        Op::Sealed(blocks) => sealed(blocks),
         Op::Delete(ids) => ShardCommand::Delete { ids: ids.iter().map(|&i| Uuid::from_u128(i)).collect() },
         Op::DeleteWhere(m) => ShardCommand::DeleteWhere { q: m.to_string(), from: i64::MIN, to: i64::MAX },
         Op::Update(i, v) => ShardCommand::Update {
@@ -277,7 +330,7 @@ fn command(op: &Op) -> Option<ShardCommand> {
             fields: Default::default(),
         },
         Op::Retention(s, before) => ShardCommand::Retention { stream: if *s { "s" } else { "t" }.into(), before: *before },
-        Op::Reopen => return None,
+        Op::Reopen | Op::Together(_) => return None,
     })
 }
 

@@ -21,7 +21,7 @@ const IDLE: Duration = Duration::from_millis(100);
 /// The worker thread's nice value: ingest and queries go first, and the index takes
 /// what CPU they leave (about a tenth of a core against a busy one, all of it when
 /// they are idle). It lags during a burst and catches up after it.
-const NICENESS: i32 = 10;
+const NICENESS: i32 = 19;
 
 /// What the index actor reports.
 #[derive(Debug, Clone, Default, Serialize, MessageResponse)]
@@ -101,7 +101,17 @@ impl Handler<GetState> for IndexActor {
     type Result = IndexState;
 
     fn handle(&mut self, _: GetState, _: &mut Self::Context) -> IndexState {
-        self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        // The worker's lags are as of its last pass over the shards, which a busy node
+        // delays (it runs at a low priority): measure them now.
+        let lags = self
+            .shards
+            .iter()
+            .zip(&st.shards)
+            .map(|(s, last)| ShardIndex::new(s.clone()).lag().unwrap_or(*last))
+            .collect();
+        set_lags(&mut st, lags);
+        st
     }
 }
 

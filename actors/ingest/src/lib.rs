@@ -101,7 +101,7 @@ impl IngestActor {
     }
 
     fn start_loop(&self, ctx: &mut Context<Self>, path: Path) {
-        let run = Runner {
+        let run = Arc::new(Runner {
             js: self.js.clone(),
             subjects: Subjects::new(&self.cfg.cluster),
             shards: self.cfg.shards,
@@ -110,7 +110,7 @@ impl IngestActor {
             names: self.names.clone(),
             counters: self.counters.clone(),
             pressure: self.pressure.clone(),
-        };
+        });
         let client = self.client.clone();
         let last_error = self.last_error.clone();
         ctx.spawn(
@@ -174,6 +174,10 @@ struct Runner {
     counters: Arc<Counters>,
     pressure: Arc<gossamer_bus::Pressure>,
 }
+
+/// Rounds of requests in progress at once: while one waits for the bus's acks, the
+/// next is decoded and sealed.
+const ROUNDS_AT_ONCE: usize = 2;
 
 /// How long a request round waits for the node to catch up before it answers busy.
 const REQUEST_PATIENCE: Duration = Duration::from_secs(5);
@@ -308,7 +312,7 @@ impl Runner {
     /// group shared by every ingest actor) are batched, stored in SHARDS, and only then
     /// answered `{"accepted":N}`, or `{"error":...,"dead_lettered":1}` for a payload
     /// that cannot be made into events (dead-lettered whole, like on `logs.>`).
-    async fn serve_requests(&self, client: async_nats::Client) -> Result<()> {
+    async fn serve_requests(self: Arc<Self>, client: async_nats::Client) -> Result<()> {
         let subject = self.subjects.ingest_wildcard();
         let prefix_len = subject.len() - 1;
         let mut sub = client
@@ -320,58 +324,67 @@ impl Runner {
         client.flush().await.context("registering the ingest subscription")?;
         self.counters.serving_requests.store(true, Ordering::SeqCst);
         info!(subject = %subject, "ingest-requests-served");
+        let rounds = Arc::new(tokio::sync::Semaphore::new(ROUNDS_AT_ONCE));
         while let Some(msgs) = sub.next().await {
             let msgs = linger(&mut sub, msgs, |m| m.payload.len()).await;
-            let mut inputs = Vec::with_capacity(msgs.len());
-            let mut replies = Vec::with_capacity(msgs.len());
-            for m in msgs {
-                let Some(reply) = m.reply.clone() else {
-                    // Without a reply subject the producer cannot learn the outcome, and
-                    // would not retry: refuse rather than guess.
-                    warn!(subject = %m.subject, "ingest-request-without-reply");
-                    continue;
-                };
-                let seq = rand_seq();
-                inputs.push(Input {
-                    subject: m.subject.to_string(),
-                    stream_offset: prefix_len,
-                    payload: m.payload.clone(),
-                    content_type: content_type(m.headers.as_ref()),
-                    seed: IdSeed { received_ns: gossamer_schemas::time::now_ns(), seq },
-                    dead_letter_id: format!("dl-req-{seq:016x}"),
-                });
-                replies.push(reply);
-            }
-            if inputs.is_empty() {
-                continue;
-            }
-            if let Err(reason) = self.pressure.wait(Some(REQUEST_PATIENCE), || {}).await {
-                // Nothing taken: the producer retries after a pause.
-                let body = serde_json::json!({ "error": format!("busy, retry later: {reason}"), "busy": true }).to_string();
-                for reply in replies {
-                    client.publish(reply, body.clone().into()).await.context("replying to an ingest request")?;
-                }
-                continue;
-            }
-            let n = inputs.len() as u64;
-            let outcomes = match self.ingest(inputs).await {
-                Ok(o) => o,
-                Err(e) => {
-                    // Nothing is answered: each producer times out and retries.
+            let permit = rounds.clone().acquire_owned().await.context("the round limiter closed")?;
+            let (me, client) = (self.clone(), client.clone());
+            tokio::spawn(async move {
+                if let Err(e) = me.request_round(&client, msgs, prefix_len).await {
+                    // The producers not answered time out and retry.
                     warn!(error = format!("{e:#}"), "ingest-request-round-failed");
-                    continue;
                 }
-            };
-            for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                let body = match outcome {
-                    Outcome::Accepted(n) => serde_json::json!({ "accepted": n }),
-                    Outcome::DeadLettered(reason) => serde_json::json!({ "error": reason, "dead_lettered": 1 }),
-                };
-                client.publish(reply, body.to_string().into()).await.context("replying to an ingest request")?;
-            }
-            self.counters.requests.fetch_add(n, Ordering::Relaxed);
+                drop(permit);
+            });
         }
         anyhow::bail!("the ingest request subscription ended")
+    }
+
+    /// One round of requests: stored, then each answered.
+    async fn request_round(&self, client: &async_nats::Client, msgs: Vec<async_nats::Message>, prefix_len: usize) -> Result<()> {
+        let mut inputs = Vec::with_capacity(msgs.len());
+        let mut replies = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let Some(reply) = m.reply.clone() else {
+                // Without a reply subject the producer cannot learn the outcome, and
+                // would not retry: refuse rather than guess.
+                warn!(subject = %m.subject, "ingest-request-without-reply");
+                continue;
+            };
+            let seq = rand_seq();
+            inputs.push(Input {
+                subject: m.subject.to_string(),
+                stream_offset: prefix_len,
+                payload: m.payload.clone(),
+                content_type: content_type(m.headers.as_ref()),
+                seed: IdSeed { received_ns: gossamer_schemas::time::now_ns(), seq },
+                dead_letter_id: format!("dl-req-{seq:016x}"),
+            });
+            replies.push(reply);
+        }
+        if inputs.is_empty() {
+            return Ok(());
+        }
+        if let Err(reason) = self.pressure.wait(Some(REQUEST_PATIENCE), || {}).await {
+            // Nothing taken: the producer retries after a pause.
+            let body = serde_json::json!({ "error": format!("busy, retry later: {reason}"), "busy": true }).to_string();
+            for reply in replies {
+                client.publish(reply, body.clone().into()).await.context("replying to an ingest request")?;
+            }
+            return Ok(());
+        }
+        let n = inputs.len() as u64;
+        // On an error nothing is answered: each producer times out and retries.
+        let outcomes = self.ingest(inputs).await?;
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            let body = match outcome {
+                Outcome::Accepted(n) => serde_json::json!({ "accepted": n }),
+                Outcome::DeadLettered(reason) => serde_json::json!({ "error": reason, "dead_lettered": 1 }),
+            };
+            client.publish(reply, body.to_string().into()).await.context("replying to an ingest request")?;
+        }
+        self.counters.requests.fetch_add(n, Ordering::Relaxed);
+        Ok(())
     }
 
     /// LOGS uses limits retention, so acked messages stay until purged: drop

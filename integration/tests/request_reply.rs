@@ -116,3 +116,51 @@ async fn a_full_logs_stream_refuses_publishers_and_loses_nothing_it_accepted() {
     .await
     .unwrap();
 }
+
+/// A counter of the node's `/metrics`, summed over its labels.
+fn counter(node: &Node, name: &str) -> u64 {
+    let text = ureq::get(&format!("{}/metrics", node.http)).call().unwrap().into_string().unwrap();
+    text.lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sealed_blocks_are_kept_as_they_came_and_a_retry_of_them_is_stored_once() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    // The harness's eight shards: a request of 2,000 events seals blocks of about 250.
+    let node = Node::start(&nats, data.path(), &[]);
+    let client = nats.client().await;
+    let (ids, body) = events("sealed", 2000);
+    let reply = request(&client, "gossamer.default.ingest.rr.sealed", body.clone().into_bytes()).await;
+    assert_eq!(reply, json!({"accepted": 2000}));
+
+    // The producer retries in two halves, so the bus sees new batches (its duplicate
+    // window only drops a batch repeated as it was) and the shards get blocks whose ids
+    // they hold.
+    let lines: Vec<&str> = body.lines().collect();
+    for half in lines.chunks(1000) {
+        let part = half.iter().map(|l| format!("{l}\n")).collect::<String>();
+        let reply = request(&client, "gossamer.default.ingest.rr.sealed", part.into_bytes()).await;
+        assert_eq!(reply, json!({"accepted": 1000}));
+    }
+    tokio::task::spawn_blocking(move || {
+        gossamer_integration::wait_for("all shards caught up", Duration::from_secs(30), || {
+            let (_, c) = node.get("/api/v1/cluster");
+            c["shards"].as_array().unwrap().iter().all(|s| s["pending"] == 0).then_some(())
+        });
+        let mut stored = node.all_ids("stream:rr.sealed");
+        stored.sort();
+        let mut want = ids;
+        want.sort();
+        assert_eq!(stored, want, "every event once");
+        let (kept, opened) =
+            (counter(&node, "gossamer_shard_sealed_blocks_kept_total"), counter(&node, "gossamer_shard_sealed_blocks_opened_total"));
+        assert!(kept >= 8, "the first request's blocks are written as they came ({kept})");
+        assert!(opened >= 8, "the retried blocks are opened ({opened})");
+    })
+    .await
+    .unwrap();
+}

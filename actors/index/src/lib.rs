@@ -19,8 +19,8 @@ const STEP_EVENTS: u64 = 16 * 1024;
 /// The pause when there was nothing to do.
 const IDLE: Duration = Duration::from_millis(100);
 /// The worker thread's nice value: ingest and queries go first, and the index takes
-/// what CPU they leave (about a tenth of a core against a busy one, all of it when
-/// they are idle). It lags during a burst and catches up after it.
+/// the CPU they leave (little against a busy thread, all of it when they wait). It
+/// lags during a burst and catches up after it; `max_index_lag` bounds how far.
 const NICENESS: i32 = 19;
 
 /// What the index actor reports.

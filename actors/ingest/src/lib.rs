@@ -488,8 +488,8 @@ async fn prepare(inputs: Vec<Input>, shards: u32, limits: &Arc<gossamer_schemas:
         }
     }
     // Seal: the shards dealt out so each task gets about as many events.
-    let mut groups: Vec<(usize, Vec<(u32, Vec<Event>)>)> = (0..cores).map(|_| (0, Vec::new())).collect();
-    let mut by_size: Vec<(u32, Vec<Event>)> = per_shard.into_iter().collect();
+    let mut groups: Vec<(usize, Vec<ShardEvents>)> = (0..cores).map(|_| (0, Vec::new())).collect();
+    let mut by_size: Vec<ShardEvents> = per_shard.into_iter().collect();
     by_size.sort_by_key(|(_, evs)| std::cmp::Reverse(evs.len()));
     for (shard, evs) in by_size {
         let lightest = groups.iter_mut().min_by_key(|(n, _)| *n).expect("at least one group");
@@ -541,9 +541,16 @@ fn decode_part(inputs: Vec<Input>, shards: u32, limits: &gossamer_schemas::decod
 
 /// Each shard's events, in time order, sealed into blocks and packed into shard-log
 /// messages: `(shard, encoded command, Nats-Msg-Id)`.
-fn seal_shards(group: Vec<(u32, Vec<Event>)>) -> Result<Vec<(u32, Vec<u8>, String)>> {
+/// One shard's events of a round.
+type ShardEvents = (u32, Vec<Event>);
+
+fn seal_shards(group: Vec<ShardEvents>) -> Result<Vec<(u32, Vec<u8>, String)>> {
     let mut out = Vec::new();
     for (shard, mut evs) in group {
+        if evs.len() < SEAL_MIN_EVENTS {
+            insert_for_wire(shard, evs, &mut out)?;
+            continue;
+        }
         evs.sort_by_key(|e| e.ts);
         let mut blocks = Vec::new();
         for chunk in evs.chunks(BLOCK_EVENTS) {
@@ -564,6 +571,27 @@ fn seal_shards(group: Vec<(u32, Vec<Event>)>) -> Result<Vec<(u32, Vec<u8>, Strin
         }
     }
     Ok(out)
+}
+
+/// A shard's events of a round, when fewer than this, go as a plain insert rather than
+/// a sealed block: a shard gathers the inserts waiting for it into one block, so a
+/// moderate rate (a few events per shard per round) does not leave a block per round.
+const SEAL_MIN_EVENTS: usize = 32;
+
+/// `events` as plain inserts of at most [`MAX_BATCH_BYTES`] each.
+fn insert_for_wire(shard: u32, events: Vec<Event>, out: &mut Vec<(u32, Vec<u8>, String)>) -> Result<()> {
+    let id = batch_id(shard, events.iter().map(|e| &e.id));
+    let n = events.len();
+    let cmd = ShardCommand::Insert { events };
+    let bytes = cmd.encode().context("encoding a shard batch")?;
+    if bytes.len() <= MAX_BATCH_BYTES || n <= 1 {
+        out.push((shard, bytes, id));
+        return Ok(());
+    }
+    let ShardCommand::Insert { mut events } = cmd else { unreachable!("built as an insert above") };
+    let tail = events.split_off(n / 2);
+    insert_for_wire(shard, events, out)?;
+    insert_for_wire(shard, tail, out)
 }
 
 /// Seals `events` as one block, or as several when one would not fit a NATS message.

@@ -49,6 +49,10 @@ pub struct ShardState {
     pub gaps: u64,
     /// Times the tree was rebuilt (from a peer's copy, or emptied to replay the log).
     pub rebuilds: u64,
+    /// Blocks sealed by ingest written as they came, and opened (for holding an id
+    /// already stored).
+    pub blocks_kept: u64,
+    pub blocks_opened: u64,
 }
 
 #[derive(Message)]
@@ -455,6 +459,8 @@ impl Runner {
         st.pending = pending;
         st.caught_up |= pending == 0 || applied_seq >= st.catch_up_to;
         st.undecodable += undecodable;
+        st.blocks_kept += outcome.blocks_kept;
+        st.blocks_opened += outcome.blocks_opened;
         Ok(())
     }
 }

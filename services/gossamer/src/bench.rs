@@ -249,6 +249,9 @@ struct IngestFigures {
     logs: PathFigures,
     /// The node's peak resident memory over the run.
     node_peak_rss_kb: u64,
+    /// Blocks sealed by ingest that the shards wrote as they came, and opened.
+    sealed_blocks_kept: u64,
+    sealed_blocks_opened: u64,
     sled_bytes: u64,
     sled_bytes_per_event: f64,
     ndjson_bytes_per_event: f64,
@@ -504,6 +507,16 @@ impl NodeProcess {
             .sum())
     }
 
+    /// A counter of the node's `/metrics` (0 when absent).
+    fn counter(&self, name: &str) -> Result<u64> {
+        let text = ureq::get(&format!("{}/metrics", self.http)).call()?.into_string()?;
+        Ok(text
+            .lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum())
+    }
+
     /// Whether the index covers every stored event.
     fn indexed(&self) -> Result<bool> {
         let st: serde_json::Value = ureq::get(&format!("{}/api/v1/index", self.http)).call()?.into_json()?;
@@ -593,6 +606,8 @@ fn ingest(a: IngestBench) -> Result<()> {
         logs.indexed_s = wait_indexed(&node, start).await?;
 
         let node_peak_rss_kb = peak_rss_kb(node_pid);
+        let sealed_blocks_kept = node.counter("gossamer_shard_sealed_blocks_kept_total")?;
+        let sealed_blocks_opened = node.counter("gossamer_shard_sealed_blocks_opened_total")?;
         node.stop()?;
         let sled_bytes = dir_size(&tmp.path().join("node").join("sled"));
         let stored = 2 * a.events;
@@ -606,6 +621,8 @@ fn ingest(a: IngestBench) -> Result<()> {
             request_reply,
             logs,
             node_peak_rss_kb,
+            sealed_blocks_kept,
+            sealed_blocks_opened,
             sled_bytes,
             sled_bytes_per_event: sled_bytes as f64 / stored as f64,
             ndjson_bytes_per_event: ndjson_bytes as f64 / a.events as f64,
@@ -623,6 +640,7 @@ fn ingest(a: IngestBench) -> Result<()> {
         );
     }
     println!("node peak RSS {:.0} MiB", f.node_peak_rss_kb as f64 / 1024.0);
+    println!("sealed blocks written as they came {}, opened {}", f.sealed_blocks_kept, f.sealed_blocks_opened);
     println!(
         "sled on disk {:.1} bytes/event (NDJSON {:.1} bytes/event, {:.2} x)",
         f.sled_bytes_per_event,

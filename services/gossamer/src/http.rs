@@ -369,6 +369,7 @@ async fn metrics(node: Node) -> Result<HttpResponse, ApiError> {
     let mut events = Vec::new();
     let mut pending = Vec::new();
     let (mut gaps, mut rebuilds) = (Vec::new(), Vec::new());
+    let (mut kept, mut opened) = (0, 0);
     for (_, addr) in node.cluster.held() {
         // A shard that moved away meanwhile has stopped: it is no longer this node's.
         let Ok(st) = addr.send(gossamer_shard::GetState).await else { continue };
@@ -377,6 +378,8 @@ async fn metrics(node: Node) -> Result<HttpResponse, ApiError> {
         events.push((labels.clone(), st.events));
         gaps.push((labels.clone(), st.gaps));
         rebuilds.push((labels.clone(), st.rebuilds));
+        kept += st.blocks_kept;
+        opened += st.blocks_opened;
         pending.push((labels, st.pending));
     }
     metric("gossamer_shard_applied_sequence", "gauge", "last shard-log sequence applied (shards this node holds)", applied);
@@ -384,6 +387,9 @@ async fn metrics(node: Node) -> Result<HttpResponse, ApiError> {
     metric("gossamer_shard_pending", "gauge", "shard-log messages not yet applied (shards this node holds)", pending);
     metric("gossamer_shard_delivery_gaps_total", "counter", "deliveries found missing, each replayed from the log (since the replica started here)", gaps);
     metric("gossamer_shard_rebuilds_total", "counter", "times the replica's tree was rebuilt from a peer's copy or the log", rebuilds);
+    let node_label = format!("node=\"{n}\"");
+    metric("gossamer_shard_sealed_blocks_kept_total", "counter", "blocks sealed by ingest written as they came (shards held here, since they started)", vec![(node_label.clone(), kept)]);
+    metric("gossamer_shard_sealed_blocks_opened_total", "counter", "blocks sealed by ingest opened before writing, for holding an id already stored", vec![(node_label, opened)]);
     {
         let view = node.cluster.membership.borrow().clone();
         let map = node.cluster.map();

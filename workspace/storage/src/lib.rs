@@ -214,6 +214,10 @@ pub struct Applied {
     pub replayed: u64,
     pub deleted: u64,
     pub updated: u64,
+    /// Sealed blocks written as they came.
+    pub blocks_kept: u64,
+    /// Sealed blocks opened (holding an id already stored).
+    pub blocks_opened: u64,
 }
 
 /// An event filter for `DeleteWhere`, compiled by the caller.
@@ -722,10 +726,12 @@ impl ShardStore {
                 ShardCommand::Blocks { blocks } => {
                     for block in blocks {
                         if w.all_new(&block)? {
+                            outcome.blocks_kept += 1;
                             outcome.stored += block.ids.len() as u64;
                             w.seal(seq, block);
                         } else {
                             // A retried batch, or ids repeated by their producer: open it.
+                            outcome.blocks_opened += 1;
                             w.insert_new(seq, decode_block(&block.bytes)?, &mut outcome)?;
                         }
                     }

@@ -62,6 +62,9 @@ impl SealedBlock {
     /// events, and frames that fit the bytes.
     fn check(&self) -> Result<(), CodecError> {
         let n = block_count(&self.bytes)? as usize;
+        if n == 0 || n > BLOCK_EVENTS {
+            return Err(CodecError::Frame(format!("a sealed block of {n} events (1 to {BLOCK_EVENTS})")));
+        }
         let by_stream: u64 = self.streams.iter().map(|(_, c)| u64::from(*c)).sum();
         if self.ids.len() != n || by_stream != n as u64 {
             return Err(CodecError::Frame(format!(
@@ -72,7 +75,17 @@ impl SealedBlock {
         block_frames(&self.bytes)?;
         Ok(())
     }
+
+    /// About what it takes in a shard-log message: its bytes, its ids (16 bytes and a
+    /// MessagePack header each) and its stream counts.
+    pub fn wire_size(&self) -> usize {
+        16 + self.bytes.len() + 18 * self.ids.len() + self.streams.iter().map(|(s, _)| s.len() + 8).sum::<usize>()
+    }
 }
+
+/// Blocks one `Blocks` command may carry: a shard-log message under NATS's payload
+/// limit holds far fewer, and a block's key leaves 16 bits for its part number.
+const MAX_BLOCKS: usize = 1 << 12;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -134,6 +147,9 @@ pub fn with_decompressed<R>(frame: &[u8], f: impl FnOnce(&[u8]) -> Result<R, Cod
     let len = u32::from_le_bytes(*len);
     if len & STORED != 0 {
         let len = (len & !STORED) as usize;
+        if len > MAX_RAW {
+            return Err(CodecError::Frame(format!("declares {len} stored bytes, over the {MAX_RAW}-byte limit")));
+        }
         if body.len() != len {
             return Err(CodecError::Frame(format!("declares {len} stored bytes, holds {}", body.len())));
         }
@@ -201,6 +217,9 @@ impl ShardCommand {
     pub fn decode(bytes: &[u8]) -> Result<Self, CodecError> {
         let cmd: Self = with_decompressed(bytes, |raw| Ok(rmp_serde::from_slice(raw)?))?;
         if let ShardCommand::Blocks { blocks } = &cmd {
+            if blocks.len() > MAX_BLOCKS {
+                return Err(CodecError::Frame(format!("{} sealed blocks in one command, over {MAX_BLOCKS}", blocks.len())));
+            }
             blocks.iter().try_for_each(SealedBlock::check)?;
         }
         Ok(cmd)
@@ -650,11 +669,20 @@ mod tests {
         wrong_streams.streams[0].1 = 4;
         let mut cut = good.clone();
         cut.bytes.truncate(cut.bytes.len() - 1);
-        for (bad, why) in [(fewer_ids, "4 ids"), (wrong_streams, "4 stream counts"), (cut, "short block")] {
+        let empty = SealedBlock::seal(&[]).unwrap();
+        for (bad, why) in [(fewer_ids, "4 ids"), (wrong_streams, "4 stream counts"), (cut, "short block"), (empty, "0 events")] {
             let bytes = ShardCommand::Blocks { blocks: vec![good.clone(), bad] }.encode().unwrap();
             let err = ShardCommand::decode(&bytes).unwrap_err().to_string();
             assert!(err.contains(why), "{err}");
         }
+    }
+
+    #[test]
+    fn a_stored_frame_over_the_limit_is_refused() {
+        let mut frame = ((MAX_RAW as u32 + 1) | STORED).to_le_bytes().to_vec();
+        frame.extend_from_slice(b"short");
+        let err = ShardCommand::decode(&frame).unwrap_err().to_string();
+        assert!(err.contains("over the"), "{err}");
     }
 
     proptest! {

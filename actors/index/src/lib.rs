@@ -98,20 +98,29 @@ impl Actor for IndexActor {
 }
 
 impl Handler<GetState> for IndexActor {
-    type Result = IndexState;
+    type Result = ResponseFuture<IndexState>;
 
-    fn handle(&mut self, _: GetState, _: &mut Self::Context) -> IndexState {
+    fn handle(&mut self, _: GetState, _: &mut Self::Context) -> Self::Result {
         let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        // The worker's lags are as of its last pass over the shards, which a busy node
-        // delays (it runs at a low priority): measure them now.
-        let lags = self
-            .shards
-            .iter()
-            .zip(&st.shards)
-            .map(|(s, last)| ShardIndex::new(s.clone()).lag().unwrap_or(*last))
-            .collect();
-        set_lags(&mut st, lags);
-        st
+        let shards = self.shards.clone();
+        Box::pin(async move {
+            // The worker's lags are as of its last pass over the shards, which a busy
+            // node delays (it runs at a low priority): measure them now, off the
+            // actor's thread (it reads sled).
+            let last = st.shards.clone();
+            let lags = tokio::task::spawn_blocking(move || {
+                shards
+                    .into_iter()
+                    .zip(last)
+                    .map(|(s, last)| ShardIndex::new(s).lag().unwrap_or(last))
+                    .collect::<Vec<Lag>>()
+            })
+            .await;
+            if let Ok(lags) = lags {
+                set_lags(&mut st, lags);
+            }
+            st
+        })
     }
 }
 

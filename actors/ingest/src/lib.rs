@@ -559,11 +559,11 @@ fn seal_shards(group: Vec<ShardEvents>) -> Result<Vec<(u32, Vec<u8>, String)>> {
         let mut message: Vec<SealedBlock> = Vec::new();
         let mut bytes = 0;
         for block in blocks {
-            if !message.is_empty() && bytes + block.bytes.len() > MAX_BATCH_BYTES {
+            if !message.is_empty() && bytes + block.wire_size() > MAX_BATCH_BYTES {
                 out.push(wire_message(shard, std::mem::take(&mut message))?);
                 bytes = 0;
             }
-            bytes += block.bytes.len();
+            bytes += block.wire_size();
             message.push(block);
         }
         if !message.is_empty() {
@@ -597,7 +597,7 @@ fn insert_for_wire(shard: u32, events: Vec<Event>, out: &mut Vec<(u32, Vec<u8>, 
 /// Seals `events` as one block, or as several when one would not fit a NATS message.
 fn seal_for_wire(events: &[Event], out: &mut Vec<SealedBlock>) -> Result<()> {
     let block = SealedBlock::seal(events).context("sealing a block")?;
-    if block.bytes.len() <= MAX_BATCH_BYTES || events.len() <= 1 {
+    if block.wire_size() <= MAX_BATCH_BYTES || events.len() <= 1 {
         out.push(block);
         return Ok(());
     }
@@ -630,4 +630,49 @@ fn batch_id<'a>(shard: u32, ids: impl Iterator<Item = &'a uuid::Uuid>) -> String
         h.update(id.as_bytes());
     }
     format!("{shard}-{:032x}", h.digest128())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(i: usize, message: String) -> Event {
+        Event {
+            id: uuid::Uuid::now_v7(),
+            ts: i as i64,
+            stream: "app".into(),
+            level: "info".into(),
+            message,
+            labels: Default::default(),
+            fields: Default::default(),
+        }
+    }
+
+    /// Highly compressible events make blocks far smaller than their ids on the wire:
+    /// the messages must still fit the limit, and carry every event once.
+    #[test]
+    fn sealed_batches_fit_the_wire_whatever_the_events_compress_to() {
+        for message in ["a".repeat(300), String::new()] {
+            let events: Vec<Event> = (0..60_000).map(|i| event(i, message.clone())).collect();
+            let mut want: Vec<uuid::Uuid> = events.iter().map(|e| e.id).collect();
+            let batches = seal_shards(vec![(3, events)]).unwrap();
+            let mut got = Vec::new();
+            for (shard, bytes, _) in &batches {
+                assert_eq!(*shard, 3);
+                assert!(bytes.len() <= MAX_BATCH_BYTES, "{} bytes", bytes.len());
+                got.extend(ShardCommand::decode(bytes).unwrap().into_inserted().unwrap().unwrap().into_iter().map(|e| e.id));
+            }
+            got.sort();
+            want.sort();
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn a_few_events_for_a_shard_go_as_a_plain_insert() {
+        let events: Vec<Event> = (0..SEAL_MIN_EVENTS - 1).map(|i| event(i, format!("m{i}"))).collect();
+        let batches = seal_shards(vec![(0, events.clone())]).unwrap();
+        assert_eq!(batches.len(), 1);
+        assert_eq!(ShardCommand::decode(&batches[0].1).unwrap(), ShardCommand::Insert { events });
+    }
 }

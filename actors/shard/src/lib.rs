@@ -459,6 +459,10 @@ impl Runner {
         st.pending = pending;
         st.caught_up |= pending == 0 || applied_seq >= st.catch_up_to;
         st.undecodable += undecodable;
+        if outcome.blocks_undecodable > 0 {
+            error!(shard, blocks = outcome.blocks_undecodable, "sealed-blocks-undecodable");
+        }
+        st.undecodable += outcome.blocks_undecodable;
         st.blocks_kept += outcome.blocks_kept;
         st.blocks_opened += outcome.blocks_opened;
         Ok(())

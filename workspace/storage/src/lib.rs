@@ -218,6 +218,9 @@ pub struct Applied {
     pub blocks_kept: u64,
     /// Sealed blocks opened (holding an id already stored).
     pub blocks_opened: u64,
+    /// Sealed blocks skipped because their frames could not be read (written by a
+    /// faulty producer): every replica skips the same ones.
+    pub blocks_undecodable: u64,
 }
 
 /// An event filter for `DeleteWhere`, compiled by the caller.
@@ -731,8 +734,13 @@ impl ShardStore {
                             w.seal(seq, block);
                         } else {
                             // A retried batch, or ids repeated by their producer: open it.
-                            outcome.blocks_opened += 1;
-                            w.insert_new(seq, decode_block(&block.bytes)?, &mut outcome)?;
+                            match decode_block(&block.bytes) {
+                                Ok(events) => {
+                                    outcome.blocks_opened += 1;
+                                    w.insert_new(seq, events, &mut outcome)?;
+                                }
+                                Err(_) => outcome.blocks_undecodable += 1,
+                            }
                         }
                     }
                 }

@@ -393,3 +393,23 @@ proptest! {
         }
     }
 }
+
+/// A sealed block whose frames cannot be read, opened because it holds a stored id, is
+/// skipped and counted; the rest of the command is stored and the shard goes on.
+#[test]
+fn an_unreadable_sealed_block_is_skipped_and_the_rest_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap().shard(2).unwrap();
+    s.apply(vec![(1, ShardCommand::Insert { events: vec![event(1, 10, "a")] })]).unwrap();
+    let mut bad = SealedBlock::seal(&[event(1, 10, "a"), event(2, 20, "a")]).unwrap();
+    // Damage the first frame's bytes, keeping the framing intact.
+    let at = bad.bytes.len() - 3;
+    bad.bytes[at] ^= 0xff;
+    bad.bytes[at - 1] ^= 0xff;
+    let good = SealedBlock::seal(&[event(3, 30, "b"), event(4, 40, "b")]).unwrap();
+    let out = s.apply(vec![(2, ShardCommand::Blocks { blocks: vec![bad, good] })]).unwrap();
+    assert_eq!((out.blocks_undecodable, out.blocks_kept, out.stored), (1, 1, 2));
+    assert_eq!(s.event_count().unwrap(), 3);
+    assert_eq!(s.applied_seq().unwrap(), 2);
+    assert_eq!(s.stream_counts().unwrap(), Model::from([("a".into(), 1), ("b".into(), 2)]));
+}

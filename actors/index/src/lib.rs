@@ -104,16 +104,11 @@ impl Handler<GetState> for IndexActor {
         let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let shards = self.shards.clone();
         Box::pin(async move {
-            // The worker's lags are as of its last pass over the shards, which a busy
-            // node delays (it runs at a low priority): measure them now, off the
-            // actor's thread (it reads sled).
-            let last = st.shards.clone();
+            // Measured when asked, not by the worker: a busy node delays its passes (it
+            // runs at a low priority), so its figures would be stale. Off the actor's
+            // thread: it reads sled.
             let lags = tokio::task::spawn_blocking(move || {
-                shards
-                    .into_iter()
-                    .zip(last)
-                    .map(|(s, last)| ShardIndex::new(s).lag().unwrap_or(last))
-                    .collect::<Vec<Lag>>()
+                shards.into_iter().map(|s| ShardIndex::new(s).lag().unwrap_or_default()).collect::<Vec<Lag>>()
             })
             .await;
             if let Ok(lags) = lags {
@@ -158,18 +153,13 @@ fn work(indexes: Vec<ShardIndex>, shared: Arc<Shared>) {
                     warn!(shard = ix.shard(), error = %e, "index-clear-failed");
                 }
             }
-            // The lag and the reset count change together, so a reader that sees the
-            // reset also sees the work it left.
-            let lags: Vec<Lag> = indexes.iter().map(|ix| ix.lag().unwrap_or_default()).collect();
-            let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-            set_lags(&mut st, lags);
-            st.resets_total += indexes.len() as u64;
+            // Counted once the indexes are cleared, so a reader that sees the reset
+            // also sees the work it left.
+            shared.state.lock().unwrap_or_else(|p| p.into_inner()).resets_total += indexes.len() as u64;
         }
         let mut worked = false;
-        let mut lags = Vec::with_capacity(indexes.len());
         for ix in &indexes {
             let step = ix.step(STEP_EVENTS);
-            let lag = ix.lag();
             let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
             match step {
                 Ok(s) => {
@@ -184,9 +174,7 @@ fn work(indexes: Vec<ShardIndex>, shared: Arc<Shared>) {
                     st.last_error = Some(format!("shard {}: {e}", ix.shard()));
                 }
             }
-            lags.push(lag.unwrap_or_default());
         }
-        set_lags(&mut shared.state.lock().unwrap_or_else(|p| p.into_inner()), lags);
         if !worked && !shared.stop.load(Ordering::SeqCst) {
             std::thread::park_timeout(IDLE);
         }

@@ -60,8 +60,22 @@ pub struct Nats {
     child: Child,
     pub port: u16,
     pub dir: tempfile::TempDir,
-    /// A server config file (`-c`), for servers that ask for credentials.
-    config: Option<PathBuf>,
+    /// The server's config file (`-c`): JetStream's storage limit, and what a test adds.
+    config: PathBuf,
+}
+
+/// JetStream reserves every stream's byte cap out of its storage limit, which is 75% of
+/// the disk's free space at start unless set: a fixed limit keeps the tests (which write
+/// megabytes) from failing to create streams on a machine whose disk is fuller. A test
+/// that sets `jetstream { ... }` itself gets its own.
+const TEST_JETSTREAM: &str = "jetstream { max_file_store: 64GB }\n";
+
+/// Writes `dir/server.conf`: the tests' JetStream limit and `extra`.
+fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    let path = dir.join("server.conf");
+    let limit = if extra.contains("jetstream") { "" } else { TEST_JETSTREAM };
+    std::fs::write(&path, format!("{limit}{extra}\n")).unwrap();
+    path
 }
 
 impl Nats {
@@ -83,20 +97,17 @@ impl Nats {
     /// flags: e.g. `authorization { user: a, password: b }`.
     pub fn start_with_config(config: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("server.conf");
-        std::fs::write(&path, config).unwrap();
+        let path = write_config(dir.path(), config);
         let port = free_port();
-        let child = Self::spawn_server(dir.path(), port, Some(&path));
-        let mut nats = Self { child, port, dir, config: Some(path) };
+        let child = Self::spawn_server(dir.path(), port, &path);
+        let mut nats = Self { child, port, dir, config: path };
         nats.wait_listening();
         nats
     }
 
-    fn spawn_server(dir: &Path, port: u16, config: Option<&Path>) -> Child {
+    fn spawn_server(dir: &Path, port: u16, config: &Path) -> Child {
         let mut cmd = Command::new(nats_server_binary());
-        if let Some(c) = config {
-            cmd.arg("-c").arg(c);
-        }
+        cmd.arg("-c").arg(config);
         cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(dir.join("js"))
             .arg("-l")
@@ -107,8 +118,9 @@ impl Nats {
     }
 
     fn start_on(dir: tempfile::TempDir, port: u16) -> Self {
-        let child = Self::spawn_server(dir.path(), port, None);
-        let mut nats = Self { child, port, dir, config: None };
+        let path = write_config(dir.path(), "");
+        let child = Self::spawn_server(dir.path(), port, &path);
+        let mut nats = Self { child, port, dir, config: path };
         nats.wait_listening();
         nats
     }
@@ -133,7 +145,7 @@ impl Nats {
         wait_for("the port to be free", Duration::from_secs(20), || {
             std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err().then_some(())
         });
-        self.child = Self::spawn_server(self.dir.path(), self.port, self.config.as_deref());
+        self.child = Self::spawn_server(self.dir.path(), self.port, &self.config);
         self.wait_listening();
     }
 
@@ -173,10 +185,9 @@ impl NatsCluster {
                     ports[i].1,
                     routes.join(", ")
                 );
-                let path = dir.path().join("server.conf");
-                std::fs::write(&path, config).unwrap();
-                let child = Nats::spawn_server(dir.path(), ports[i].0, Some(&path));
-                let mut nats = Nats { child, port: ports[i].0, dir, config: Some(path) };
+                let path = write_config(dir.path(), &config);
+                let child = Nats::spawn_server(dir.path(), ports[i].0, &path);
+                let mut nats = Nats { child, port: ports[i].0, dir, config: path };
                 nats.wait_listening();
                 nats
             })

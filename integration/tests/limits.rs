@@ -72,3 +72,44 @@ fn every_limit_is_configurable_and_named_when_crossed() {
     assert_eq!(status, 413, "{body}");
     assert!(body["error"].as_str().unwrap().contains("query_limits.max_body_bytes"), "{body}");
 }
+
+/// JetStream sets every stream's byte cap aside when the stream is created: on a
+/// nats-server with less storage than the default caps, the node stops with an error
+/// naming the settings, and with smaller caps it starts and the streams carry them.
+#[test]
+fn a_bus_without_room_for_the_stream_caps_is_named_with_the_settings_that_fit_it() {
+    let nats = Nats::start_with_config("jetstream { max_file_store: 100MB }");
+    let data = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(gossamer_integration::gossamer_binary())
+        .args(["node", "--nats", &nats.url(), "--http", "127.0.0.1:0", "--shards", "8", "--data"])
+        .arg(data.path().join("refused"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = gossamer_integration::wait_for("the node to stop", Duration::from_secs(60), || child.try_wait().unwrap());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "a node whose streams cannot be created must not run: {err}");
+    for named in ["LOGS", "8192 MiB (logs_max_bytes)", "max_file_store", "--logs-max-bytes", "--notify-max-bytes"] {
+        assert!(err.contains(named), "the error names {named:?}: {err}");
+    }
+
+    let caps = [("LOGS", 32 << 20), ("DEADLETTER", 8 << 20), ("NOTIFY", 32 << 20)];
+    let node = Node::start(
+        &nats,
+        &data.path().join("fits"),
+        &["--logs-max-bytes", "33554432", "--deadletter-max-bytes", "8388608", "--notify-max-bytes", "33554432"],
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = rt.block_on(nats.client());
+    let js = rt.block_on(async { async_nats::jetstream::new(client.clone()) });
+    for (name, cap) in caps {
+        let info = rt.block_on(async { js.get_stream(name).await.unwrap().info().await.unwrap().config.clone() });
+        assert_eq!(info.max_bytes, cap, "{name} carries the cap it was given");
+    }
+    let reply = rt.block_on(client.request("gossamer.default.ingest.fits", json!({"message": "stored"}).to_string().into()));
+    let reply: Value = serde_json::from_slice(&reply.unwrap().payload).unwrap();
+    assert_eq!(reply["accepted"], 1, "{reply}");
+    gossamer_integration::wait_for("the event to be stored", Duration::from_secs(30), || (node.count("stream:fits") == 1).then_some(()));
+}

@@ -127,28 +127,33 @@ fn now() -> String {
 }
 
 impl Queues {
-    /// Creates the NOTIFY stream and the definitions bucket if they are missing, with
-    /// `replicas` copies each (on a NATS cluster).
-    pub async fn open(nats: async_nats::Client, cluster: &str, shards_stream: &str, replicas: usize) -> Result<Arc<Self>> {
+    /// Creates the NOTIFY stream (capped at `notify_max_bytes`) and the definitions
+    /// bucket if they are missing, with `replicas` copies each (on a NATS cluster).
+    pub async fn open(
+        nats: async_nats::Client,
+        cluster: &str,
+        shards_stream: &str,
+        replicas: usize,
+        notify_max_bytes: i64,
+    ) -> Result<Arc<Self>> {
         let js = jetstream::new(nats.clone());
         let subjects = Subjects::new(cluster);
-        js.get_or_create_stream(stream::Config {
+        let notify = stream::Config {
             name: subjects.notify_stream(),
             subjects: vec![subjects.notify_wildcard()],
             retention: stream::RetentionPolicy::Limits,
             max_age: Duration::from_secs(7 * 24 * 3600),
-            max_bytes: 4 << 30,
+            max_bytes: notify_max_bytes,
             duplicate_window: DEDUPE_WINDOW,
             storage: stream::StorageType::File,
             num_replicas: replicas,
             ..Default::default()
-        })
-        .await
-        .context("creating the NOTIFY stream")?;
+        };
+        gossamer_bus::ensure_stream(&js, notify, "notify_max_bytes").await?;
         // The client's create_key_value cannot read nats-server 2.9's answer
         // (FIELD-NOTES): create the bucket's stream as it would, then open the bucket.
         let bucket = subjects.queues_bucket();
-        js.get_or_create_stream(stream::Config {
+        let definitions = stream::Config {
             name: format!("KV_{bucket}"),
             subjects: vec![format!("$KV.{bucket}.>")],
             max_messages_per_subject: 1,
@@ -159,9 +164,8 @@ impl Queues {
             storage: stream::StorageType::File,
             num_replicas: replicas,
             ..Default::default()
-        })
-        .await
-        .with_context(|| format!("creating the key-value bucket {bucket}"))?;
+        };
+        gossamer_bus::ensure_stream(&js, definitions, "").await.with_context(|| format!("creating the key-value bucket {bucket}"))?;
         let kv = js.get_key_value(&bucket).await.with_context(|| format!("opening the key-value bucket {bucket}"))?;
         Ok(Arc::new(Self {
             js,

@@ -142,6 +142,10 @@ struct UpArgs {
     /// Number of logical shards (fixed when the data directory is created).
     #[arg(long)]
     shards: Option<u32>,
+    /// Stream caps. Without them, the nats-server `up` starts gets the defaults, lowered
+    /// in proportion when the disk under DATA has too little room for them.
+    #[command(flatten)]
+    caps: StreamCapArgs,
     #[command(flatten)]
     tokens: TokenArgs,
     #[command(flatten)]
@@ -176,10 +180,8 @@ struct NodeArgs {
     /// Comma-separated roles: ingest,shard,index,backup,queue,admin (all by default).
     #[arg(long, value_delimiter = ',')]
     roles: Option<Vec<String>>,
-    /// Byte cap of the LOGS stream when this node creates it; publishers get an error
-    /// past it.
-    #[arg(long)]
-    logs_max_bytes: Option<i64>,
+    #[command(flatten)]
+    caps: StreamCapArgs,
     /// How often per-stream retention runs, in seconds.
     #[arg(long)]
     retention_every_secs: Option<u64>,
@@ -207,6 +209,40 @@ struct NodeArgs {
     backup: BackupArgs,
     #[command(flatten)]
     nats_auth: NatsArgs,
+}
+
+/// Byte caps of the streams a node creates (when it is the first to). JetStream sets
+/// each cap aside out of its storage when the stream is created.
+#[derive(Args)]
+struct StreamCapArgs {
+    /// Cap of the LOGS stream (8 GiB); publishers get an error past it.
+    #[arg(long)]
+    logs_max_bytes: Option<i64>,
+    /// Cap of the DEADLETTER stream (1 GiB); the oldest entries go first past it.
+    #[arg(long)]
+    deadletter_max_bytes: Option<i64>,
+    /// Cap of the NOTIFY stream queues read from (4 GiB); the oldest events go first
+    /// past it.
+    #[arg(long)]
+    notify_max_bytes: Option<i64>,
+}
+
+impl StreamCapArgs {
+    fn apply(&self, cfg: &mut Config) {
+        for (flag, cap) in [
+            (self.logs_max_bytes, &mut cfg.logs_max_bytes),
+            (self.deadletter_max_bytes, &mut cfg.deadletter_max_bytes),
+            (self.notify_max_bytes, &mut cfg.notify_max_bytes),
+        ] {
+            if let Some(v) = flag {
+                *cap = v;
+            }
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.logs_max_bytes.is_some() || self.deadletter_max_bytes.is_some() || self.notify_max_bytes.is_some()
+    }
 }
 
 /// The API's bearer tokens (`GOSSAMER_ADMIN_TOKEN`, `GOSSAMER_READ_TOKEN` too).
@@ -520,9 +556,7 @@ fn node(a: NodeArgs) -> Result<()> {
     if let Some(v) = a.roles {
         cfg.roles = v;
     }
-    if let Some(v) = a.logs_max_bytes {
-        cfg.logs_max_bytes = v;
-    }
+    a.caps.apply(&mut cfg);
     if let Some(v) = a.retention_every_secs {
         cfg.retention_every_secs = v.max(1);
     }
@@ -573,9 +607,11 @@ fn up(a: UpArgs) -> Result<()> {
     if let Some(r) = a.replicas {
         cfg.replicas = r;
     }
+    a.caps.apply(&mut cfg);
     a.tokens.apply(&mut cfg)?;
     a.backup.apply(&mut cfg)?;
     a.nats_auth.apply(&mut cfg.nats_auth);
+    cfg.validate()?;
     let _server = match a.nats {
         Some(url) => {
             cfg.nats = url;
@@ -589,7 +625,11 @@ fn up(a: UpArgs) -> Result<()> {
             } else {
                 a.nats_port
             };
-            let server = crate::nats_server::NatsServer::start(&a.data.join("nats"), port)?;
+            let store = a.data.join("nats");
+            if !a.caps.any() {
+                fit_caps_to_disk(&mut cfg, &store);
+            }
+            let server = crate::nats_server::NatsServer::start(&store, port)?;
             cfg.nats = server.url();
             Some(server)
         }
@@ -599,6 +639,25 @@ fn up(a: UpArgs) -> Result<()> {
     }
     run_node_blocking(cfg)
     // `_server` drops here: nats-server is stopped after the node.
+}
+
+/// Lowers the stream caps when the nats-server `up` starts would not have room to set
+/// them aside: JetStream's storage limit is 75% of the disk's free space at its start,
+/// and SHARDS (uncapped) and the queues' bucket need room beside them, so the caps take
+/// at most half of the free space. Says so when it lowers them.
+fn fit_caps_to_disk(cfg: &mut Config, store: &std::path::Path) {
+    let Some(free) = crate::nats_server::free_bytes(store) else { return };
+    if cfg.fit_stream_caps((free / 2).min(i64::MAX as u64) as i64) {
+        eprintln!(
+            "{} MiB free under {}: stream caps lowered to LOGS {} MiB, DEADLETTER {} MiB, NOTIFY {} MiB \
+             (--logs-max-bytes, --deadletter-max-bytes, --notify-max-bytes set them)",
+            free >> 20,
+            store.display(),
+            cfg.logs_max_bytes >> 20,
+            cfg.deadletter_max_bytes >> 20,
+            cfg.notify_max_bytes >> 20
+        );
+    }
 }
 
 fn cluster_status(server: &str, as_json: bool) -> Result<()> {

@@ -107,6 +107,23 @@ impl Drop for NatsServer {
     }
 }
 
+/// Bytes free to unprivileged users on the file system holding `path` (or its nearest
+/// existing parent); None when it cannot be read.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let existing = path.ancestors().find(|p| p.exists())?;
+    let c_path = std::ffi::CString::new(existing.as_os_str().as_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: a NUL-terminated path and a statvfs buffer statvfs fills on success.
+    let stats = unsafe {
+        if libc::statvfs(c_path.as_ptr(), stats.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stats.assume_init()
+    };
+    Some(stats.f_bavail as u64 * stats.f_frsize as u64)
+}
+
 /// A port nobody listens on now (the OS picks it).
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())

@@ -154,7 +154,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     };
 
     let (queues, queue_actor) = if cfg.has_role("queue") {
-        let queues = gossamer_queue::Queues::open(nats.clone(), &cfg.cluster, &names.shards, cfg.stream_replicas).await?;
+        let queues = gossamer_queue::Queues::open(nats.clone(), &cfg.cluster, &names.shards, cfg.stream_replicas, cfg.notify_max_bytes)
+            .await?;
         let actor = gossamer_queue::QueueActor::new(queues.clone()).start();
         (Some(queues), Some(actor))
     } else {

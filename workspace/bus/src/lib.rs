@@ -168,18 +168,47 @@ pub async fn ensure_streams(js: &jetstream::Context, cfg: &Config) -> Result<Str
             subjects: vec![subjects.deadletter()],
             retention: stream::RetentionPolicy::Limits,
             max_age: Duration::from_secs(7 * 24 * 3600),
-            max_bytes: 1 << 30,
+            max_bytes: cfg.deadletter_max_bytes,
             storage: stream::StorageType::File,
             num_replicas: cfg.stream_replicas,
             ..Default::default()
         },
     ];
-    for c in configs {
+    for (c, setting) in configs.into_iter().zip(["logs_max_bytes", "", "deadletter_max_bytes"]) {
         let name = c.name.clone();
-        js.get_or_create_stream(c).await.with_context(|| format!("creating JetStream stream {name}"))?;
+        ensure_stream(js, c, setting).await?;
         info!(stream = %name, "stream-ready");
     }
     Ok(names)
+}
+
+/// Creates a stream unless it exists (an existing one is left as it is). `setting`
+/// names the config setting that gives its byte cap ("" for none): JetStream sets every
+/// stream's cap aside out of its storage limit, and when there is no room left the
+/// error says so and what to change, instead of nats-server's bare "insufficient
+/// storage resources".
+pub async fn ensure_stream(js: &jetstream::Context, config: stream::Config, setting: &str) -> Result<stream::Stream> {
+    let name = config.name.clone();
+    let cap = config.max_bytes;
+    js.get_or_create_stream(config).await.map_err(|e| {
+        let no_room = matches!(e.kind(), jetstream::context::CreateStreamErrorKind::JetStream(j)
+            if j.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED);
+        if !no_room {
+            return anyhow::Error::new(e).context(format!("creating JetStream stream {name}"));
+        }
+        let what = if cap > 0 && !setting.is_empty() {
+            format!("cannot set aside its byte cap of {} MiB ({setting})", cap >> 20)
+        } else {
+            "has no JetStream storage left for it".to_string()
+        };
+        anyhow::anyhow!(
+            "creating JetStream stream {name}: nats-server {what}. JetStream reserves every stream's byte cap out of its \
+             storage limit, which is 75% of the disk's free space when nats-server started unless its config sets \
+             `jetstream {{ max_file_store: ... }}`. Free some disk, raise max_file_store, or lower the caps Gossamer's \
+             streams take: logs_max_bytes, deadletter_max_bytes, notify_max_bytes (flags --logs-max-bytes, \
+             --deadletter-max-bytes, --notify-max-bytes)"
+        )
+    })
 }
 
 /// Acks every message at once and waits for all the acks to be sent.

@@ -6,6 +6,12 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
+/// The smallest byte cap a stream may be given.
+pub const MIN_STREAM_BYTES: i64 = 64 << 10;
+
+/// What [`Config::fit_stream_caps`] rounds caps to, and lowers them to at most.
+const MIB: i64 = 1 << 20;
+
 /// Every role a node can run.
 pub const ALL_ROLES: [&str; 6] = ["ingest", "shard", "index", "backup", "queue", "admin"];
 
@@ -33,8 +39,14 @@ pub struct Config {
     pub shards: u32,
     pub replicas: u32,
     pub roles: Vec<String>,
-    /// Cap on the LOGS stream; publishers get an error past it.
+    /// Cap on the LOGS stream; publishers get an error past it. JetStream sets each
+    /// stream's cap aside from its storage limit when the stream is created.
     pub logs_max_bytes: i64,
+    /// Cap on the DEADLETTER stream (the oldest reasons go first past it).
+    pub deadletter_max_bytes: i64,
+    /// Cap on the NOTIFY stream that notification queues read (the oldest events go
+    /// first past it).
+    pub notify_max_bytes: i64,
     /// How long SHARDS keeps batches, in seconds.
     pub shards_max_age_secs: u64,
     /// Largest number of LOGS messages the ingest actor turns into one round of
@@ -180,6 +192,8 @@ impl Default for Config {
             replicas: 2,
             roles: ALL_ROLES.iter().map(|r| r.to_string()).collect(),
             logs_max_bytes: 8 << 30,
+            deadletter_max_bytes: 1 << 30,
+            notify_max_bytes: 4 << 30,
             shards_max_age_secs: 24 * 3600,
             ingest_batch: 2000,
             retention_every_secs: 60,
@@ -209,8 +223,33 @@ impl Config {
             http: "127.0.0.1:0".into(),
             shards: 8,
             logs_max_bytes: 256 << 20,
+            deadletter_max_bytes: 64 << 20,
+            notify_max_bytes: 256 << 20,
             ..Self::default()
         }
+    }
+
+    /// The byte caps of LOGS, DEADLETTER and NOTIFY together: what JetStream sets aside
+    /// for them (per copy) when they are created.
+    pub fn stream_caps_total(&self) -> i64 {
+        self.logs_max_bytes + self.deadletter_max_bytes + self.notify_max_bytes
+    }
+
+    /// Lowers the three stream caps in the same proportion until together they take at
+    /// most `budget` bytes, keeping each a whole number of MiB and at least 1 MiB (so a
+    /// budget under 3 MiB is overrun).
+    /// Returns false, changing nothing, when they fit already.
+    pub fn fit_stream_caps(&mut self, budget: i64) -> bool {
+        let total = self.stream_caps_total();
+        if total <= budget {
+            return false;
+        }
+        let share = budget.max(0) as f64 / total as f64;
+        for cap in [&mut self.logs_max_bytes, &mut self.deadletter_max_bytes, &mut self.notify_max_bytes] {
+            let lowered = (*cap as f64 * share) as i64 / MIB * MIB;
+            *cap = lowered.max(MIB);
+        }
+        true
     }
 
     /// Defaults, overlaid with the JSON file (if given) and `GOSSAMER_*` variables.
@@ -291,6 +330,15 @@ impl Config {
         if !(1..=5).contains(&self.stream_replicas) {
             bail!("stream_replicas must be between 1 and 5 (JetStream's limit), got {}", self.stream_replicas);
         }
+        for (name, cap) in [
+            ("logs_max_bytes", self.logs_max_bytes),
+            ("deadletter_max_bytes", self.deadletter_max_bytes),
+            ("notify_max_bytes", self.notify_max_bytes),
+        ] {
+            if cap < MIN_STREAM_BYTES {
+                bail!("{name} must be at least {MIN_STREAM_BYTES} bytes (64 KiB), got {cap}");
+            }
+        }
         if self.gossip_probe_ms < 50 || self.gossip_suspect_ms < self.gossip_probe_ms {
             bail!(
                 "gossip_probe_ms must be at least 50 and gossip_suspect_ms at least gossip_probe_ms (got {} and {})",
@@ -334,6 +382,38 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stream_caps_shrink_in_proportion_to_fit_a_budget() {
+        let mut cfg = Config::default();
+        assert!(!cfg.fit_stream_caps(cfg.stream_caps_total()), "caps that fit are left alone");
+        assert_eq!(cfg.logs_max_bytes, 8 << 30);
+
+        let budget = 3 << 30;
+        assert!(cfg.fit_stream_caps(budget));
+        assert!(cfg.stream_caps_total() <= budget);
+        assert!(cfg.stream_caps_total() > budget - 3 * MIB, "no more is taken off than rounding needs");
+        // 8 : 1 : 4 still.
+        assert_eq!(cfg.logs_max_bytes / MIB, 8 * 3 * 1024 / 13);
+        assert_eq!(cfg.notify_max_bytes / MIB, 4 * 3 * 1024 / 13);
+        assert_eq!(cfg.logs_max_bytes % MIB, 0);
+        cfg.validate().unwrap();
+
+        let mut tiny = Config::default();
+        assert!(tiny.fit_stream_caps(1000));
+        assert_eq!(
+            [tiny.logs_max_bytes, tiny.deadletter_max_bytes, tiny.notify_max_bytes],
+            [MIB; 3],
+            "never under 1 MiB"
+        );
+    }
+
+    #[test]
+    fn a_stream_cap_under_one_mib_is_refused_by_name() {
+        let cfg = Config { notify_max_bytes: 4096, ..Config::default() };
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.contains("notify_max_bytes") && err.contains("4096"), "{err}");
+    }
 
     #[test]
     fn environment_overrides_defaults() {

@@ -42,9 +42,17 @@ pub struct IndexState {
     pub last_error: Option<String>,
 }
 
+/// The whole state, consistent: the counters include every step whose work the lags
+/// see (it waits for a step in progress to be counted).
 #[derive(Message)]
 #[rtype(result = "IndexState")]
 pub struct GetState;
+
+/// Events stored but not indexed yet, measured now without waiting for the worker (for
+/// ingest's back-pressure).
+#[derive(Message)]
+#[rtype(result = "u64")]
+pub struct GetLag;
 
 /// Drops every shard's index; the worker rebuilds them from the shards' blocks.
 #[derive(Message)]
@@ -53,6 +61,10 @@ pub struct Reindex;
 
 struct Shared {
     state: Mutex<IndexState>,
+    /// Held by the worker while a step changes an index and counts what it did, and by
+    /// [`GetState`] while it measures: a reader never sees a step's segments without
+    /// its counts.
+    pass: Mutex<()>,
     stop: AtomicBool,
     reindex: AtomicBool,
 }
@@ -67,6 +79,7 @@ impl IndexActor {
     pub fn new(shards: Vec<ShardStore>) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(IndexState { shards: vec![Lag::default(); shards.len()], ..Default::default() }),
+            pass: Mutex::new(()),
             stop: AtomicBool::new(false),
             reindex: AtomicBool::new(false),
         });
@@ -101,22 +114,44 @@ impl Handler<GetState> for IndexActor {
     type Result = ResponseFuture<IndexState>;
 
     fn handle(&mut self, _: GetState, _: &mut Self::Context) -> Self::Result {
-        let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let shards = self.shards.clone();
+        let shared = self.shared.clone();
+        let fallback = self.shared.clone();
         Box::pin(async move {
-            // Measured when asked, not by the worker: a busy node delays its passes (it
-            // runs at a low priority), so its figures would be stale. Off the actor's
-            // thread: it reads sled.
-            let lags = tokio::task::spawn_blocking(move || {
-                shards.into_iter().map(|s| ShardIndex::new(s).lag().unwrap_or_default()).collect::<Vec<Lag>>()
+            // Lags are measured when asked, not by the worker: a busy node delays its
+            // passes (it runs at a low priority), so its figures would be stale. Off the
+            // actor's thread: it reads sled, and may wait for a step to end.
+            let measured = tokio::task::spawn_blocking(move || {
+                let _pass = shared.pass.lock().unwrap_or_else(|p| p.into_inner());
+                let lags = measure(shards);
+                let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                set_lags(&mut st, lags);
+                st
             })
             .await;
-            if let Ok(lags) = lags {
-                set_lags(&mut st, lags);
-            }
-            st
+            measured.unwrap_or_else(|e| {
+                let mut st = fallback.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                st.last_error = Some(format!("measuring the index's lag failed: {e}"));
+                st
+            })
         })
     }
+}
+
+impl Handler<GetLag> for IndexActor {
+    type Result = ResponseFuture<u64>;
+
+    fn handle(&mut self, _: GetLag, _: &mut Self::Context) -> Self::Result {
+        let shards = self.shards.clone();
+        Box::pin(async move {
+            let lags = tokio::task::spawn_blocking(move || measure(shards)).await.unwrap_or_default();
+            lags.iter().map(|l| l.events).sum()
+        })
+    }
+}
+
+fn measure(shards: Vec<ShardStore>) -> Vec<Lag> {
+    shards.into_iter().map(|s| ShardIndex::new(s).lag().unwrap_or_default()).collect()
 }
 
 impl Handler<Reindex> for IndexActor {
@@ -147,6 +182,7 @@ fn work(indexes: Vec<ShardIndex>, shared: Arc<Shared>) {
     lower_priority();
     while !shared.stop.load(Ordering::SeqCst) {
         if shared.reindex.swap(false, Ordering::SeqCst) {
+            let _pass = shared.pass.lock().unwrap_or_else(|p| p.into_inner());
             info!(shards = indexes.len(), "reindex-requested");
             for ix in &indexes {
                 if let Err(e) = ix.clear() {
@@ -159,6 +195,7 @@ fn work(indexes: Vec<ShardIndex>, shared: Arc<Shared>) {
         }
         let mut worked = false;
         for ix in &indexes {
+            let _pass = shared.pass.lock().unwrap_or_else(|p| p.into_inner());
             let step = ix.step(STEP_EVENTS);
             let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner());
             match step {
@@ -187,4 +224,52 @@ fn set_lags(st: &mut IndexState, lags: Vec<Lag>) {
     st.dirty_blocks = lags.iter().map(|l| l.dirty_blocks).sum();
     st.segments = lags.iter().map(|l| l.segments).sum();
     st.shards = lags;
+}
+
+#[cfg(test)]
+mod tests {
+    use gossamer_schemas::{Event, ShardCommand};
+    use gossamer_storage::Store;
+
+    use super::*;
+
+    /// Every state read while the worker indexes counts each event once: as indexed or
+    /// as lag, never neither (a reader that saw a step's segments before its count said
+    /// the index had caught up with events missing from the total).
+    #[actix_rt::test]
+    async fn every_state_counts_each_stored_event_once_as_indexed_or_lagging() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let shards: Vec<ShardStore> = (0..2).map(|s| store.shard(s).unwrap()).collect();
+        let mut stored = 0u64;
+        for (s, shard) in shards.iter().enumerate() {
+            for round in 0..8u64 {
+                let events: Vec<Event> = (0..5_000u64)
+                    .map(|i| Event {
+                        id: uuid::Uuid::from_u128(((s as u128) << 64) | u128::from(round * 5_000 + i)),
+                        ts: (round * 5_000 + i) as i64,
+                        stream: "app".into(),
+                        level: "info".into(),
+                        message: format!("request {i} served in {} ms", i % 97),
+                        labels: Default::default(),
+                        fields: Default::default(),
+                    })
+                    .collect();
+                stored += events.len() as u64;
+                shard.apply(vec![(round + 1, ShardCommand::Insert { events })]).unwrap();
+            }
+        }
+        let index = IndexActor::new(shards).start();
+        let mut reads = 0;
+        loop {
+            let st = index.send(GetState).await.unwrap();
+            reads += 1;
+            assert_eq!(st.indexed_events_total + st.lag_events, stored, "read {reads}: {st:?}");
+            if st.lag_events == 0 {
+                break;
+            }
+        }
+        assert!(reads > 1, "the index was read while it worked");
+        assert_eq!(index.send(GetLag).await.unwrap(), 0);
+    }
 }

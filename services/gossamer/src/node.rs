@@ -269,8 +269,8 @@ async fn measure_pressure(node: Arc<NodeHandle>, pressure: Arc<gossamer_bus::Pre
         // The index's lag costs a few reads per shard: measure it less often.
         if n % 5 == 0 {
             if let Some(index) = &node.index {
-                if let Ok(st) = index.send(gossamer_index_actor::GetState).await {
-                    index_lag = st.lag_events;
+                if let Ok(lag) = index.send(gossamer_index_actor::GetLag).await {
+                    index_lag = lag;
                 }
             }
         }

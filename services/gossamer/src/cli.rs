@@ -641,13 +641,9 @@ fn up(a: UpArgs) -> Result<()> {
     // `_server` drops here: nats-server is stopped after the node.
 }
 
-/// Lowers the stream caps when the nats-server `up` starts would not have room to set
-/// them aside: JetStream's storage limit is 75% of the disk's free space at its start,
-/// and SHARDS (uncapped) and the queues' bucket need room beside them, so the caps take
-/// at most half of the free space. Says so when it lowers them.
+/// [`crate::nats_server::fit_caps_to_disk`], saying so when it lowers the caps.
 fn fit_caps_to_disk(cfg: &mut Config, store: &std::path::Path) {
-    let Some(free) = crate::nats_server::free_bytes(store) else { return };
-    if cfg.fit_stream_caps((free / 2).min(i64::MAX as u64) as i64) {
+    if let Some(free) = crate::nats_server::fit_caps_to_disk(cfg, store) {
         eprintln!(
             "{} MiB free under {}: stream caps lowered to LOGS {} MiB, DEADLETTER {} MiB, NOTIFY {} MiB \
              (--logs-max-bytes, --deadletter-max-bytes, --notify-max-bytes set them)",

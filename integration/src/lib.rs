@@ -67,13 +67,13 @@ pub struct Nats {
 /// JetStream reserves every stream's byte cap out of its storage limit, which is 75% of
 /// the disk's free space at start unless set: a fixed limit keeps the tests (which write
 /// megabytes) from failing to create streams on a machine whose disk is fuller. A test
-/// that sets `jetstream { ... }` itself gets its own.
+/// whose config has a top-level `jetstream` block gets its own.
 const TEST_JETSTREAM: &str = "jetstream { max_file_store: 64GB }\n";
 
 /// Writes `dir/server.conf`: the tests' JetStream limit and `extra`.
 fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let path = dir.join("server.conf");
-    let limit = if extra.contains("jetstream") { "" } else { TEST_JETSTREAM };
+    let limit = if extra.lines().any(|l| l.starts_with("jetstream")) { "" } else { TEST_JETSTREAM };
     std::fs::write(&path, format!("{limit}{extra}\n")).unwrap();
     path
 }

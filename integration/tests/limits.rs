@@ -75,7 +75,8 @@ fn every_limit_is_configurable_and_named_when_crossed() {
 
 /// JetStream sets every stream's byte cap aside when the stream is created: on a
 /// nats-server with less storage than the default caps, the node stops with an error
-/// naming the settings, and with smaller caps it starts and the streams carry them.
+/// naming the settings, and with smaller caps it starts and the streams carry them;
+/// streams that exist keep their caps.
 #[test]
 fn a_bus_without_room_for_the_stream_caps_is_named_with_the_settings_that_fit_it() {
     let nats = Nats::start_with_config("jetstream { max_file_store: 100MB }");
@@ -112,4 +113,12 @@ fn a_bus_without_room_for_the_stream_caps_is_named_with_the_settings_that_fit_it
     let reply: Value = serde_json::from_slice(&reply.unwrap().payload).unwrap();
     assert_eq!(reply["accepted"], 1, "{reply}");
     gossamer_integration::wait_for("the event to be stored", Duration::from_secs(30), || (node.count("stream:fits") == 1).then_some(()));
+
+    // A node that asks for other caps finds the streams made: they keep theirs, and its
+    // log says so.
+    let other = Node::start(&nats, &data.path().join("other"), &["--node-id", "other", "--logs-max-bytes", "16777216"]);
+    let log = other.log();
+    assert!(log.contains("stream-cap-kept") && log.contains("logs_max_bytes"), "{log}");
+    let info = rt.block_on(async { js.get_stream("LOGS").await.unwrap().info().await.unwrap().config.clone() });
+    assert_eq!(info.max_bytes, 32 << 20, "LOGS keeps its cap");
 }

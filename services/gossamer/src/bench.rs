@@ -472,16 +472,20 @@ impl NodeProcess {
 
     fn start_with(nats: &str, data: &Path, shards: u32, extra: &[&str]) -> Result<Self> {
         use std::io::BufRead;
-        // The bench's nats-server stores on the same disk: on a full one, smaller caps
-        // rather than streams JetStream refuses.
+        // The bench's nats-server stores in a temporary directory: on a full disk,
+        // smaller caps (said on stderr) rather than streams JetStream refuses.
         let mut caps = gossamer_config::Config::default();
-        crate::nats_server::fit_caps_to_disk(&mut caps, data);
+        crate::cli::fit_caps_to_disk(&mut caps, &std::env::temp_dir(), [false; 3]);
+        let mut cap_flags = Vec::new();
+        if caps.stream_caps_total() != gossamer_config::Config::default().stream_caps_total() {
+            cap_flags.push(format!("--logs-max-bytes={}", caps.logs_max_bytes));
+            cap_flags.push(format!("--deadletter-max-bytes={}", caps.deadletter_max_bytes));
+            cap_flags.push(format!("--notify-max-bytes={}", caps.notify_max_bytes));
+        }
         let mut child = std::process::Command::new(std::env::current_exe()?)
             .args(["node", "--nats", nats, "--http", "127.0.0.1:0", "--shards", &shards.to_string(), "--data"])
             .arg(data)
-            .arg(format!("--logs-max-bytes={}", caps.logs_max_bytes))
-            .arg(format!("--deadletter-max-bytes={}", caps.deadletter_max_bytes))
-            .arg(format!("--notify-max-bytes={}", caps.notify_max_bytes))
+            .args(&cap_flags)
             .args(extra)
             .env("GOSSAMER_LOG", "warn")
             .stdout(std::process::Stdio::piped())

@@ -142,8 +142,8 @@ struct UpArgs {
     /// Number of logical shards (fixed when the data directory is created).
     #[arg(long)]
     shards: Option<u32>,
-    /// Stream caps. Without them, the nats-server `up` starts gets the defaults, lowered
-    /// in proportion when the disk under DATA has too little room for them.
+    /// Stream caps. Those not given are the defaults, lowered in proportion when the
+    /// disk under DATA has too little room for them on the nats-server `up` starts.
     #[command(flatten)]
     caps: StreamCapArgs,
     #[command(flatten)]
@@ -240,8 +240,9 @@ impl StreamCapArgs {
         }
     }
 
-    fn any(&self) -> bool {
-        self.logs_max_bytes.is_some() || self.deadletter_max_bytes.is_some() || self.notify_max_bytes.is_some()
+    /// Which of LOGS, DEADLETTER and NOTIFY were given.
+    fn given(&self) -> [bool; 3] {
+        [self.logs_max_bytes.is_some(), self.deadletter_max_bytes.is_some(), self.notify_max_bytes.is_some()]
     }
 }
 
@@ -626,9 +627,7 @@ fn up(a: UpArgs) -> Result<()> {
                 a.nats_port
             };
             let store = a.data.join("nats");
-            if !a.caps.any() {
-                fit_caps_to_disk(&mut cfg, &store);
-            }
+            fit_caps_to_disk(&mut cfg, &store, a.caps.given());
             let server = crate::nats_server::NatsServer::start(&store, port)?;
             cfg.nats = server.url();
             Some(server)
@@ -642,10 +641,10 @@ fn up(a: UpArgs) -> Result<()> {
 }
 
 /// [`crate::nats_server::fit_caps_to_disk`], saying so when it lowers the caps.
-fn fit_caps_to_disk(cfg: &mut Config, store: &std::path::Path) {
-    if let Some(free) = crate::nats_server::fit_caps_to_disk(cfg, store) {
+pub fn fit_caps_to_disk(cfg: &mut Config, store: &std::path::Path, keep: [bool; 3]) {
+    if let Some(free) = crate::nats_server::fit_caps_to_disk(cfg, store, keep) {
         eprintln!(
-            "{} MiB free under {}: stream caps lowered to LOGS {} MiB, DEADLETTER {} MiB, NOTIFY {} MiB \
+            "{} MiB free under {}: stream caps for new streams lowered to LOGS {} MiB, DEADLETTER {} MiB, NOTIFY {} MiB \
              (--logs-max-bytes, --deadletter-max-bytes, --notify-max-bytes set them)",
             free >> 20,
             store.display(),

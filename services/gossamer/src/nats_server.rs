@@ -107,14 +107,14 @@ impl Drop for NatsServer {
     }
 }
 
-/// Lowers `cfg`'s stream caps when a nats-server storing under `store` would not have
-/// room to set them aside: JetStream's storage limit is 75% of the disk's free space at
-/// its start, and SHARDS (uncapped) and the queues' bucket need room beside them, so
-/// the caps take at most half of the free space. Returns the free bytes when it
-/// lowered them.
-pub fn fit_caps_to_disk(cfg: &mut gossamer_config::Config, store: &Path) -> Option<u64> {
+/// Lowers `cfg`'s stream caps not in `keep` when a nats-server storing under `store`
+/// would not have room to set them aside: JetStream's storage limit is 75% of the
+/// disk's free space at its start, and SHARDS (uncapped) and the queues' bucket need
+/// room beside them, so the caps take at most half of the free space. Returns the free
+/// bytes when it lowered them.
+pub fn fit_caps_to_disk(cfg: &mut gossamer_config::Config, store: &Path, keep: [bool; 3]) -> Option<u64> {
     let free = free_bytes(store)?;
-    cfg.fit_stream_caps((free / 2).min(i64::MAX as u64) as i64).then_some(free)
+    cfg.fit_stream_caps((free / 2).min(i64::MAX as u64) as i64, keep).then_some(free)
 }
 
 /// Bytes free to unprivileged users on the file system holding `path` (or its nearest
@@ -131,7 +131,7 @@ pub fn free_bytes(path: &Path) -> Option<u64> {
         }
         stats.assume_init()
     };
-    Some(stats.f_bavail as u64 * stats.f_frsize as u64)
+    Some((stats.f_bavail as u64).saturating_mul(stats.f_frsize as u64))
 }
 
 /// A port nobody listens on now (the OS picks it).

@@ -182,33 +182,61 @@ pub async fn ensure_streams(js: &jetstream::Context, cfg: &Config) -> Result<Str
     Ok(names)
 }
 
-/// Creates a stream unless it exists (an existing one is left as it is). `setting`
-/// names the config setting that gives its byte cap ("" for none): JetStream sets every
-/// stream's cap aside out of its storage limit, and when there is no room left the
-/// error says so and what to change, instead of nats-server's bare "insufficient
-/// storage resources".
+/// Creates a stream unless it exists (an existing one is left as it is, with a warning
+/// when its byte cap is not the one `config` asks for). `setting` names the config
+/// setting that gives its cap ("" for none): JetStream sets every stream's cap aside out
+/// of its storage limit, and when there is no room left the error says so and what to
+/// change, beside nats-server's own words.
 pub async fn ensure_stream(js: &jetstream::Context, config: stream::Config, setting: &str) -> Result<stream::Stream> {
     let name = config.name.clone();
     let cap = config.max_bytes;
-    js.get_or_create_stream(config).await.map_err(|e| {
-        let no_room = matches!(e.kind(), jetstream::context::CreateStreamErrorKind::JetStream(j)
-            if j.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED);
-        if !no_room {
-            return anyhow::Error::new(e).context(format!("creating JetStream stream {name}"));
-        }
+    let mut created = js.get_or_create_stream(config).await.map_err(|e| {
+        let code = match e.kind() {
+            jetstream::context::CreateStreamErrorKind::JetStream(j) => Some(j.error_code()),
+            _ => None,
+        };
+        let hint = match code {
+            Some(jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED | jetstream::ErrorCode::INSUFFICIENT_RESOURCES) => "",
+            // What a NATS cluster answers when no server can take the stream, for want
+            // of room among other reasons.
+            Some(jetstream::ErrorCode::CLUSTER_NO_PEERS) => "if the servers lack storage: ",
+            _ => return anyhow::Error::new(e).context(format!("creating JetStream stream {name}")),
+        };
         let what = if cap > 0 && !setting.is_empty() {
-            format!("cannot set aside its byte cap of {} MiB ({setting})", cap >> 20)
+            format!("cannot set aside its byte cap of {} ({setting})", bytes(cap))
         } else {
             "has no JetStream storage left for it".to_string()
         };
         anyhow::anyhow!(
-            "creating JetStream stream {name}: nats-server {what}. JetStream reserves every stream's byte cap out of its \
-             storage limit, which is 75% of the disk's free space when nats-server started unless its config sets \
-             `jetstream {{ max_file_store: ... }}`. Free some disk, raise max_file_store, or lower the caps Gossamer's \
-             streams take: logs_max_bytes, deadletter_max_bytes, notify_max_bytes (flags --logs-max-bytes, \
-             --deadletter-max-bytes, --notify-max-bytes)"
+            "creating JetStream stream {name}: {e}. {hint}nats-server {what}: JetStream reserves every stream's byte \
+             cap out of its storage limit, which is 75% of the disk's free space when nats-server started unless its \
+             config sets `jetstream {{ max_file_store: ... }}`. Free some disk, raise max_file_store, or lower the caps \
+             Gossamer's streams take: logs_max_bytes, deadletter_max_bytes, notify_max_bytes (flags --logs-max-bytes, \
+             --deadletter-max-bytes, --notify-max-bytes); a stream that exists keeps the cap it was created with"
         )
-    })
+    })?;
+    if cap > 0 && !setting.is_empty() {
+        match created.info().await {
+            Ok(info) if info.config.max_bytes != cap => warn!(
+                stream = %name,
+                cap = info.config.max_bytes,
+                asked = cap,
+                setting,
+                "stream-cap-kept: the stream exists with another byte cap, which it keeps"
+            ),
+            _ => {}
+        }
+    }
+    Ok(created)
+}
+
+/// `n` bytes in MiB, or in bytes under one MiB.
+fn bytes(n: i64) -> String {
+    if n >= 1 << 20 {
+        format!("{} MiB", n >> 20)
+    } else {
+        format!("{n} bytes")
+    }
 }
 
 /// Acks every message at once and waits for all the acks to be sent.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// The smallest byte cap a stream may be given.
 pub const MIN_STREAM_BYTES: i64 = 64 << 10;
 
-/// What [`Config::fit_stream_caps`] rounds caps to, and lowers them to at most.
+/// What [`Config::fit_stream_caps`] rounds caps to, and the least it lowers one to.
 const MIB: i64 = 1 << 20;
 
 /// Every role a node can run.
@@ -232,22 +232,25 @@ impl Config {
     /// The byte caps of LOGS, DEADLETTER and NOTIFY together: what JetStream sets aside
     /// for them (per copy) when they are created.
     pub fn stream_caps_total(&self) -> i64 {
-        self.logs_max_bytes + self.deadletter_max_bytes + self.notify_max_bytes
+        self.logs_max_bytes.saturating_add(self.deadletter_max_bytes).saturating_add(self.notify_max_bytes)
     }
 
-    /// Lowers the three stream caps in the same proportion until together they take at
-    /// most `budget` bytes, keeping each a whole number of MiB and at least 1 MiB (so a
-    /// budget under 3 MiB is overrun).
-    /// Returns false, changing nothing, when they fit already.
-    pub fn fit_stream_caps(&mut self, budget: i64) -> bool {
-        let total = self.stream_caps_total();
-        if total <= budget {
+    /// Lowers the stream caps not in `keep` (LOGS, DEADLETTER, NOTIFY: true for a cap
+    /// the user set) in the same proportion until all three take at most `budget`
+    /// bytes. A lowered cap is a whole number of MiB and at least 1 MiB, so a budget of
+    /// a few MiB can still be overrun; no cap is ever raised. Returns false, changing
+    /// nothing, when they fit already or every cap is kept.
+    pub fn fit_stream_caps(&mut self, budget: i64, keep: [bool; 3]) -> bool {
+        if self.stream_caps_total() <= budget || keep.iter().all(|k| *k) {
             return false;
         }
-        let share = budget.max(0) as f64 / total as f64;
-        for cap in [&mut self.logs_max_bytes, &mut self.deadletter_max_bytes, &mut self.notify_max_bytes] {
-            let lowered = (*cap as f64 * share) as i64 / MIB * MIB;
-            *cap = lowered.max(MIB);
+        let mut caps = [&mut self.logs_max_bytes, &mut self.deadletter_max_bytes, &mut self.notify_max_bytes];
+        let kept: i64 = caps.iter().zip(keep).filter(|(_, k)| *k).map(|(c, _)| **c).fold(0, i64::saturating_add);
+        let fitted: i64 = caps.iter().zip(keep).filter(|(_, k)| !*k).map(|(c, _)| **c).fold(0, i64::saturating_add);
+        let share = (budget - kept).max(0) as f64 / fitted as f64;
+        for (cap, _) in caps.iter_mut().zip(keep).filter(|(_, k)| !*k) {
+            let lowered = ((**cap as f64 * share) as i64 / MIB * MIB).max(MIB);
+            **cap = lowered.min(**cap);
         }
         true
     }
@@ -386,11 +389,11 @@ mod tests {
     #[test]
     fn stream_caps_shrink_in_proportion_to_fit_a_budget() {
         let mut cfg = Config::default();
-        assert!(!cfg.fit_stream_caps(cfg.stream_caps_total()), "caps that fit are left alone");
+        assert!(!cfg.fit_stream_caps(cfg.stream_caps_total(), [false; 3]), "caps that fit are left alone");
         assert_eq!(cfg.logs_max_bytes, 8 << 30);
 
         let budget = 3 << 30;
-        assert!(cfg.fit_stream_caps(budget));
+        assert!(cfg.fit_stream_caps(budget, [false; 3]));
         assert!(cfg.stream_caps_total() <= budget);
         assert!(cfg.stream_caps_total() > budget - 3 * MIB, "no more is taken off than rounding needs");
         // 8 : 1 : 4 still.
@@ -400,16 +403,31 @@ mod tests {
         cfg.validate().unwrap();
 
         let mut tiny = Config::default();
-        assert!(tiny.fit_stream_caps(1000));
-        assert_eq!(
-            [tiny.logs_max_bytes, tiny.deadletter_max_bytes, tiny.notify_max_bytes],
-            [MIB; 3],
-            "never under 1 MiB"
-        );
+        assert!(tiny.fit_stream_caps(1000, [false; 3]));
+        assert_eq!([tiny.logs_max_bytes, tiny.deadletter_max_bytes, tiny.notify_max_bytes], [MIB; 3], "never under 1 MiB");
+
+        let mut small = Config { notify_max_bytes: MIN_STREAM_BYTES, ..Config::default() };
+        assert!(small.fit_stream_caps(2 << 30, [false; 3]));
+        assert_eq!(small.notify_max_bytes, MIN_STREAM_BYTES, "a cap is never raised");
     }
 
     #[test]
-    fn a_stream_cap_under_one_mib_is_refused_by_name() {
+    fn caps_the_user_set_are_kept_and_the_others_fit_around_them() {
+        let mut cfg = Config { logs_max_bytes: 1 << 30, ..Config::default() };
+        assert!(cfg.fit_stream_caps(2 << 30, [true, false, false]));
+        assert_eq!(cfg.logs_max_bytes, 1 << 30, "set by the user");
+        assert!(cfg.stream_caps_total() <= 2 << 30);
+        // DEADLETTER : NOTIFY stays 1 : 4 in the GiB left.
+        assert_eq!(cfg.deadletter_max_bytes / MIB, 1024 / 5);
+        assert_eq!(cfg.notify_max_bytes / MIB, 4 * 1024 / 5);
+
+        let mut all = Config::default();
+        assert!(!all.fit_stream_caps(1 << 30, [true; 3]), "nothing to lower");
+        assert_eq!(all.stream_caps_total(), Config::default().stream_caps_total());
+    }
+
+    #[test]
+    fn a_stream_cap_under_64_kib_is_refused_by_name() {
         let cfg = Config { notify_max_bytes: 4096, ..Config::default() };
         let err = cfg.validate().unwrap_err().to_string();
         assert!(err.contains("notify_max_bytes") && err.contains("4096"), "{err}");

@@ -23,7 +23,7 @@
 //! step rebuilds the segment holding them and clears the mark.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use gossamer_schemas::batch::{compress, decompress};
@@ -175,10 +175,22 @@ impl Step {
     }
 }
 
+/// Work done by steps, for readers of an index's state. Each figure is added just
+/// before the sled write that makes its work visible (and taken back if the write
+/// fails), so a reader that measures the lag first and reads these after finds every
+/// step whose work the lag shows counted: indexed + lagging is never short of stored.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub indexed_events: AtomicU64,
+    pub rebuilt_segments: AtomicU64,
+    pub merged_segments: AtomicU64,
+}
+
 /// One shard's index.
 #[derive(Clone)]
 pub struct ShardIndex {
     store: ShardStore,
+    tally: Arc<Tally>,
     /// Set when segments changed since the last look for a merge.
     merge_pending: Arc<AtomicBool>,
     /// Set once this handle checked the index against the shard (first step).
@@ -206,7 +218,17 @@ fn u64_of(v: Option<sled::IVec>) -> Option<u64> {
 
 impl ShardIndex {
     pub fn new(store: ShardStore) -> Self {
-        Self { store, merge_pending: Arc::new(AtomicBool::new(true)), verified: Arc::new(AtomicBool::new(false)) }
+        Self {
+            store,
+            tally: Arc::default(),
+            merge_pending: Arc::new(AtomicBool::new(true)),
+            verified: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// The same index, counting its steps' work into `tally` (shared by several).
+    pub fn with_tally(self, tally: Arc<Tally>) -> Self {
+        Self { tally, ..self }
     }
 
     pub fn shard(&self) -> u32 {
@@ -447,6 +469,21 @@ impl ShardIndex {
         Ok(())
     }
 
+    /// [`ShardIndex::commit`], adding `counts` to the tally before the write and taking
+    /// them back if it fails.
+    fn commit_counted(&self, batch: sled::Batch, counts: &[(&AtomicU64, u64)]) -> Result<()> {
+        for (figure, n) in counts {
+            figure.fetch_add(*n, Ordering::SeqCst);
+        }
+        let written = self.commit(batch);
+        if written.is_err() {
+            for (figure, n) in counts {
+                figure.fetch_sub(*n, Ordering::SeqCst);
+            }
+        }
+        written
+    }
+
     /// Writes `batch` with the next generation.
     fn commit(&self, mut batch: sled::Batch) -> Result<()> {
         let generation = u64_of(self.tree().get(GENERATION)?).unwrap_or(0);
@@ -559,7 +596,8 @@ impl ShardIndex {
             segments.push(seg);
             batch.insert(INDEXED, &new_indexed.to_be_bytes());
         }
-        self.commit(batch)?;
+        let counts = [(&self.tally.indexed_events, out.indexed_events), (&self.tally.rebuilt_segments, out.rebuilt_segments)];
+        self.commit_counted(batch, &counts)?;
         for (id, stamp) in dirty.iter().filter(|(id, _)| **id <= new_indexed && !skipped.contains(id)) {
             self.store.clear_dirty(*id, *stamp)?;
         }
@@ -585,7 +623,7 @@ impl ShardIndex {
                 self.remove_segment(&mut batch, seg)?;
             }
             b.finish(run[0].lo, run[FANIN - 1].hi, &mut batch);
-            self.commit(batch)?;
+            self.commit_counted(batch, &[(&self.tally.merged_segments, FANIN as u64)])?;
             out.merged_segments = FANIN as u64;
         } else {
             self.merge_pending.store(false, Ordering::SeqCst);

@@ -116,26 +116,32 @@ impl Handler<GetState> for IndexActor {
     fn handle(&mut self, _: GetState, _: &mut Self::Context) -> Self::Result {
         let shards = self.shards.clone();
         let shared = self.shared.clone();
-        let fallback = self.shared.clone();
         Box::pin(async move {
             // Lags are measured when asked, not by the worker: a busy node delays its
             // passes (it runs at a low priority), so its figures would be stale. Off the
-            // actor's thread: it reads sled. The counters are read after the lags.
-            let measured = tokio::task::spawn_blocking(move || {
-                let lags = measure(shards);
-                let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                set_lags(&mut st, lags);
-                st.indexed_events_total = shared.tally.indexed_events.load(Ordering::SeqCst);
-                st.rebuilds_total = shared.tally.rebuilt_segments.load(Ordering::SeqCst);
-                st.merges_total = shared.tally.merged_segments.load(Ordering::SeqCst);
-                st
+            // actor's thread: it reads sled.
+            let measured = tokio::task::spawn_blocking({
+                let shared = shared.clone();
+                move || {
+                    // Resets are counted after the clear they stand for, work before
+                    // the write that shows it: read the first before the lags and the
+                    // second after, so a reader that sees a reset sees what it undid,
+                    // and one that sees work done sees it counted.
+                    let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    set_lags(&mut st, measure(shards));
+                    st
+                }
             })
             .await;
-            measured.unwrap_or_else(|e| {
-                let mut st = fallback.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            let mut st = measured.unwrap_or_else(|e| {
+                let mut st = shared.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 st.last_error = Some(format!("measuring the index's lag failed: {e}"));
                 st
-            })
+            });
+            st.indexed_events_total = shared.tally.indexed_events.load(Ordering::SeqCst);
+            st.rebuilds_total = shared.tally.rebuilt_segments.load(Ordering::SeqCst);
+            st.merges_total = shared.tally.merged_segments.load(Ordering::SeqCst);
+            st
         })
     }
 }
@@ -276,5 +282,24 @@ mod tests {
         }
         assert!(reads > 1, "the index was read while it worked");
         assert_eq!(index.send(GetLag).await.unwrap(), 0);
+
+        // A reindex: a state that counts the resets shows what they undid (what
+        // `gossamer admin reindex --wait` waits on), and the events indexed again are
+        // counted again.
+        index.send(Reindex).await.unwrap();
+        loop {
+            let st = index.send(GetState).await.unwrap();
+            if st.resets_total < 4 {
+                assert!(st.indexed_events_total + st.lag_events >= stored, "{st:?}");
+                assert!(std::time::Instant::now() < deadline, "the reindex did not start: {st:?}");
+                continue;
+            }
+            assert!(st.indexed_events_total + st.lag_events >= 2 * stored, "a reset seen without its work: {st:?}");
+            if st.lag_events == 0 {
+                assert_eq!(st.indexed_events_total, 2 * stored, "caught up again: {st:?}");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the index did not catch up again: {st:?}");
+        }
     }
 }

@@ -460,6 +460,25 @@ fn cpu_seconds(pid: u32) -> f64 {
 }
 
 /// A `gossamer node` child process of this binary.
+/// The stream-cap flags of the bench's nodes, decided once per run: none when the
+/// defaults fit; on a fuller disk, smaller caps (said on stderr) rather than streams
+/// JetStream refuses. The bench's nats-servers store in the temporary directory.
+fn cap_flags() -> &'static [String] {
+    static FLAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    FLAGS.get_or_init(|| {
+        let mut caps = gossamer_config::Config::default();
+        crate::cli::fit_caps_to_disk(&mut caps, &std::env::temp_dir(), [false; 3]);
+        if caps.stream_caps_total() == gossamer_config::Config::default().stream_caps_total() {
+            return Vec::new();
+        }
+        vec![
+            format!("--logs-max-bytes={}", caps.logs_max_bytes),
+            format!("--deadletter-max-bytes={}", caps.deadletter_max_bytes),
+            format!("--notify-max-bytes={}", caps.notify_max_bytes),
+        ]
+    })
+}
+
 struct NodeProcess {
     child: std::process::Child,
     http: String,
@@ -472,20 +491,10 @@ impl NodeProcess {
 
     fn start_with(nats: &str, data: &Path, shards: u32, extra: &[&str]) -> Result<Self> {
         use std::io::BufRead;
-        // The bench's nats-server stores in a temporary directory: on a full disk,
-        // smaller caps (said on stderr) rather than streams JetStream refuses.
-        let mut caps = gossamer_config::Config::default();
-        crate::cli::fit_caps_to_disk(&mut caps, &std::env::temp_dir(), [false; 3]);
-        let mut cap_flags = Vec::new();
-        if caps.stream_caps_total() != gossamer_config::Config::default().stream_caps_total() {
-            cap_flags.push(format!("--logs-max-bytes={}", caps.logs_max_bytes));
-            cap_flags.push(format!("--deadletter-max-bytes={}", caps.deadletter_max_bytes));
-            cap_flags.push(format!("--notify-max-bytes={}", caps.notify_max_bytes));
-        }
         let mut child = std::process::Command::new(std::env::current_exe()?)
             .args(["node", "--nats", nats, "--http", "127.0.0.1:0", "--shards", &shards.to_string(), "--data"])
             .arg(data)
-            .args(&cap_flags)
+            .args(cap_flags())
             .args(extra)
             .env("GOSSAMER_LOG", "warn")
             .stdout(std::process::Stdio::piped())

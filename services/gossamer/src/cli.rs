@@ -643,14 +643,15 @@ fn up(a: UpArgs) -> Result<()> {
 /// [`crate::nats_server::fit_caps_to_disk`], saying so when it lowers the caps.
 pub fn fit_caps_to_disk(cfg: &mut Config, store: &std::path::Path, keep: [bool; 3]) {
     if let Some(free) = crate::nats_server::fit_caps_to_disk(cfg, store, keep) {
+        let show = gossamer_config::show_bytes;
         eprintln!(
-            "{} MiB free under {}: stream caps for new streams lowered to LOGS {} MiB, DEADLETTER {} MiB, NOTIFY {} MiB \
-             (--logs-max-bytes, --deadletter-max-bytes, --notify-max-bytes set them)",
-            free >> 20,
+            "{} free under {}: caps of new streams lowered to fit (those given as flags kept): LOGS {}, DEADLETTER {}, \
+             NOTIFY {} (--logs-max-bytes, --deadletter-max-bytes, --notify-max-bytes set them)",
+            show(free.min(i64::MAX as u64) as i64),
             store.display(),
-            cfg.logs_max_bytes >> 20,
-            cfg.deadletter_max_bytes >> 20,
-            cfg.notify_max_bytes >> 20
+            show(cfg.logs_max_bytes),
+            show(cfg.deadletter_max_bytes),
+            show(cfg.notify_max_bytes)
         );
     }
 }

@@ -190,7 +190,7 @@ pub async fn ensure_streams(js: &jetstream::Context, cfg: &Config) -> Result<Str
 pub async fn ensure_stream(js: &jetstream::Context, config: stream::Config, setting: &str) -> Result<stream::Stream> {
     let name = config.name.clone();
     let cap = config.max_bytes;
-    let mut created = js.get_or_create_stream(config).await.map_err(|e| {
+    let created = js.get_or_create_stream(config).await.map_err(|e| {
         let code = match e.kind() {
             jetstream::context::CreateStreamErrorKind::JetStream(j) => Some(j.error_code()),
             _ => None,
@@ -203,7 +203,7 @@ pub async fn ensure_stream(js: &jetstream::Context, config: stream::Config, sett
             _ => return anyhow::Error::new(e).context(format!("creating JetStream stream {name}")),
         };
         let what = if cap > 0 && !setting.is_empty() {
-            format!("cannot set aside its byte cap of {} ({setting})", bytes(cap))
+            format!("cannot set aside its byte cap of {} ({setting})", gossamer_config::show_bytes(cap))
         } else {
             "has no JetStream storage left for it".to_string()
         };
@@ -215,28 +215,11 @@ pub async fn ensure_stream(js: &jetstream::Context, config: stream::Config, sett
              --deadletter-max-bytes, --notify-max-bytes); a stream that exists keeps the cap it was created with"
         )
     })?;
-    if cap > 0 && !setting.is_empty() {
-        match created.info().await {
-            Ok(info) if info.config.max_bytes != cap => warn!(
-                stream = %name,
-                cap = info.config.max_bytes,
-                asked = cap,
-                setting,
-                "stream-cap-kept: the stream exists with another byte cap, which it keeps"
-            ),
-            _ => {}
-        }
+    let kept = created.cached_info().config.max_bytes;
+    if cap > 0 && !setting.is_empty() && kept != cap {
+        warn!(stream = %name, cap = kept, asked = cap, setting, "stream-cap-kept: the stream exists with another byte cap, which it keeps");
     }
     Ok(created)
-}
-
-/// `n` bytes in MiB, or in bytes under one MiB.
-fn bytes(n: i64) -> String {
-    if n >= 1 << 20 {
-        format!("{} MiB", n >> 20)
-    } else {
-        format!("{n} bytes")
-    }
 }
 
 /// Acks every message at once and waits for all the acks to be sent.

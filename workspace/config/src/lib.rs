@@ -6,6 +6,15 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
+/// `n` bytes as MiB, or as bytes under one MiB.
+pub fn show_bytes(n: i64) -> String {
+    if n >= MIB {
+        format!("{} MiB", n / MIB)
+    } else {
+        format!("{n} bytes")
+    }
+}
+
 /// The smallest byte cap a stream may be given.
 pub const MIN_STREAM_BYTES: i64 = 64 << 10;
 
@@ -247,6 +256,9 @@ impl Config {
         let mut caps = [&mut self.logs_max_bytes, &mut self.deadletter_max_bytes, &mut self.notify_max_bytes];
         let kept: i64 = caps.iter().zip(keep).filter(|(_, k)| *k).map(|(c, _)| **c).fold(0, i64::saturating_add);
         let fitted: i64 = caps.iter().zip(keep).filter(|(_, k)| !*k).map(|(c, _)| **c).fold(0, i64::saturating_add);
+        if fitted <= 0 {
+            return false;
+        }
         let share = (budget - kept).max(0) as f64 / fitted as f64;
         for (cap, _) in caps.iter_mut().zip(keep).filter(|(_, k)| !*k) {
             let lowered = ((**cap as f64 * share) as i64 / MIB * MIB).max(MIB);

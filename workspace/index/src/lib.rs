@@ -176,8 +176,7 @@ impl Step {
 }
 
 /// Work done by steps, for readers of an index's state. Each figure is added just
-/// before the sled write that makes its work visible (and taken back if the write
-/// fails), so a reader that measures the lag first and reads these after finds every
+/// before the sled write that makes its work visible, so a reader that measures the lag first and reads these after finds every
 /// step whose work the lag shows counted: indexed + lagging is never short of stored.
 #[derive(Debug, Default)]
 pub struct Tally {
@@ -407,9 +406,21 @@ impl ShardIndex {
 
     /// Drops the whole index; the next steps rebuild it from the shard's blocks.
     pub fn clear(&self) -> Result<()> {
+        self.retire()?;
         self.tree().clear()?;
         self.tree().flush()?;
         Ok(())
+    }
+
+    /// Makes the index read as empty in one write, before its keys are removed one by
+    /// one (sled's clear is a loop): without its format and watermark, queries scan
+    /// every block, and the new generation sends a query planned before back to plan
+    /// again, so none reads a half-removed segment.
+    fn retire(&self) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        batch.remove(FORMAT_KEY);
+        batch.remove(INDEXED);
+        self.commit(batch)
     }
 
     /// One unit of the index actor's work: rebuilds segments holding dirty blocks,
@@ -462,6 +473,7 @@ impl ShardIndex {
 
     /// An empty index of this format, with a generation no cache can hold.
     fn reset(&self) -> Result<()> {
+        self.retire()?;
         self.tree().clear()?;
         let fresh = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_nanos() as u64);
         self.tree().insert(GENERATION, &fresh.to_be_bytes())?;
@@ -469,19 +481,14 @@ impl ShardIndex {
         Ok(())
     }
 
-    /// [`ShardIndex::commit`], adding `counts` to the tally before the write and taking
-    /// them back if it fails.
+    /// [`ShardIndex::commit`], adding `counts` to the tally before the write (a write
+    /// that fails leaves them counted: the tally may run ahead, never behind, and a
+    /// counter never goes down).
     fn commit_counted(&self, batch: sled::Batch, counts: &[(&AtomicU64, u64)]) -> Result<()> {
         for (figure, n) in counts {
             figure.fetch_add(*n, Ordering::SeqCst);
         }
-        let written = self.commit(batch);
-        if written.is_err() {
-            for (figure, n) in counts {
-                figure.fetch_sub(*n, Ordering::SeqCst);
-            }
-        }
-        written
+        self.commit(batch)
     }
 
     /// Writes `batch` with the next generation.

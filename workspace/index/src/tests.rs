@@ -211,3 +211,32 @@ fn an_index_ahead_of_its_shard_is_rebuilt_at_start() {
     let events: u64 = view.segments.iter().map(|s| s.events).sum();
     assert_eq!(events, 70);
 }
+
+#[test]
+fn a_cleared_index_reads_as_empty_before_its_keys_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let shard = store.shard(5).unwrap();
+    let index = ShardIndex::new(shard.clone());
+    let mut rng = Rng(11);
+    let events: Vec<Event> = (0..200).map(|i| event(&mut rng, i + 1)).collect();
+    shard.apply(vec![(1, ShardCommand::Insert { events })]).unwrap();
+    while index.step(1000).unwrap().did_work() {}
+    let before = index.view().unwrap();
+    assert!(before.indexed > 0 && !before.segments.is_empty());
+
+    // The first write of a clear (sled removes the other keys one by one after it): a
+    // query must see an empty index, scanning every block, not a watermark whose
+    // segments are going.
+    index.retire().unwrap();
+    assert!(!index.segments().unwrap().is_empty(), "the segments' keys are still there");
+    let during = index.view().unwrap();
+    assert_eq!((during.indexed, during.segments.len()), (0, 0));
+    assert_ne!(during.generation, before.generation, "a query planned before plans again");
+    assert_eq!(index.lag().unwrap().events, 200, "every event reads as not indexed");
+
+    index.clear().unwrap();
+    while index.step(1000).unwrap().did_work() {}
+    assert_eq!(index.lag().unwrap().events, 0);
+    assert_eq!(index.view().unwrap().indexed, before.indexed);
+}

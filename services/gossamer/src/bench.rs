@@ -553,29 +553,32 @@ impl NodeProcess {
     }
 }
 
-/// Waits until the index has caught up; returns the seconds since `start`.
-async fn wait_indexed(node: &NodeProcess, start: Instant) -> Result<f64> {
-    while !tokio::task::block_in_place(|| node.indexed())? {
+/// Asks the node `done` every 20 ms until it says yes, for at most 30 minutes from
+/// `start`. The node is another process with nothing to wait on but its API: this is a
+/// poll with a deadline. `done` gives what is still missing when it says no.
+async fn poll_node(start: Instant, mut done: impl FnMut() -> Result<Option<String>>) -> Result<()> {
+    loop {
+        let Some(missing) = tokio::task::block_in_place(&mut done)? else { return Ok(()) };
         if start.elapsed() > Duration::from_secs(1800) {
-            bail!("the index had not caught up after 30 minutes");
+            bail!("{missing} after 30 minutes");
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Waits until the index has caught up; returns the seconds since `start`.
+async fn wait_indexed(node: &NodeProcess, start: Instant) -> Result<f64> {
+    poll_node(start, || Ok((!node.indexed()?).then(|| "the index had not caught up".to_string()))).await?;
     Ok(start.elapsed().as_secs_f64())
 }
 
 /// Waits until `want` events of streams under `prefix` are stored.
 async fn wait_stored(node: &NodeProcess, prefix: &str, want: u64, start: Instant) -> Result<()> {
-    loop {
-        let n = tokio::task::block_in_place(|| node.stored(prefix))?;
-        if n >= want {
-            return Ok(());
-        }
-        if start.elapsed() > Duration::from_secs(1800) {
-            bail!("only {n} of {want} events queryable after 30 minutes");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_node(start, || {
+        let n = node.stored(prefix)?;
+        Ok((n < want).then(|| format!("only {n} of {want} events queryable")))
+    })
+    .await
 }
 
 fn ingest(a: IngestBench) -> Result<()> {

@@ -1,7 +1,9 @@
 //! The web console driven in a real browser (headless Chromium through chromedriver,
 //! WebDriver): search the HDFS loghub sample and check the count against the CSV and
 //! the histogram, open an event, define a queue, take a backup and watch it finish,
-//! and look at the streams and cluster pages. Screenshots of each step are saved under
+//! and look at the streams and cluster pages; on a node with tokens, sign in through
+//! the page's form (a refused token, the admin token, a reload, sign out, the read
+//! token asking for a change). Screenshots of each step are saved under
 //! `target/tmp/console-actions/` for review.
 
 use std::path::PathBuf;
@@ -89,6 +91,15 @@ impl Browser {
             let v = self.eval(script);
             (!(v.is_null() || v == json!(false) || v == json!(""))).then_some(v)
         })
+    }
+
+    fn refresh(&self) {
+        self.call("POST", "/refresh", Some(json!({})));
+    }
+
+    /// Whether the element `css` is laid out (not `display: none`, nor inside such).
+    fn shown(&self, css: &str) -> bool {
+        self.eval(&format!("const e = document.querySelector({css:?}); return e !== null && e.getClientRects().length > 0")) == json!(true)
     }
 
     fn shot(&self, name: &str) {
@@ -180,4 +191,91 @@ fn an_operator_searches_opens_an_event_defines_a_queue_and_takes_a_backup_in_the
     let shards = b.until("the shards", "const n = document.querySelectorAll('tr.shard').length; return n > 0 ? n : null");
     assert_eq!(shards, json!(8));
     b.shot("cluster.png");
+}
+
+const ADMIN: &str = "admin-token-0123456789abcdef";
+const READ: &str = "read-token-0123456789abcdef";
+
+/// The page's search status line, once it reads `want`.
+fn wait_status(b: &Browser, what: &str, want: &str) {
+    let got = b.until(what, &format!("const s = document.getElementById('status').textContent; return s === {want:?} ? s : null"));
+    assert_eq!(got, json!(want));
+}
+
+#[test]
+fn on_a_node_with_tokens_the_console_signs_in_with_a_form_keeps_the_token_for_the_tab_and_signs_out() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats, data.path(), &["--admin-token", ADMIN, "--read-token", READ]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let js = async_nats::jetstream::new(nats.client().await);
+        let body = "{\"level\":\"info\",\"message\":\"user signed in\"}\n{\"level\":\"warn\",\"message\":\"slow login\"}\n{\"level\":\"error\",\"message\":\"login failed\"}\n";
+        gossamer_integration::js_publish(&js, "logs.auth.web", body.as_bytes().to_vec()).await;
+    });
+    wait_for("the three events to be stored", Duration::from_secs(60), || {
+        let r = ureq::get(&format!("{}/api/v1/count?q=", node.http)).set("Authorization", &format!("Bearer {ADMIN}")).call().ok()?;
+        (r.into_json::<Value>().ok()?["count"] == 3).then_some(())
+    });
+
+    let b = Browser::start();
+    // No token yet: the form, not a window.prompt (an open prompt would fail every
+    // WebDriver call below with "unexpected alert open").
+    b.open(&format!("{}/", node.http));
+    b.until("the sign-in form", "const e = document.getElementById('signin'); return e.getClientRects().length > 0");
+    assert!(!b.shown("#page-search") && !b.shown("nav") && !b.shown("#signout"), "only the form shows before signing in");
+    b.shot("signin.png");
+
+    // A wrong token: refused, with the reason, and the form stays.
+    b.type_into("#token", "not-the-token-at-all-000");
+    b.click("#signin-form button");
+    let error = b.until("the refusal", "const t = document.getElementById('signin-error').textContent; return t.includes('refused') ? t : null");
+    assert_eq!(error, json!("This token was refused: the bearer token is not valid."));
+    assert!(b.shown("#signin") && !b.shown("#page-search"));
+    b.shot("signin-refused.png");
+
+    // The admin token: the calls that met the 401 are sent again and the page fills in.
+    b.type_into("#token", ADMIN);
+    b.click("#signin-form button");
+    wait_status(&b, "the search after signing in", "3 events match; newest 3 shown.");
+    assert_eq!(b.eval("return document.querySelectorAll('tr.event').length"), json!(3));
+    b.until("the streams line", "const t = document.getElementById('streams').textContent; return t.includes('auth.web (3)') ? t : null");
+    assert!(!b.shown("#signin") && b.shown("#signout") && b.shown("nav"));
+    assert_eq!(b.eval("return [sessionStorage.getItem('gossamerToken'), localStorage.getItem('gossamerToken')]"), json!([ADMIN, null]));
+    b.shot("signed-in.png");
+
+    // A reload keeps the tab's token: no form, the data again.
+    b.refresh();
+    wait_status(&b, "the search after the reload", "3 events match; newest 3 shown.");
+    assert!(!b.shown("#signin") && b.shown("#signout"));
+    b.open(&format!("{}/#streams", node.http));
+    let streams = b.until("the streams page", "const t = document.getElementById('stream-rows').textContent; return t.includes('auth.web') ? t : null");
+    assert!(streams.as_str().unwrap().contains('3'), "{streams}");
+    b.shot("signed-in-streams.png");
+
+    // Sign out: the token is gone, the form is back, and nothing read stays on the page.
+    b.click("#signout");
+    b.until("the form again", "const e = document.getElementById('signin'); return e.getClientRects().length > 0");
+    assert_eq!(b.eval("return sessionStorage.getItem('gossamerToken')"), Value::Null);
+    assert_eq!(b.eval("return document.getElementById('stream-rows').textContent"), json!(""));
+    assert!(!b.shown("#signout") && !b.shown("#page-streams"));
+    b.shot("signed-out.png");
+
+    // The read token reads; a change it asks for gets a clear message, not the form.
+    b.type_into("#token", READ);
+    b.click("#signin-form button");
+    b.until("the streams page again", "return document.getElementById('stream-rows').textContent.includes('auth.web')");
+    b.open(&format!("{}/#queues", node.http));
+    b.until("the queues page", "return document.querySelector('#queue-rows .empty') !== null");
+    b.type_into("#queue-name", "logins");
+    b.type_into("#queue-filter", "stream:auth.web level:error");
+    b.click("#queue-form button");
+    let refused = b.until("the read token's refusal", "const s = document.getElementById('queue-status'); return s.className.includes('error') ? s.textContent : null");
+    assert!(refused.as_str().unwrap().contains("read token") && refused.as_str().unwrap().contains("admin token"), "{refused}");
+    assert!(!b.shown("#signin") && b.shown("#page-queues"));
+    b.shot("read-token-refused.png");
+    match ureq::get(&format!("{}/api/v1/queues/logins", node.http)).set("Authorization", &format!("Bearer {ADMIN}")).call() {
+        Err(ureq::Error::Status(404, _)) => {}
+        other => panic!("the read token defined nothing: {other:?}"),
+    }
 }

@@ -1,5 +1,6 @@
 //! Every limit, set low in a config file: ingest refuses and dead-letters what goes
-//! over one, naming it, and stores the rest; the API answers 400 or 413 naming it.
+//! over one, naming it, and stores the rest; the API answers 400 or 413 naming it,
+//! and 414 with a JSON error for a query string the HTTP layer cannot take.
 
 use std::time::Duration;
 
@@ -71,6 +72,15 @@ fn every_limit_is_configurable_and_named_when_crossed() {
     let (status, body) = http_post(&format!("{}/api/v1/query", node.http), "application/json", big.as_bytes());
     assert_eq!(status, 413, "{body}");
     assert!(body["error"].as_str().unwrap().contains("query_limits.max_body_bytes"), "{body}");
+
+    // What the HTTP layer refuses before any handler runs has the same JSON form: a
+    // 120 KB query string is a 414 saying what to do instead, and the node goes on.
+    let (status, body) = get(&format!("/api/v1/search?q={}", "a".repeat(120_000)));
+    assert_eq!(status, 414, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("POST /api/v1/query"), "{body}");
+    let (status, body) = get(&format!("/api/v1/search?q={}", "a".repeat(70_000)));
+    assert_eq!(status, 414, "a URI between 64 and 128 KiB too: {body}");
+    assert_eq!(get("/api/v1/count?q=").0, 200, "the node answers after the refusals");
 }
 
 /// JetStream sets every stream's byte cap aside when the stream is created: on a

@@ -1,15 +1,24 @@
-//! The Gossamer node and its command-line tools: `up`, `node`, `publish`, `query`,
-//! `backup`, `bench`.
+//! The Gossamer node and its command-line tools.
+//!
+//! The modules, from the bottom up (each uses only those above it):
+//! - [`error`]: the service's errors and their neutral codes;
+//! - [`cluster`]: membership, the shard map and the shard actors held here;
+//! - [`handle`]: a running node's parts;
+//! - [`service`]: the query service (scatter, gather, merge) and the commands;
+//! - the doors: [`rest`] (REST, console, metrics, live tail) and [`nats_api`];
+//! - [`node`]: wiring a node together and running it;
+//! - [`local`]: a nats-server child for `up`, the tests and the benches;
+//! - [`client`]: the small client the CLI and the benches talk to a node with;
+//! - [`cli`] and [`bench`]: the commands.
 
-pub mod backup_cli;
 pub mod bench;
-pub mod chart;
 pub mod cli;
 pub mod client;
 pub mod cluster;
-pub mod commands;
-pub mod http;
-pub mod nats_server;
-pub mod queue_cli;
+pub mod error;
+pub mod handle;
+pub mod local;
+pub mod nats_api;
 pub mod node;
-pub mod tail;
+pub mod rest;
+pub mod service;

@@ -12,29 +12,10 @@ use gossamer_config::Config;
 use gossamer_index_actor::IndexActor;
 use gossamer_ingest::IngestActor;
 use gossamer_shard::ShardActor;
-use gossamer_storage::{ShardStore, Store};
-use tracing::info;
+use gossamer_storage::Store;
 
-/// Everything the REST API reads from a running node.
-pub struct NodeHandle {
-    pub cfg: Config,
-    pub store: Store,
-    pub shards: Vec<ShardStore>,
-    /// Membership, the shard map and the shard actors this node runs.
-    pub cluster: Arc<crate::cluster::Cluster>,
-    pub ingest: Option<Addr<IngestActor>>,
-    pub index: Option<Addr<IndexActor>>,
-    pub backups: Option<Arc<gossamer_backup::Backups>>,
-    pub queues: Option<Arc<gossamer_queue::Queues>>,
-    /// Held so the actors live as long as the node (an actor with no address stops).
-    pub ownership: Addr<crate::cluster::OwnershipActor>,
-    pub queue_actor: Option<Addr<gossamer_queue::QueueActor>>,
-    pub backup_actor: Option<Addr<gossamer_backup::BackupActor>>,
-    pub nats: async_nats::Client,
-    /// A connection for live tails alone, with small subscription buffers: a slow tail
-    /// loses its own messages (the server drops them for it) and slows nothing else.
-    pub tail_nats: async_nats::Client,
-}
+use crate::handle::NodeHandle;
+use tracing::info;
 
 /// How long a node waits for NATS at start.
 const NATS_WAIT: Duration = Duration::from_secs(120);
@@ -87,7 +68,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         },
     );
     let gossip = gossip.start();
-    let cluster = Arc::new(crate::cluster::Cluster::new(&cfg, membership, gossip.clone()));
+    let cluster = Arc::new(crate::cluster::state::Cluster::new(&cfg, membership, gossip.clone()));
     // Copies of shards come from peers through the node's query service, which needs
     // the node's handle: shards may start before it exists, so they wait for it.
     let (handle_tx, handle_rx) = tokio::sync::watch::channel(None::<std::sync::Weak<NodeHandle>>);
@@ -99,12 +80,12 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
                 _ => None,
             };
             match node {
-                Some(node) => crate::cluster::fetch_snapshot(&node, shard).await,
+                Some(node) => crate::service::root::fetch_snapshot(&node, shard).await,
                 None => Ok(None),
             }
         })
     });
-    let start_shard: crate::cluster::StartShard = {
+    let start_shard: crate::cluster::ownership::StartShard = {
         let (js, stream, shards, pressure, cluster_name, node_id) =
             (js.clone(), names.shards.clone(), shards.clone(), pressure.clone(), cfg.cluster.clone(), cfg.node_id.clone());
         Box::new(move |n| {
@@ -113,14 +94,14 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
                 .start()
         })
     };
-    let forget: crate::cluster::ForgetShard = {
+    let forget: crate::cluster::ownership::ForgetShard = {
         let (js, stream, node_id) = (js.clone(), names.shards.clone(), cfg.node_id.clone());
         Arc::new(move |n| {
             let (js, stream, node_id) = (js.clone(), stream.clone(), node_id.clone());
             Box::pin(async move { gossamer_shard::forget(&js, &stream, n, &node_id).await })
         })
     };
-    let ownership = crate::cluster::OwnershipActor::new(
+    let ownership = crate::cluster::ownership::OwnershipActor::new(
         cluster.clone(),
         start_shard,
         forget,
@@ -218,7 +199,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         .await
         .context("subscribing to NATS queries")?;
     nats.flush().await.context("registering the query subscription")?;
-    let (server, addr) = crate::http::bind(handle.clone(), listener)?;
+    let (server, addr) = crate::rest::server::bind(handle.clone(), listener)?;
     let server_handle = server.handle();
     let serving = actix_rt::spawn(server);
     if cfg.admin_token.is_none() {
@@ -226,10 +207,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     }
     info!(node = %cfg.node_id, http = %addr, shards = cfg.shards, "node-ready");
     on_ready(addr);
-    let retention = actix_rt::spawn(crate::commands::retention_loop(handle.clone()));
+    let retention = actix_rt::spawn(crate::service::commands::retention_loop(handle.clone()));
     let measuring = actix_rt::spawn(measure_pressure(handle.clone(), pressure));
-    let nats_queries = actix_rt::spawn(serve_queries(handle.clone(), query_sub));
-    let node_queries = actix_rt::spawn(crate::cluster::serve_node_queries(handle.clone(), node_sub));
+    let nats_queries = actix_rt::spawn(crate::nats_api::serve_queries(handle.clone(), query_sub));
+    let node_queries = actix_rt::spawn(crate::service::root::serve_node_queries(handle.clone(), node_sub));
 
     shutdown.await;
     info!("node-stopping");
@@ -276,29 +257,5 @@ async fn measure_pressure(node: Arc<NodeHandle>, pressure: Arc<gossamer_bus::Pre
         }
         n += 1;
         pressure.set(backlog, index_lag);
-    }
-}
-
-/// Answers queries sent as NATS requests on `gossamer.<cluster>.api.query` (a queue
-/// group): the body and the answer are those of `POST /api/v1/query`; an error is
-/// `{"error": "...", "status": N}` with the HTTP status it would have had.
-async fn serve_queries(node: Arc<NodeHandle>, mut sub: async_nats::Subscriber) {
-    use futures::StreamExt;
-    while let Some(msg) = sub.next().await {
-        let Some(reply) = msg.reply.clone() else { continue };
-        let node = node.clone();
-        actix_rt::spawn(async move {
-            let answer = match serde_json::from_slice::<serde_json::Value>(&msg.payload) {
-                Err(e) => serde_json::json!({ "error": format!("invalid JSON body: {e}"), "status": 400 }),
-                Ok(body) => match crate::http::answer_query(&node, body).await {
-                    Ok(v) => v,
-                    Err(e) => {
-                        use actix_web::ResponseError;
-                        serde_json::json!({ "error": e.to_string(), "status": e.status_code().as_u16() })
-                    }
-                },
-            };
-            let _ = node.nats.publish(reply, answer.to_string().into()).await;
-        });
     }
 }

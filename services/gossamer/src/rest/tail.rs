@@ -14,7 +14,15 @@ use bytes::Bytes;
 use futures::StreamExt;
 use gossamer_schemas::ShardCommand;
 
-use crate::http::ApiError;
+use crate::error::ServiceError;
+use crate::rest::common::Node;
+use crate::rest::error::ApiError;
+use crate::service::leaf::parse_query;
+
+/// This module's part of the OpenAPI document.
+#[derive(utoipa::OpenApi)]
+#[openapi(paths(tail))]
+pub struct Api;
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,20 +48,20 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
         (status = 401, description = "No valid bearer token", body = gossamer_schemas::api::ErrorBody),
     ),
 )]
-pub async fn tail(node: web::Data<std::sync::Arc<crate::node::NodeHandle>>, params: web::Query<TailParams>) -> Result<HttpResponse, ApiError> {
+pub async fn tail(node: Node, params: web::Query<TailParams>) -> Result<HttpResponse, ApiError> {
     let q = params.into_inner().q;
     let expr = match q.trim() {
         "" => None,
-        text => Some(crate::http::parse_query(&node.cfg.query_limits, text)?),
+        text => Some(parse_query(&node.cfg.query_limits, text)?),
     };
     let subjects = gossamer_schemas::subjects::Subjects::new(&node.cfg.cluster);
     let sub = node
         .tail_nats
         .subscribe(subjects.shards_wildcard())
         .await
-        .map_err(|e| ApiError::Unavailable(format!("cannot subscribe to the shard log: {e}")))?;
+        .map_err(|e| ServiceError::Unavailable(format!("cannot subscribe to the shard log: {e}")))?;
     // Registered with the server before the client hears it is tailing.
-    node.tail_nats.flush().await.map_err(|e| ApiError::Unavailable(format!("NATS: {e}")))?;
+    node.tail_nats.flush().await.map_err(|e| ServiceError::Unavailable(format!("NATS: {e}")))?;
     let events = sub.flat_map(move |msg| {
         let mut out = Vec::new();
         if let Ok(Some(events)) = ShardCommand::decode(&msg.payload).and_then(ShardCommand::into_inserted) {

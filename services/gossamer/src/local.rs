@@ -143,3 +143,19 @@ pub fn free_port() -> Result<u16> {
 pub fn port_in_use(port: u16) -> bool {
     std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
 }
+
+/// [`fit_caps_to_disk`], saying so on stderr when it lowers the caps.
+pub fn fit_caps_to_disk_saying(cfg: &mut gossamer_config::Config, store: &Path, keep: [bool; 3]) {
+    if let Some(free) = fit_caps_to_disk(cfg, store, keep) {
+        let show = gossamer_config::show_bytes;
+        eprintln!(
+            "{} free under {}: caps of new streams lowered to fit (those given as flags kept): LOGS {}, DEADLETTER {}, \
+             NOTIFY {} (--logs-max-bytes, --deadletter-max-bytes, --notify-max-bytes set them)",
+            show(free.min(i64::MAX as u64) as i64),
+            store.display(),
+            show(cfg.logs_max_bytes),
+            show(cfg.deadletter_max_bytes),
+            show(cfg.notify_max_bytes)
+        );
+    }
+}

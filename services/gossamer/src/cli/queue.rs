@@ -7,7 +7,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
-use crate::cli::call;
+use crate::client::rest::call;
 
 #[derive(Subcommand)]
 pub enum QueueCmd {
@@ -167,7 +167,7 @@ pub struct TailCmd {
 /// Prints matching events as they are stored, until interrupted.
 pub fn tail(a: TailCmd) -> Result<()> {
     let base = a.server.trim_end_matches('/');
-    let req = crate::client::with_token(ureq::get(&format!("{base}/api/v1/tail")).query("q", &a.query));
+    let req = crate::client::rest::with_token(ureq::get(&format!("{base}/api/v1/tail")).query("q", &a.query));
     let resp = match req.call() {
         Ok(r) => r,
         Err(ureq::Error::Status(code, r)) => {
@@ -188,7 +188,7 @@ pub fn tail(a: TailCmd) -> Result<()> {
             writeln!(out, "{data}")?;
         } else {
             let e: Value = serde_json::from_str(data).context("an event from the tail")?;
-            crate::client::print_event(&mut out, &e)?;
+            crate::client::query::print_event(&mut out, &e)?;
         }
         out.flush()?;
     }

@@ -5,7 +5,7 @@ use anyhow::{bail, Result};
 use clap::Subcommand;
 use serde_json::{json, Value};
 
-use crate::cli::call;
+use crate::client::rest::call;
 
 #[derive(Subcommand)]
 pub enum BackupCmd {

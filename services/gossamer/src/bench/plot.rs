@@ -18,7 +18,7 @@ pub struct Bar {
 const FONT: &str = "gossamer-mono";
 
 fn register_font() {
-    static FONT_BYTES: &[u8] = include_bytes!("../assets/DejaVuSansMono.ttf");
+    static FONT_BYTES: &[u8] = include_bytes!("../../assets/DejaVuSansMono.ttf");
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // The bytes are a valid TrueType font, built in.

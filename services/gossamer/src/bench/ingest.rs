@@ -1,0 +1,167 @@
+//! `gossamer bench ingest`: in one run, the raw JetStream publish rate of a payload set
+//! and the rate at which a node makes the same payloads queryable.
+//!
+//! Events come from the loghub samples (round-robin over the datasets, re-timed 1 ms
+//! apart, fresh ids, a `latency_ms` field), as NDJSON batches, one stream per dataset.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::Args;
+use serde::Serialize;
+
+use crate::bench::common::*;
+
+#[derive(Args)]
+pub struct IngestBench {
+    /// Events to publish.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: usize,
+    /// Events per NATS message.
+    #[arg(long, default_value_t = 500)]
+    pub batch: usize,
+    /// Messages waiting for their JetStream ack at once.
+    #[arg(long, default_value_t = 256)]
+    pub in_flight: usize,
+    #[arg(long, default_value_t = 64)]
+    pub shards: u32,
+    /// The loghub samples: a directory of `<Name>/<Name>_2k.log_structured.csv`.
+    #[arg(long, default_value = "integration/testdata/loghub")]
+    pub dataset: PathBuf,
+    /// Write the figures as JSON here too.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// One way in, measured from the first publish until everything is queryable.
+#[derive(Debug, Serialize)]
+pub struct PathFigures {
+    pub events_per_s: f64,
+    /// Versus the raw rate of one event per message.
+    pub ratio_to_raw_single: f64,
+    pub seconds: f64,
+    /// CPU seconds used meanwhile.
+    pub node_cpu_s: f64,
+    pub nats_server_cpu_s: f64,
+    /// Seconds from the first publish until the index had caught up too (it runs at a
+    /// lower priority and lags during the burst; queries scan what it has not covered).
+    pub indexed_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct IngestFigures {
+    pub events: usize,
+    pub messages: usize,
+    pub events_per_message: usize,
+    pub ndjson_bytes: u64,
+    /// The same messages, published raw with JetStream acks.
+    pub raw_jetstream_events_per_s: f64,
+    /// The same events published one per message: the bus's per-message rate.
+    pub raw_jetstream_single_events_per_s: f64,
+    pub request_reply: PathFigures,
+    pub logs: PathFigures,
+    /// The node's peak resident memory over the run.
+    pub node_peak_rss_kb: u64,
+    /// Blocks sealed by ingest that the shards wrote as they came, and opened.
+    pub sealed_blocks_kept: u64,
+    pub sealed_blocks_opened: u64,
+    pub sled_bytes: u64,
+    pub sled_bytes_per_event: f64,
+    pub ndjson_bytes_per_event: f64,
+}
+
+pub fn ingest(a: IngestBench) -> Result<()> {
+    let datasets = load_loghub(&a.dataset)?;
+    let tmp = tempfile::tempdir()?;
+    let server = crate::local::NatsServer::start(&tmp.path().join("nats"), 0)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let nats_pid = server.pid();
+    let url = server.url();
+    let figures = rt.block_on(async {
+        let client = gossamer_bus::connect(&url, Duration::from_secs(10)).await?;
+        let js = async_nats::jetstream::new(client.clone());
+        eprintln!("generating {} events from {} ...", a.events, a.dataset.display());
+        let (msgs, ndjson_bytes) = payloads(&datasets, a.events, a.batch, "");
+
+        eprintln!("raw JetStream publish of {} messages ...", msgs.len());
+        let (raw_rate, raw_single) = raw_rates(&js, &msgs, a.in_flight, usize::MAX).await?;
+
+        let node = NodeProcess::start(&url, &tmp.path().join("node"), a.shards)?;
+        let node_pid = node.child.id();
+        let measure = |seconds: f64, cpu0: (f64, f64)| PathFigures {
+            events_per_s: a.events as f64 / seconds,
+            ratio_to_raw_single: a.events as f64 / seconds / raw_single,
+            seconds,
+            node_cpu_s: cpu_seconds(node_pid) - cpu0.0,
+            nats_server_cpu_s: cpu_seconds(nats_pid) - cpu0.1,
+            indexed_s: 0.0,
+        };
+
+        eprintln!("request/reply path: {} requests to gossamer.default.ingest.rr.* ...", msgs.len());
+        let (rr_msgs, _) = payloads(&datasets, a.events, a.batch, "rr.");
+        let cpu0 = (cpu_seconds(node_pid), cpu_seconds(nats_pid));
+        let start = Instant::now();
+        request_all(&client, "gossamer.default.ingest.", &rr_msgs, a.in_flight).await?;
+        wait_stored(&node, "rr.", a.events as u64, start).await?;
+        let mut request_reply = measure(start.elapsed().as_secs_f64(), cpu0);
+        // Each path starts on a quiet node: the index finishes what the last one left.
+        request_reply.indexed_s = wait_indexed(&node, start).await?;
+        drop(rr_msgs);
+
+        eprintln!("logs.> path: {} JetStream publishes to logs.js.* ...", msgs.len());
+        let (js_msgs, _) = payloads(&datasets, a.events, a.batch, "js.");
+        let cpu0 = (cpu_seconds(node_pid), cpu_seconds(nats_pid));
+        let start = Instant::now();
+        publish_all(&js, "logs.", &js_msgs, a.in_flight).await?;
+        wait_stored(&node, "js.", a.events as u64, start).await?;
+        let mut logs = measure(start.elapsed().as_secs_f64(), cpu0);
+        logs.indexed_s = wait_indexed(&node, start).await?;
+
+        let node_peak_rss_kb = peak_rss_kb(node_pid);
+        let sealed_blocks_kept = node.counter("gossamer_shard_sealed_blocks_kept_total")?;
+        let sealed_blocks_opened = node.counter("gossamer_shard_sealed_blocks_opened_total")?;
+        node.stop()?;
+        let sled_bytes = dir_size(&tmp.path().join("node").join("sled"));
+        let stored = 2 * a.events;
+        Ok::<_, anyhow::Error>(IngestFigures {
+            events: a.events,
+            messages: msgs.len(),
+            events_per_message: a.batch,
+            ndjson_bytes,
+            raw_jetstream_events_per_s: raw_rate,
+            raw_jetstream_single_events_per_s: raw_single,
+            request_reply,
+            logs,
+            node_peak_rss_kb,
+            sealed_blocks_kept,
+            sealed_blocks_opened,
+            sled_bytes,
+            sled_bytes_per_event: sled_bytes as f64 / stored as f64,
+            ndjson_bytes_per_event: ndjson_bytes as f64 / a.events as f64,
+        })
+    })?;
+    drop(server);
+    let f = &figures;
+    println!("events {}, {} messages of {} events", f.events, f.messages, f.events_per_message);
+    println!("raw JetStream publish, same messages      {:>10.0} events/s", f.raw_jetstream_events_per_s);
+    println!("raw JetStream publish, one per message    {:>10.0} events/s", f.raw_jetstream_single_events_per_s);
+    for (name, p) in [("request/reply -> queryable", &f.request_reply), ("logs.> -> queryable       ", &f.logs)] {
+        println!(
+            "{name}                {:>10.0} events/s  {:.2} x raw  (node {:.1} CPU-s, nats-server {:.1} CPU-s in {:.1} s; indexed after {:.1} s)",
+            p.events_per_s, p.ratio_to_raw_single, p.node_cpu_s, p.nats_server_cpu_s, p.seconds, p.indexed_s
+        );
+    }
+    println!("node peak RSS {:.0} MiB", f.node_peak_rss_kb as f64 / 1024.0);
+    println!("sealed blocks written as they came {}, opened {}", f.sealed_blocks_kept, f.sealed_blocks_opened);
+    println!(
+        "sled on disk {:.1} bytes/event (NDJSON {:.1} bytes/event, {:.2} x)",
+        f.sled_bytes_per_event,
+        f.ndjson_bytes_per_event,
+        f.sled_bytes_per_event / f.ndjson_bytes_per_event
+    );
+    if let Some(path) = a.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&figures)?)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! `gossamer bench query`: the query mix over N events, beside ripgrep on the same
+//! NDJSON.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use clap::Args;
+use serde::Serialize;
+
+use crate::bench::common::*;
+
+#[derive(Args)]
+pub struct QueryBench {
+    #[arg(long, default_value_t = 1_000_000)]
+    pub events: usize,
+    #[arg(long, default_value_t = 64)]
+    pub shards: u32,
+    /// Timed runs of each query (after one warm-up run).
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    #[arg(long, default_value = "integration/testdata/loghub")]
+    pub dataset: PathBuf,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Keep the node's data here (sled files, for `gossamer admin disk-usage`) instead
+    /// of a temporary directory.
+    #[arg(long)]
+    pub keep: Option<PathBuf>,
+    /// Also draw the figures as a PNG chart here.
+    #[arg(long)]
+    pub png: Option<PathBuf>,
+    /// Run the node without the index role: every query scans (what the index buys).
+    #[arg(long)]
+    pub no_index: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct QueryFigure {
+    pub name: &'static str,
+    pub what: String,
+    pub answer: serde_json::Value,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub ripgrep_ms: Option<f64>,
+}
+
+pub fn query(a: QueryBench) -> Result<()> {
+    let datasets = load_loghub(&a.dataset)?;
+    let tmp = tempfile::tempdir()?;
+    let server = crate::local::NatsServer::start(&tmp.path().join("nats"), 0)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    eprintln!("generating {} events ...", a.events);
+    let (msgs, ndjson_bytes) = payloads(&datasets, a.events, 500, "");
+    let ndjson = tmp.path().join("events.ndjson");
+    {
+        use std::io::Write;
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&ndjson)?);
+        for (stream, body) in &msgs {
+            // The stream is the subject's, as Gossamer stores it.
+            for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                let mut v: serde_json::Value = serde_json::from_slice(line)?;
+                v["stream"] = serde_json::Value::String(stream.clone());
+                writeln!(f, "{v}")?;
+            }
+        }
+    }
+    let node_dir = a.keep.clone().unwrap_or_else(|| tmp.path().join("node"));
+    if node_dir.join("sled").exists() {
+        anyhow::bail!("{} already holds a node's data: give an empty directory", node_dir.display());
+    }
+    // The bus alone, with the same messages, then one event per message (at most a
+    // million of them): the rates Gossamer's ingest is measured against.
+    eprintln!("raw JetStream publish of the same {} messages ...", msgs.len());
+    let (raw_rate, raw_single_rate) = rt.block_on(async {
+        let client = gossamer_bus::connect(&server.url(), Duration::from_secs(10)).await?;
+        raw_rates(&async_nats::jetstream::new(client), &msgs, 256, 1_000_000).await
+    })?;
+    let roles: &[&str] = if a.no_index { &["--roles", "ingest,shard,admin"] } else { &[] };
+    let node = NodeProcess::start_with(&server.url(), &node_dir, a.shards, roles)?;
+    eprintln!("ingesting through the request/reply path ...");
+    let ingest_start = Instant::now();
+    rt.block_on(async {
+        let client = gossamer_bus::connect(&server.url(), Duration::from_secs(10)).await?;
+        request_all(&client, "gossamer.default.ingest.", &msgs, 256).await?;
+        wait_stored(&node, "loghub.", a.events as u64, Instant::now()).await
+    })?;
+    let ingest_rate = a.events as f64 / ingest_start.elapsed().as_secs_f64();
+    drop(msgs);
+    let base = format!("{}/api/v1", node.http);
+    // Queries are complete while the index lags, but the figures are of indexed data.
+    let waited = Instant::now();
+    let bar = indicatif::ProgressBar::new_spinner();
+    // Without the index role there is nothing to wait for.
+    let mut waiting = !a.no_index;
+    while waiting {
+        let st: serde_json::Value = ureq::get(&format!("{base}/index")).call()?.into_json()?;
+        let lag = st["lag_events"].as_u64().unwrap_or(u64::MAX);
+        bar.set_message(format!("indexing: {lag} events left"));
+        bar.tick();
+        waiting = !(lag == 0 && st["dirty_blocks"] == 0);
+        if waiting {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    bar.finish_and_clear();
+    let index_wait_s = waited.elapsed().as_secs_f64();
+    eprintln!("the index caught up {index_wait_s:.1} s after the last event was stored");
+    let rg = std::process::Command::new("rg").arg("--version").output().is_ok();
+    let f = ndjson.display();
+    let mix: Vec<(&'static str, String, String, Option<String>)> = vec![
+        (
+            "Q1 selective, newest 100",
+            "stream:loghub.hdfs exception".into(),
+            "search?limit=100&q=".into(),
+            Some(format!("rg -F '\"stream\":\"loghub.hdfs\"' {f} | rg -i -w exception | sort -r | head -100 | wc -l")),
+        ),
+        (
+            "Q1 selective, count",
+            "stream:loghub.hdfs exception".into(),
+            "count?q=".into(),
+            Some(format!("rg -F '\"stream\":\"loghub.hdfs\"' {f} | rg -c -i -w exception")),
+        ),
+        (
+            "Q2 phrase count",
+            "\"authentication failure\"".into(),
+            "count?q=".into(),
+            Some(format!("rg -c -i 'authentication\\W+failure' {f}")),
+        ),
+        ("Q3 count by level", String::new(), "aggregate?fn=count&by=level&q=".into(), None),
+        ("Q4 p95 latency by dataset x minute", String::new(), "aggregate?fn=p95&field=latency_ms&by=dataset&bucket=1m&q=".into(), None),
+    ];
+    let mut figures = Vec::new();
+    for (name, q, path, rg_cmd) in mix {
+        let url = format!("{base}/{path}{}", urlencode(&q));
+        let mut times = Vec::new();
+        let mut answer = serde_json::Value::Null;
+        for run in 0..=a.runs {
+            let start = Instant::now();
+            let v: serde_json::Value = ureq::get(&url).call()?.into_json()?;
+            let ms = start.elapsed().as_secs_f64() * 1000.0;
+            if run > 0 {
+                times.push(ms);
+            }
+            answer = match (&v["count"], &v["events"], &v["groups"]) {
+                (c, _, _) if !c.is_null() => c.clone(),
+                (_, e, _) if e.is_array() => serde_json::json!(e.as_array().map(|e| e.len())),
+                (_, _, g) => serde_json::json!(g.as_array().map(|g| g.len())),
+            };
+        }
+        times.sort_by(f64::total_cmp);
+        let ripgrep_ms = match (&rg_cmd, rg) {
+            (Some(cmd), true) => Some(time_shell(cmd)?.0),
+            _ => None,
+        };
+        eprintln!("{name}: p50 {:.1} ms", percentile(&times, 0.5));
+        figures.push(QueryFigure {
+            name,
+            what: format!("{path}{q}"),
+            answer,
+            p50_ms: percentile(&times, 0.5),
+            p99_ms: percentile(&times, 0.99),
+            ripgrep_ms,
+        });
+    }
+    let peak_rss_kb = peak_rss_kb(node.child.id());
+    node.stop()?;
+    let sled_bytes = dir_size(&node_dir.join("sled"));
+    drop(server);
+    println!("{} events, {} shards, {} timed runs per query; index caught up {index_wait_s:.1} s after ingest", a.events, a.shards, a.runs);
+    println!(
+        "ingest, request/reply to queryable {ingest_rate:.0} events/s; raw JetStream publish {raw_rate:.0} events/s (same messages), {raw_single_rate:.0} events/s (one per message)"
+    );
+    println!("{:<38} {:>10} {:>10} {:>12}  answer", "query", "p50 ms", "p99 ms", "ripgrep ms");
+    for q in &figures {
+        println!(
+            "{:<38} {:>10.1} {:>10.1} {:>12}  {}",
+            q.name,
+            q.p50_ms,
+            q.p99_ms,
+            q.ripgrep_ms.map(|r| format!("{r:.0}")).unwrap_or_else(|| "-".into()),
+            q.answer
+        );
+    }
+    println!(
+        "node peak RSS {:.0} MiB; sled {:.1} bytes/event, NDJSON {:.1} bytes/event ({:.2} x)",
+        peak_rss_kb as f64 / 1024.0,
+        sled_bytes as f64 / a.events as f64,
+        ndjson_bytes as f64 / a.events as f64,
+        sled_bytes as f64 / ndjson_bytes as f64
+    );
+    if let Some(path) = &a.png {
+        let bars: Vec<crate::bench::plot::Bar> = figures
+            .iter()
+            .map(|q| crate::bench::plot::Bar { label: q.name.to_string(), p50: q.p50_ms, p99: q.p99_ms, ripgrep: q.ripgrep_ms })
+            .collect();
+        let title = format!(
+            "Gossamer, {} events on one node ({} shards): query latency, ms (log scale)",
+            a.events, a.shards
+        );
+        crate::bench::plot::latency_png(path, &title, &bars)?;
+        eprintln!("chart written to {}", path.display());
+    }
+    if let Some(path) = a.json {
+        std::fs::write(
+            &path,
+            serde_json::to_vec_pretty(&serde_json::json!({
+                "events": a.events,
+                "shards": a.shards,
+                "queries": figures,
+                "peak_rss_kb": peak_rss_kb,
+                "sled_bytes": sled_bytes,
+                "ndjson_bytes": ndjson_bytes,
+                "index_caught_up_after_s": index_wait_s,
+                "ingest_events_per_s": ingest_rate,
+                "raw_jetstream_events_per_s": raw_rate,
+                "raw_jetstream_single_events_per_s": raw_single_rate,
+            }))?,
+        )?;
+    }
+    Ok(())
+}

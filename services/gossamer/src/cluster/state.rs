@@ -1,0 +1,78 @@
+//! What this node knows of the cluster and holds of it: the membership view, the
+//! shard map, the shard actors it runs, and the copies of shards it is handing out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use actix::prelude::*;
+use gossamer_gossip::Membership;
+use gossamer_schemas::placement::ShardMap;
+use gossamer_shard::ShardActor;
+
+/// What this node knows of the cluster and holds of it.
+pub struct Cluster {
+    pub me: String,
+    pub shard_count: u32,
+    pub replicas: u32,
+    pub membership: tokio::sync::watch::Receiver<Membership>,
+    pub gossip: Addr<gossamer_gossip::GossipActor>,
+    /// The shard actors this node runs, by shard.
+    pub(crate) held: Mutex<BTreeMap<u32, Addr<ShardActor>>>,
+    pub(crate) map: RwLock<ShardMap>,
+    /// Shards this node started or stopped since it started (metrics).
+    pub moves: std::sync::atomic::AtomicU64,
+    /// The map has been computed once (the node is ready only then).
+    pub placed: tokio::sync::watch::Sender<bool>,
+    /// How long to wait for another node's answer.
+    pub query_timeout: Duration,
+    /// Copies of shards being handed to rebuilding replicas, by token.
+    pub(crate) snapshots: Mutex<HashMap<u64, (std::time::Instant, Arc<Vec<u8>>)>>,
+}
+
+impl Cluster {
+    pub fn new(
+        cfg: &gossamer_config::Config,
+        membership: tokio::sync::watch::Receiver<Membership>,
+        gossip: Addr<gossamer_gossip::GossipActor>,
+    ) -> Self {
+        Self {
+            me: cfg.node_id.clone(),
+            shard_count: cfg.shards,
+            replicas: cfg.replicas,
+            membership,
+            gossip,
+            held: Mutex::new(BTreeMap::new()),
+            map: RwLock::new(ShardMap::default()),
+            moves: Default::default(),
+            placed: tokio::sync::watch::channel(false).0,
+            query_timeout: Duration::from_millis(cfg.node_query_timeout_ms.max(1)),
+            snapshots: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn map(&self) -> ShardMap {
+        self.map.read().unwrap().clone()
+    }
+
+    /// The shard actors this node runs.
+    pub fn held(&self) -> Vec<(u32, Addr<ShardActor>)> {
+        self.held.lock().unwrap().iter().map(|(s, a)| (*s, a.clone())).collect()
+    }
+
+    pub fn holds(&self, shard: u32) -> Option<Addr<ShardActor>> {
+        self.held.lock().unwrap().get(&shard).cloned()
+    }
+
+    /// The shards this node can answer for now: held, and caught up.
+    pub async fn ready_shards(&self) -> Vec<u32> {
+        let mut ready = Vec::new();
+        for (s, a) in self.held() {
+            if a.send(gossamer_shard::GetState).await.map(|st| st.caught_up).unwrap_or(false) {
+                ready.push(s);
+            }
+        }
+        ready
+    }
+}
+

@@ -1,0 +1,43 @@
+//! The NATS door: queries sent as requests on `gossamer.<cluster>.api.query` (a queue
+//! group). The body and the answer are those of `POST /api/v1/query`; an error is
+//! `{"error": "...", "status": N}` with the status of its error code.
+
+use std::sync::Arc;
+
+use crate::error::{ErrorCode, ServiceError};
+use crate::handle::NodeHandle;
+use crate::service::query;
+
+/// The error form of this door.
+fn error_reply(code: ErrorCode, message: String) -> serde_json::Value {
+    serde_json::json!({ "error": message, "status": code.http_status() })
+}
+
+/// Answers one request body.
+async fn answer(node: &NodeHandle, payload: &[u8]) -> serde_json::Value {
+    let body = match serde_json::from_slice::<serde_json::Value>(payload) {
+        Ok(body) => body,
+        Err(e) => return error_reply(ErrorCode::BadRequest, format!("invalid JSON body: {e}")),
+    };
+    let answered = match query::QueryBody::from_json(body) {
+        Ok(body) => query::answer(node, body).await,
+        Err(e) => Err(e),
+    };
+    match answered.and_then(|a| serde_json::to_value(a).map_err(|e| ServiceError::Internal(e.to_string()))) {
+        Ok(v) => v,
+        Err(e) => error_reply(e.error_code(), e.message()),
+    }
+}
+
+/// Serves the requests on the subscription until it ends.
+pub async fn serve_queries(node: Arc<NodeHandle>, mut sub: async_nats::Subscriber) {
+    use futures::StreamExt;
+    while let Some(msg) = sub.next().await {
+        let Some(reply) = msg.reply.clone() else { continue };
+        let node = node.clone();
+        actix_rt::spawn(async move {
+            let answer = answer(&node, &msg.payload).await;
+            let _ = node.nats.publish(reply, answer.to_string().into()).await;
+        });
+    }
+}

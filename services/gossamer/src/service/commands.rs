@@ -1,0 +1,161 @@
+//! Commands, beside the query service: deletes, updates and retention, published to
+//! the shard log, so every replica applies them in the same order as the inserts around
+//! them; the caller waits until a replica of the shard has applied each one and reads
+//! what it did.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use gossamer_schemas::subjects::Subjects;
+use gossamer_schemas::ShardCommand;
+use tracing::{info, warn};
+
+use crate::error::{blocking, ServiceError};
+use crate::handle::NodeHandle;
+use crate::service::root::gather;
+use crate::service::wire::{Answer, Ask};
+
+/// Publishes `cmd` to `shard`'s log and returns how many events it touched, once a
+/// replica of the shard (this node's, or the first live one elsewhere) has applied it.
+pub async fn run(node: &NodeHandle, shard: u32, cmd: &ShardCommand) -> Result<u64, ServiceError> {
+    let js = async_nats::jetstream::new(node.nats.clone());
+    let bytes = cmd.encode().map_err(|e| ServiceError::Internal(e.to_string()))?;
+    let subject = Subjects::new(&node.cfg.cluster).shard(shard);
+    let ack = js
+        .publish(subject, bytes.into())
+        .await
+        .map_err(|e| ServiceError::Unavailable(format!("publishing the command: {e}")))?
+        .await
+        .map_err(|e| ServiceError::Unavailable(format!("the bus refused the command: {e}")))?;
+    let gathered = gather(node, &[shard], Ask::Applied { seq: ack.sequence }).await?;
+    for a in gathered.answers {
+        if let Answer::Applied(n) = a {
+            return Ok(n);
+        }
+    }
+    Err(ServiceError::Unavailable(format!(
+        "no live replica of shard {shard} could confirm the command (sequence {}); it is in the log and will be applied when the shard catches up",
+        ack.sequence
+    )))
+}
+
+/// Runs `cmd` on every shard (at once) and adds up what it did.
+pub async fn run_everywhere(node: &NodeHandle, cmd: &ShardCommand) -> Result<u64, ServiceError> {
+    let runs = (0..node.cfg.shards).map(|s| run(node, s, cmd));
+    let results = futures::future::join_all(runs).await;
+    let mut total = 0;
+    for r in results {
+        total += r?;
+    }
+    Ok(total)
+}
+
+/// Applies every stream's retention on the shards holding that stream (as far as this
+/// node knows: shards it does not hold get the command anyway).
+pub async fn apply_retention(node: &NodeHandle) -> Result<u64, ServiceError> {
+    let store = node.store.clone();
+    let shards = node.shards.clone();
+    let (retentions, holders) = blocking(move || -> Result<_, gossamer_storage::StorageError> {
+        let retentions = store.retentions()?;
+        let mut holders: Vec<Vec<String>> = Vec::new();
+        for s in &shards {
+            holders.push(s.stream_counts()?.into_keys().collect());
+        }
+        Ok((retentions, holders))
+    })
+    .await??;
+    let now = gossamer_schemas::time::now_ns();
+    let mut deleted = 0;
+    for (stream, max_age) in retentions {
+        let cmd = ShardCommand::Retention { stream: stream.clone(), before: now.saturating_sub(max_age) };
+        for (shard, streams) in holders.iter().enumerate() {
+            // A shard held elsewhere may hold the stream though this node's copy does not.
+            if streams.contains(&stream) || node.cluster.holds(shard as u32).is_none() {
+                deleted += run(node, shard as u32, &cmd).await?;
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+/// Applies retention every `retention_every_secs`.
+pub async fn retention_loop(node: Arc<NodeHandle>) {
+    let every = Duration::from_secs(node.cfg.retention_every_secs.max(1));
+    loop {
+        tokio::time::sleep(every).await;
+        match apply_retention(&node).await {
+            Ok(0) => {}
+            Ok(n) => info!(deleted = n, "retention-applied"),
+            Err(e) => warn!(error = %e, "retention-failed"),
+        }
+    }
+}
+
+/// Which shard this node holds the event with this id in, if any.
+async fn locate(node: &NodeHandle, id: uuid::Uuid) -> Result<Option<u32>, ServiceError> {
+    let shards = node.shards.clone();
+    Ok(blocking(move || -> Result<Option<u32>, gossamer_storage::StorageError> {
+        for s in &shards {
+            if s.get(&id)?.is_some() {
+                return Ok(Some(s.shard()));
+            }
+        }
+        Ok(None)
+    })
+    .await??)
+}
+
+/// Deletes one event; how many were deleted (1).
+pub async fn delete_by_id(node: &NodeHandle, id: uuid::Uuid) -> Result<u64, ServiceError> {
+    let shard = locate(node, id).await?.ok_or_else(|| ServiceError::NotFound(format!("no event with id {id}")))?;
+    run(node, shard, &ShardCommand::Delete { ids: vec![id] }).await
+}
+
+/// Sets (or, with null, removes) labels and fields of one event; the event as it is now.
+pub async fn update_event(
+    node: &NodeHandle,
+    id: uuid::Uuid,
+    labels: std::collections::BTreeMap<String, Option<String>>,
+    fields: serde_json::Map<String, serde_json::Value>,
+) -> Result<gossamer_schemas::Event, ServiceError> {
+    if labels.is_empty() && fields.is_empty() {
+        return Err(ServiceError::BadRequest("nothing to update: give `labels` and/or `fields`".into()));
+    }
+    let shard = locate(node, id).await?.ok_or_else(|| ServiceError::NotFound(format!("no event with id {id}")))?;
+    run(node, shard, &ShardCommand::Update { id, labels, fields }).await?;
+    let store = node.shards[shard as usize].clone();
+    blocking(move || store.get(&id))
+        .await??
+        .ok_or_else(|| ServiceError::NotFound(format!("event {id} was deleted meanwhile")))
+}
+
+/// Deletes every event matching `q` in the time range; how many were deleted.
+pub async fn delete_where(node: &NodeHandle, q: String, from: Option<&str>, to: Option<&str>) -> Result<u64, ServiceError> {
+    if q.trim().is_empty() {
+        return Err(ServiceError::BadRequest(
+            "an empty query would delete every event: name what to delete (`stream:*` means everything)".into(),
+        ));
+    }
+    crate::service::leaf::parse_query(&node.cfg.query_limits, &q)?;
+    let range = gossamer_query::TimeRange::parse(from, to, gossamer_query::TimeRange::now()).map_err(ServiceError::BadRequest)?;
+    run_everywhere(node, &ShardCommand::DeleteWhere { q, from: range.from, to: range.to }).await
+}
+
+/// Sets (`Some("7d")`) or clears (`None`) a stream's retention and applies every
+/// retention at once: the max age in nanoseconds and how many events it deleted now.
+pub async fn set_retention(node: &NodeHandle, stream: &str, max_age: Option<&str>) -> Result<(Option<i64>, u64), ServiceError> {
+    if !gossamer_schemas::event::is_valid_stream(stream) {
+        return Err(ServiceError::BadRequest(format!("invalid stream name {stream:?}: dot-separated tokens of [A-Za-z0-9_-]")));
+    }
+    let max_age = match max_age {
+        None => None,
+        Some(s) => Some(gossamer_query::agg::parse_duration(s.trim()).ok_or_else(|| {
+            ServiceError::BadRequest(format!("invalid `max_age` {s:?}: use a duration like 90m, 12h, 7d"))
+        })?),
+    };
+    let store = node.store.clone();
+    let name = stream.to_string();
+    blocking(move || store.set_retention(&name, max_age)).await??;
+    let deleted = apply_retention(node).await?;
+    Ok((max_age, deleted))
+}

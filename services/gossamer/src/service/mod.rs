@@ -1,0 +1,18 @@
+//! The query service, and the commands beside it: everything a door needs to read or
+//! change what the cluster holds, with no HTTP or NATS API of its own.
+//!
+//! - [`query`]: the API the doors call (search, count, aggregate, get, streams);
+//! - [`root`]: scatter to the shards' replicas and gather, retrying on the next replica;
+//! - [`leaf`]: answer for this node's own replicas;
+//! - [`merge`]: merge search pages and partial aggregates;
+//! - [`wire`]: the node-to-node protocol;
+//! - [`commands`]: deletes, updates and retention through the shard log;
+//! - [`latency`]: query latency figures for `/metrics`.
+
+pub mod commands;
+pub mod latency;
+pub mod leaf;
+pub mod merge;
+pub mod query;
+pub mod root;
+pub mod wire;

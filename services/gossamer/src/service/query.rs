@@ -1,0 +1,229 @@
+//! The query service's API: a search, count, aggregation, get by id or stream census
+//! over the whole cluster. It takes a request (the transport-neutral types of
+//! `gossamer_schemas::api`), checks it before any shard is asked, scatters it to the
+//! shards' replicas, merges the answers, and returns a typed answer that says which
+//! shards are missing and how long it took. It knows nothing of HTTP or NATS: every door
+//! (REST, the NATS API, live tail, the console, and the doors to come) calls it.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use gossamer_query::exec::{Cursor, DEFAULT_LIMIT, MAX_LIMIT};
+use gossamer_query::{AggSpec, SearchParams, TimeRange};
+use gossamer_schemas::api::{AggregateRequest, AggregateResponse, CountResponse, Order, QueryRequest, SearchResponse};
+use gossamer_schemas::Event;
+
+use crate::error::ServiceError;
+use crate::handle::NodeHandle;
+use crate::service::latency::latency;
+use crate::service::leaf::parse_query;
+use crate::service::merge::{merge_aggregates, merge_search};
+use crate::service::root::{all_shards, gather};
+use crate::service::wire::{Answer, Ask};
+
+/// A page of events.
+pub struct Searched {
+    pub events: Vec<Event>,
+    pub next_cursor: Option<String>,
+    /// Shards no replica answered for: the page may lack their events.
+    pub missing: Vec<u32>,
+    pub took: Duration,
+}
+
+pub struct Counted {
+    pub count: u64,
+    pub missing: Vec<u32>,
+    pub took: Duration,
+}
+
+pub struct Aggregated {
+    pub groups: Vec<serde_json::Value>,
+    pub missing: Vec<u32>,
+    pub took: Duration,
+}
+
+/// Events per stream, over every shard that answered.
+pub struct StreamCounts {
+    pub streams: BTreeMap<String, u64>,
+    pub missing: Vec<u32>,
+}
+
+impl From<Searched> for SearchResponse {
+    fn from(s: Searched) -> Self {
+        SearchResponse {
+            events: s.events.iter().map(|e| e.to_json()).collect(),
+            next_cursor: s.next_cursor,
+            partial: !s.missing.is_empty(),
+            missing_shards: s.missing,
+        }
+    }
+}
+
+impl From<Counted> for CountResponse {
+    fn from(c: Counted) -> Self {
+        CountResponse { count: c.count, partial: !c.missing.is_empty(), missing_shards: c.missing }
+    }
+}
+
+impl From<Aggregated> for AggregateResponse {
+    fn from(a: Aggregated) -> Self {
+        AggregateResponse { groups: a.groups, partial: !a.missing.is_empty(), missing_shards: a.missing }
+    }
+}
+
+/// Checks a search request within the node's limits: the query parses, the range and
+/// the limit are valid, the cursor decodes.
+pub fn parse_search(limits: &gossamer_config::QueryLimits, req: &QueryRequest) -> Result<SearchParams, ServiceError> {
+    let expr = parse_query(limits, &req.q)?;
+    let range = TimeRange::parse(req.from.as_deref(), req.to.as_deref(), TimeRange::now()).map_err(ServiceError::BadRequest)?;
+    let limit = req.limit.unwrap_or(DEFAULT_LIMIT.min(limits.max_page));
+    let most = limits.max_page.min(MAX_LIMIT);
+    if limit == 0 || limit > most {
+        return Err(ServiceError::BadRequest(format!("`limit` must be between 1 and {most} (query_limits.max_page), got {limit}")));
+    }
+    let cursor = req.cursor.as_deref().filter(|c| !c.is_empty()).map(Cursor::decode).transpose()?;
+    Ok(SearchParams { expr, range, order: req.order.unwrap_or(Order::Desc), limit, cursor })
+}
+
+/// Records how long `kind` took, whatever the outcome.
+async fn timed<T>(kind: &'static str, f: impl std::future::Future<Output = Result<T, ServiceError>>) -> Result<T, ServiceError> {
+    let started = Instant::now();
+    let answer = f.await;
+    latency().observe(kind, started.elapsed().as_secs_f64());
+    answer
+}
+
+/// A page of the events matching `req`, across the cluster.
+pub async fn search(node: &NodeHandle, req: QueryRequest) -> Result<Searched, ServiceError> {
+    let started = Instant::now();
+    timed("search", async {
+        // Checked here, so a bad query fails before any node is asked.
+        let params = parse_search(&node.cfg.query_limits, &req)?;
+        let ask = Ask::Search {
+            q: req.q.clone(),
+            range: (params.range.from, params.range.to),
+            order: params.order,
+            limit: params.limit,
+            cursor: params.cursor.map(|c| c.encode()),
+        };
+        let got = gather(node, &all_shards(node), ask).await?;
+        let (events, next_cursor) = merge_search(got.answers, params.order, params.limit);
+        Ok(Searched { events, next_cursor, missing: got.missing, took: started.elapsed() })
+    })
+    .await
+}
+
+/// How many events match `req` (its limit, order and cursor are ignored).
+pub async fn count(node: &NodeHandle, req: QueryRequest) -> Result<Counted, ServiceError> {
+    let started = Instant::now();
+    timed("count", async {
+        let params = parse_search(&node.cfg.query_limits, &req)?;
+        let ask = Ask::Count { q: req.q.clone(), range: (params.range.from, params.range.to) };
+        let got = gather(node, &all_shards(node), ask).await?;
+        let count = got.answers.iter().map(|a| if let Answer::Count(n) = a { *n } else { 0 }).sum();
+        Ok(Counted { count, missing: got.missing, took: started.elapsed() })
+    })
+    .await
+}
+
+/// An aggregation of the events matching `req`, grouped and bucketed.
+pub async fn aggregate(node: &NodeHandle, req: AggregateRequest) -> Result<Aggregated, ServiceError> {
+    let started = Instant::now();
+    timed("aggregate", async {
+        // Checked here, so a bad query fails before any node is asked.
+        parse_query(&node.cfg.query_limits, &req.q)?;
+        let range = TimeRange::parse(req.from.as_deref(), req.to.as_deref(), TimeRange::now()).map_err(ServiceError::BadRequest)?;
+        let mut spec =
+            AggSpec::parse(&req.func, req.field.as_deref(), req.by.as_deref(), req.bucket.as_deref()).map_err(ServiceError::BadRequest)?;
+        spec.max_groups = node.cfg.query_limits.max_groups;
+        let ask = Ask::Aggregate {
+            q: req.q.clone(),
+            range: (range.from, range.to),
+            func: req.func.clone(),
+            field: req.field.clone(),
+            by: req.by.clone(),
+            bucket: req.bucket.clone(),
+            max_groups: spec.max_groups,
+        };
+        let got = gather(node, &all_shards(node), ask).await?;
+        let groups = merge_aggregates(got.answers).finish(&spec);
+        Ok(Aggregated { groups, missing: got.missing, took: started.elapsed() })
+    })
+    .await
+}
+
+/// The event with this id: `NotFound` when no shard holds it, `ShardsMissing` when the
+/// shards that answered do not and some did not answer.
+pub async fn get(node: &NodeHandle, id: uuid::Uuid) -> Result<Event, ServiceError> {
+    let got = gather(node, &all_shards(node), Ask::Get { id }).await?;
+    let found = got.answers.into_iter().find_map(|a| if let Answer::Get(e) = a { e } else { None });
+    match found {
+        Some(e) => Ok(e),
+        None if !got.missing.is_empty() => Err(ServiceError::ShardsMissing {
+            message: format!("no event with id {id} on the shards that answered; shards {:?} have no live replica", got.missing),
+            shards: got.missing,
+        }),
+        None => Err(ServiceError::NotFound(format!("no event with id {id}"))),
+    }
+}
+
+/// Events per stream across the cluster.
+pub async fn stream_counts(node: &NodeHandle) -> Result<StreamCounts, ServiceError> {
+    let got = gather(node, &all_shards(node), Ask::StreamCounts).await?;
+    let mut streams: BTreeMap<String, u64> = BTreeMap::new();
+    for a in got.answers {
+        if let Answer::StreamCounts(counts) = a {
+            for (name, n) in counts {
+                *streams.entry(name).or_default() += n;
+            }
+        }
+    }
+    Ok(StreamCounts { streams, missing: got.missing })
+}
+
+/// What a query body asks for: the body of `POST /api/v1/query` and of a request on
+/// `gossamer.<cluster>.api.query`.
+pub enum QueryBody {
+    Search(QueryRequest),
+    Count(QueryRequest),
+    Aggregate(AggregateRequest),
+}
+
+impl QueryBody {
+    /// The search parameters; `"count": true` asks for the count instead, and `"fn"`
+    /// (with `field`, `by`, `bucket`) for an aggregation.
+    pub fn from_json(mut body: serde_json::Value) -> Result<Self, ServiceError> {
+        let count = match body.as_object_mut().map(|o| o.remove("count")) {
+            None => return Err(ServiceError::BadRequest("the query body must be a JSON object".into())),
+            Some(None) => false,
+            Some(Some(serde_json::Value::Bool(b))) => b,
+            Some(Some(_)) => return Err(ServiceError::BadRequest("`count` must be true or false".into())),
+        };
+        if body.get("fn").is_some() {
+            let request: AggregateRequest =
+                serde_json::from_value(body).map_err(|e| ServiceError::BadRequest(format!("invalid aggregation body: {e}")))?;
+            return Ok(QueryBody::Aggregate(request));
+        }
+        let request: QueryRequest =
+            serde_json::from_value(body).map_err(|e| ServiceError::BadRequest(format!("invalid query body: {e}")))?;
+        Ok(if count { QueryBody::Count(request) } else { QueryBody::Search(request) })
+    }
+}
+
+/// The answer to a [`QueryBody`], in the shape of the matching GET route.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+pub enum QueryAnswer {
+    Search(SearchResponse),
+    Count(CountResponse),
+    Aggregate(AggregateResponse),
+}
+
+/// Answers a query body.
+pub async fn answer(node: &NodeHandle, body: QueryBody) -> Result<QueryAnswer, ServiceError> {
+    Ok(match body {
+        QueryBody::Search(r) => QueryAnswer::Search(search(node, r).await?.into()),
+        QueryBody::Count(r) => QueryAnswer::Count(count(node, r).await?.into()),
+        QueryBody::Aggregate(r) => QueryAnswer::Aggregate(aggregate(node, r).await?.into()),
+    })
+}

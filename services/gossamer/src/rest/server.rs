@@ -108,6 +108,7 @@ fn http_service<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'stati
     data: web::Data<Arc<NodeHandle>>,
     max_body: usize,
     addr: std::net::SocketAddr,
+    stopping: actix_server::GracefulShutdownSignal,
 ) -> impl actix_service::ServiceFactory<
     (T, Option<std::net::SocketAddr>),
     Config = (),
@@ -118,6 +119,11 @@ fn http_service<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'stati
     use actix_service::{map_config, IntoServiceFactory};
     let app = app(data, max_body).into_factory();
     actix_http::HttpService::build()
+        // Idle keep-alive connections close when the server stops.
+        .graceful_shutdown_signal(move || {
+            let stopping = stopping.clone();
+            async move { stopping.notified().await }
+        })
         .keep_alive(actix_http::KeepAlive::default())
         .client_request_timeout(std::time::Duration::from_secs(5))
         .client_disconnect_timeout(std::time::Duration::from_secs(1))
@@ -140,6 +146,7 @@ pub fn bind(node: Arc<NodeHandle>, listener: std::net::TcpListener) -> anyhow::R
     };
     let data = web::Data::new(node);
     let builder = actix_server::Server::build().workers(2);
+    let stopping = builder.graceful_shutdown_signal();
     let builder = match tls {
         Some(config) => builder.listen("gossamer-api", listener, move || {
             actix_tls::accept::rustls_0_23::Acceptor::new(config.clone())
@@ -149,14 +156,14 @@ pub fn bind(node: Arc<NodeHandle>, listener: std::net::TcpListener) -> anyhow::R
                     let peer = io.get_ref().0.peer_addr().ok();
                     (JsonRejections::new(io), peer)
                 })
-                .and_then(http_service(data.clone(), max_body, addr).map_err(|e| tracing::debug!(error = %e, "http-connection-failed")).map_init_err(|_| ()))
+                .and_then(http_service(data.clone(), max_body, addr, stopping.clone()).map_err(|e| tracing::debug!(error = %e, "http-connection-failed")).map_init_err(|_| ()))
         }),
         None => builder.listen("gossamer-api", listener, move || {
             actix_service::fn_service(|io: actix_rt::net::TcpStream| async move {
                 let peer = io.peer_addr().ok();
                 Ok::<_, ()>((JsonRejections::new(io), peer))
             })
-            .and_then(http_service(data.clone(), max_body, addr).map_err(|e| tracing::debug!(error = %e, "http-connection-failed")).map_init_err(|_| ()))
+            .and_then(http_service(data.clone(), max_body, addr, stopping.clone()).map_err(|e| tracing::debug!(error = %e, "http-connection-failed")).map_init_err(|_| ()))
         }),
     }
     .map_err(|e| anyhow::anyhow!("binding the HTTP API on {addr}: {e}"))?;

@@ -45,6 +45,15 @@ async fn loghub_samples_are_stored_and_every_count_matches_the_csv() {
     }
     assert!(failures.is_empty(), "{} of {checked} counts differ from the CSV:\n{}", failures.len(), failures.join("\n"));
 
+    // `key:*` is "the key exists": rows with a Component column have the label, the
+    // others not; every event has a level (one is assigned when the row has none).
+    let with_component = datasets.iter().flat_map(|d| &d.rows).filter(|r| r.component.is_some()).count() as u64;
+    assert!(with_component > 0 && with_component < total as u64);
+    assert_eq!(node.count("component:*"), with_component);
+    assert_eq!(node.count("-labels.component:*"), total as u64 - with_component);
+    assert_eq!(node.count("level:*"), total as u64);
+    assert_eq!(node.count("dataset:* -event_id:*"), 0);
+
     // Globs across streams.
     assert_eq!(node.count("stream:loghub.*"), total as u64);
     let h: u64 = datasets.iter().filter(|d| d.name.starts_with('h')).map(|d| d.rows.len() as u64).sum();

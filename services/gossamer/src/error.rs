@@ -16,9 +16,10 @@ pub enum ErrorCode {
     Unavailable,
     /// Waited too long for a part of the cluster.
     Timeout,
-    /// The request itself is too large for the door (body, query string).
+    /// The request itself is too large for the door: its body, its URI, its headers.
     TooLarge,
     UriTooLong,
+    HeadersTooLarge,
     Unauthorized,
     Forbidden,
     Internal,
@@ -36,6 +37,7 @@ impl ErrorCode {
             ErrorCode::Conflict => 409,
             ErrorCode::TooLarge => 413,
             ErrorCode::UriTooLong => 414,
+            ErrorCode::HeadersTooLarge => 431,
             ErrorCode::Internal => 500,
             // A timeout waiting for the cluster is still "try again later".
             ErrorCode::Unavailable | ErrorCode::Timeout => 503,
@@ -52,6 +54,7 @@ impl ErrorCode {
             409 => ErrorCode::Conflict,
             413 => ErrorCode::TooLarge,
             414 => ErrorCode::UriTooLong,
+            431 => ErrorCode::HeadersTooLarge,
             503 => ErrorCode::Unavailable,
             _ => ErrorCode::Internal,
         }

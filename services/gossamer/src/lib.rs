@@ -1,6 +1,7 @@
 //! The Gossamer node and its command-line tools.
 //!
-//! The modules, from the bottom up (each uses only those above it):
+//! The modules, from the bottom up (each uses only those above it; no two import each
+//! other, directly or not: `tests/module_layers.rs`):
 //! - [`error`]: the service's errors and their neutral codes;
 //! - [`cluster`]: membership, the shard map and the shard actors held here;
 //! - [`handle`]: a running node's parts;

@@ -50,6 +50,9 @@ pub enum Term {
     /// `level:name`, normalised.
     Level(String),
     Id(Uuid),
+    /// `key:*`: the event has a label or field named `key` (`labels.`/`fields.` say
+    /// which), or, for `level`, any level.
+    Exists(String),
 }
 
 /// Per-event work shared by the terms of one match: the message's tokens, computed
@@ -100,6 +103,23 @@ impl Term {
             Term::Level(l) => e.level == *l,
             Term::Id(id) => e.id == *id,
             Term::Field { key, op } => field_matches(e, key, op),
+            Term::Exists(key) => exists(e, key),
+        }
+    }
+}
+
+fn exists(e: &Event, key: &str) -> bool {
+    match key {
+        "level" => !e.level.is_empty(),
+        "id" => true,
+        _ => {
+            if let Some(k) = key.strip_prefix("labels.") {
+                e.labels.contains_key(k)
+            } else if let Some(k) = key.strip_prefix("fields.") {
+                e.field(k).is_some()
+            } else {
+                e.labels.contains_key(key) || e.field(key).is_some()
+            }
         }
     }
 }
@@ -182,7 +202,7 @@ pub fn glob_match(glob: &str, s: &str) -> bool {
 fn quoted(s: &str) -> String {
     let plain = !s.is_empty()
         && !s.starts_with(['>', '<', '~', '-'])
-        && !["OR", "AND", "NOT"].contains(&s)
+        && !["OR", "AND", "NOT", "*"].contains(&s)
         && s.chars().all(|c| !c.is_whitespace() && !matches!(c, '(' | ')' | '"' | '\\' | ':'));
     if plain {
         s.to_string()
@@ -211,6 +231,7 @@ impl fmt::Display for Term {
             Term::Stream(g) => write!(f, "stream:{}", quoted(g)),
             Term::Level(l) => write!(f, "level:{}", quoted(l)),
             Term::Id(id) => write!(f, "id:{id}"),
+            Term::Exists(key) => write!(f, "{key}:*"),
             Term::Field { key, op } => match op {
                 ValueOp::Eq(v) => write!(f, "{key}:{}", quoted(v)),
                 ValueOp::Cmp(c, n) => write!(f, "{key}:{c}{n}"),

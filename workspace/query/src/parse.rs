@@ -166,6 +166,13 @@ impl<'a> Lexer<'a> {
         if raw.is_empty() && !quoted {
             return err(vstart, format!("expected a value after '{key}:'"));
         }
+        // `key:*`: the key exists (every event has a stream: `stream:*` is every event).
+        if raw == "*" && !quoted && !regex && key != "stream" {
+            if key.contains('*') {
+                return err(key_start, "expected a field name without '*'");
+            }
+            return Ok(Term::Exists(key));
+        }
         let op = if regex {
             let re = Regex::new(&raw).or_else(|e| err(vstart, format!("expected a valid regex: {e}")))?;
             ValueOp::Regex(re)
@@ -377,6 +384,31 @@ mod tests {
         assert!(m("id:00000000-0000-0000-0000-00000000002a", &e));
         assert!(m("labels.host:db-1 -fields.host:db-1", &e));
         assert!(m("", &e));
+    }
+
+    /// `key:*` is "the key exists" (as in Kibana's KQL), not a prefix of nothing.
+    #[test]
+    fn a_star_value_means_the_key_exists() {
+        let e = ev("m", "warn", &[("host", "db-1")], serde_json::json!({"latency_ms": 5, "req": {"path": "/"}}));
+        assert!(m("level:*", &e));
+        assert!(!m("-level:*", &e));
+        assert!(m("host:* labels.host:* -fields.host:*", &e));
+        assert!(m("latency_ms:* fields.latency_ms:* fields.req.path:*", &e));
+        assert!(!m("region:*", &e));
+        assert!(m("-region:* stream:*", &e));
+        assert!(m("id:*", &e));
+        let no_level = ev("m", "", &[], serde_json::json!({}));
+        assert!(!m("level:*", &no_level));
+        // A quoted star is the value "*"; the printed form parses back to the same.
+        let star = ev("m", "info", &[("k", "*")], serde_json::json!({}));
+        assert!(m(r#"k:"*""#, &star));
+        assert!(!m(r#"k:"*""#, &e));
+        for q in ["level:*", "host:*", "fields.a.b:*", r#"k:"*""#] {
+            let once = parse(q).unwrap().to_string();
+            assert_eq!(parse(&once).unwrap().to_string(), once, "{q}");
+        }
+        assert_eq!(parse("level:*").unwrap().to_string(), "level:*");
+        assert!(parse("a*b:*").is_err(), "a star in the key is refused");
     }
 
     #[test]

@@ -394,7 +394,7 @@ impl Eval<'_> {
                     Hits { docs: Docs::List(self.union_of(terms)?), exact: false }
                 }
             }
-            Term::Prefix(_) | Term::Id(_) | Term::Field { .. } => Hits::UNKNOWN,
+            Term::Prefix(_) | Term::Id(_) | Term::Field { .. } | Term::Exists(_) => Hits::UNKNOWN,
         })
     }
 }

@@ -103,7 +103,7 @@ fn app(
 }
 
 /// HTTP/1.1 over any connection `T` (the wrapped TCP or TLS stream), with the
-/// settings actix-web's `HttpServer` would use.
+/// timeouts and keep-alive actix-web's `HttpServer` uses by default.
 fn http_service<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + 'static>(
     data: web::Data<Arc<NodeHandle>>,
     max_body: usize,
@@ -179,7 +179,7 @@ mod tests {
         let doc = serde_json::to_value(crate::rest::openapi::document()).unwrap();
         let mut served: Vec<(String, String)> =
             super::API_ROUTES.iter().map(|(m, p)| (m.to_string(), format!("/api/v1{p}"))).collect();
-        // Registered beside the scope in `bind`.
+        // Registered beside the scope in `app`.
         served.push(("get".into(), "/metrics".into()));
         served.push(("get".into(), "/".into()));
         for (method, path) in &served {

@@ -17,5 +17,10 @@ pub fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Resu
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(chain, key)
+        .map(|mut config| {
+            // HTTP/1.1 is what is served; say so to clients that ask (as actix-web does).
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            config
+        })
         .map_err(|e| anyhow::anyhow!("the TLS certificate and key do not make a server identity: {e}"))
 }

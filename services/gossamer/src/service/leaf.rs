@@ -10,7 +10,7 @@ use gossamer_query::{AggSpec, TimeRange};
 use gossamer_storage::ShardStore;
 use tracing::info;
 
-use crate::error::{blocking, ServiceError};
+use crate::error::{blocking, ErrorCode, ServiceError};
 use crate::handle::NodeHandle;
 use crate::service::wire::{Answer, Ask, NodeReply, NodeRequest};
 
@@ -113,7 +113,7 @@ pub async fn serve(node: &NodeHandle, req: NodeRequest) -> NodeReply {
     let ready = node.cluster.ready_shards().await;
     let (mine, refused): (Vec<u32>, Vec<u32>) = req.shards.into_iter().partition(|s| ready.contains(s));
     if mine.is_empty() {
-        return NodeReply { refused, answer: Err((503, "no shard asked for is served here".into())) };
+        return NodeReply { refused, answer: Err((ErrorCode::Unavailable.http_status(), "no shard asked for is served here".into())) };
     }
     let answer = answer_here(node, &mine, req.ask).await.map_err(|e| (e.error_code().http_status(), e.to_string()));
     NodeReply { refused, answer }

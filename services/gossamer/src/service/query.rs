@@ -2,8 +2,9 @@
 //! over the whole cluster. It takes a request (the transport-neutral types of
 //! `gossamer_schemas::api`), checks it before any shard is asked, scatters it to the
 //! shards' replicas, merges the answers, and returns a typed answer that says which
-//! shards are missing and how long it took. It knows nothing of HTTP or NATS: every door
-//! (REST, the NATS API, live tail, the console, and the doors to come) calls it.
+//! shards are missing and how long it took. It knows nothing of HTTP or NATS: the doors
+//! (REST and the console behind it, the NATS API, and the doors to come) call it; live
+//! tail, which follows the shard log as it is written, shares its query parsing.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -24,7 +24,7 @@ pub async fn serve_node_queries(node: Arc<NodeHandle>, mut sub: async_nats::Subs
         actix_rt::spawn(async move {
             let reply = match decode_request(&msg.payload) {
                 Ok(req) => serve(&node, req).await,
-                Err(e) => NodeReply { refused: vec![], answer: Err((400, e)) },
+                Err(e) => NodeReply { refused: vec![], answer: Err((ErrorCode::BadRequest.http_status(), e)) },
             };
             let max = (node.nats.server_info().max_payload).max(64 * 1024) - 1024;
             let _ = node.nats.publish(reply_to, encode_reply(reply, max).into()).await;
@@ -79,7 +79,7 @@ pub async fn gather(node: &NodeHandle, shards: &[u32], ask: Ask) -> Result<Gathe
                     match answer {
                         Ok(a) => answers.push(a),
                         // Refused everything: only the refusals matter.
-                        Err((503, _)) if refused.len() == asked.len() => {}
+                        Err((status, _)) if refused.len() == asked.len() && ErrorCode::from_http_status(status) == ErrorCode::Unavailable => {}
                         Err((status, msg)) => return Err(ServiceError::from_code(ErrorCode::from_http_status(status), msg)),
                     }
                     refused

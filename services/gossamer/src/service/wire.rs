@@ -65,7 +65,7 @@ pub fn encode_reply(mut reply: NodeReply, max: usize) -> Vec<u8> {
                 *more = true;
             }
             _ => {
-                let r = NodeReply { refused: reply.refused.clone(), answer: Err((500, format!("the answer is over the bus's payload limit of {max} bytes"))) };
+                let r = NodeReply { refused: reply.refused.clone(), answer: Err((crate::error::ErrorCode::Internal.http_status(), format!("the answer is over the bus's payload limit of {max} bytes"))) };
                 return zstd::bulk::compress(&rmp_serde::to_vec(&r).unwrap_or_default(), 1).unwrap_or_default();
             }
         }

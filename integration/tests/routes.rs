@@ -113,6 +113,8 @@ async fn every_route_answers_good_input_and_names_what_is_wrong_with_bad_input()
             ok("GET", "/index", "/api/v1/index", None, 200),
             ok("POST", "/admin/reindex", "/api/v1/admin/reindex", Some(json!({})), 202),
             ok("GET", "/openapi.json", "/api/v1/openapi.json", None, 200),
+            ok("GET", "/export", "/api/v1/export?q=stream:routes&format=csv", None, 200),
+            bad("GET", "/export", "/api/v1/export?format=xml", None, "format"),
             ok("GET", "/tail", "/api/v1/tail?q=level:error", None, 200),
             bad("GET", "/tail", "/api/v1/tail?q=level:", None, "column"),
         ];

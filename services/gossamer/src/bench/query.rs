@@ -163,6 +163,22 @@ pub fn query(a: QueryBench) -> Result<()> {
             ripgrep_ms,
         });
     }
+    // The whole store as NDJSON, oldest first, through the export route.
+    let export_start = Instant::now();
+    let mut reader = ureq::get(&format!("{base}/export")).call()?.into_reader();
+    let (mut export_bytes, mut export_events, mut chunk) = (0u64, 0u64, vec![0u8; 1 << 20]);
+    loop {
+        let n = std::io::Read::read(&mut reader, &mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        export_bytes += n as u64;
+        export_events += chunk[..n].iter().filter(|b| **b == b'\n').count() as u64;
+    }
+    let export_s = export_start.elapsed().as_secs_f64();
+    if export_events != a.events as u64 {
+        anyhow::bail!("the export held {export_events} events, not {}", a.events);
+    }
     let peak_rss_kb = peak_rss_kb(node.child.id());
     node.stop()?;
     let sled_bytes = dir_size(&node_dir.join("sled"));
@@ -189,6 +205,13 @@ pub fn query(a: QueryBench) -> Result<()> {
         ndjson_bytes as f64 / a.events as f64,
         sled_bytes as f64 / ndjson_bytes as f64
     );
+    println!(
+        "export, NDJSON: {:.0} events/s, {:.1} MB/s ({:.1} MB, {:.2} x the generated NDJSON)",
+        export_events as f64 / export_s,
+        export_bytes as f64 / 1e6 / export_s,
+        export_bytes as f64 / 1e6,
+        export_bytes as f64 / ndjson_bytes as f64
+    );
     if let Some(path) = &a.png {
         let bars: Vec<crate::bench::plot::Bar> = figures
             .iter()
@@ -211,6 +234,8 @@ pub fn query(a: QueryBench) -> Result<()> {
                 "peak_rss_kb": peak_rss_kb,
                 "sled_bytes": sled_bytes,
                 "ndjson_bytes": ndjson_bytes,
+                "export_events_per_s": export_events as f64 / export_s,
+                "export_bytes": export_bytes,
                 "index_caught_up_after_s": index_wait_s,
                 "ingest_events_per_s": ingest_rate,
                 "raw_jetstream_events_per_s": raw_rate,

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod args;
 pub mod backup;
 pub mod cluster;
+pub mod export;
 pub mod publish;
 pub mod query;
 pub mod queue;
@@ -31,6 +32,9 @@ enum Command {
     Publish(publish::PublishCmd),
     /// Search (or count) events on a node.
     Query(query::QueryCmd),
+    /// Every event matching a query, oldest first, as NDJSON or CSV (re-imports with
+    /// `gossamer publish`).
+    Export(export::ExportCmd),
     /// Delete one event by id, or every event matching a query.
     Delete(query::DeleteCmd),
     /// Set a stream's retention: events older than MAX_AGE (7d, 12h, 90m) are deleted;
@@ -56,13 +60,14 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet_default = matches!(cli.command, Command::Publish(_) | Command::Query(_) | Command::Tail(_));
+    let quiet_default = matches!(cli.command, Command::Publish(_) | Command::Query(_) | Command::Tail(_) | Command::Export(_));
     init_tracing(if quiet_default { "warn" } else { "info" });
     let result = match cli.command {
         Command::Up(a) => run::up(a),
         Command::Node(a) => run::node(a),
         Command::Publish(a) => publish::publish(a),
         Command::Query(a) => query::run(a),
+        Command::Export(a) => export::run(a),
         Command::Delete(a) => query::delete(a),
         Command::Retention(a) => query::retention(a),
         Command::Bench(a) => crate::bench::run(a),

@@ -19,9 +19,10 @@ pub struct PublishCmd {
     /// instead of asking the ingest actors directly (the default, and the fastest).
     #[arg(long)]
     pub jetstream: bool,
-    /// Stream name: events go to `logs.<stream>`.
+    /// Stream name: events go to `logs.<stream>`. Without it, each JSON line's own
+    /// `stream` key routes it (as `gossamer export` writes them).
     #[arg(long)]
-    pub stream: String,
+    pub stream: Option<String>,
     /// Events per NATS message.
     #[arg(long, default_value_t = 500)]
     pub batch: usize,

@@ -25,7 +25,8 @@ pub struct PublishArgs {
     /// Publish to `logs.<stream>` with JetStream acks instead of requesting
     /// `gossamer.<cluster>.ingest.<stream>`.
     pub jetstream: bool,
-    pub stream: String,
+    /// Every line's stream; without one, each JSON line's own `stream` key routes it.
+    pub stream: Option<String>,
     pub input: Option<PathBuf>,
     pub batch: usize,
     pub progress: bool,
@@ -47,10 +48,14 @@ pub struct PublishReport {
 /// `{"message": line}`, in NDJSON batches, each event given an id when it has none so a
 /// retried message stores nothing twice. By default each batch is a request to the
 /// ingest actors, answered once stored (retried on time-out); with `jetstream`, a
-/// JetStream publish to `logs.<stream>`, acked once buffered.
+/// JetStream publish to `logs.<stream>`, acked once buffered. Without a stream, each
+/// JSON line's `stream` key (taken out of the event) says where it goes; a line without
+/// one stops the publish, after what came before it is sent and answered.
 pub async fn publish(args: PublishArgs) -> Result<PublishReport> {
-    if !gossamer_schemas::event::is_valid_stream(&args.stream) {
-        bail!("invalid stream name {:?}: use dot-separated tokens of [A-Za-z0-9_-]", args.stream);
+    if let Some(stream) = &args.stream {
+        if !gossamer_schemas::event::is_valid_stream(stream) {
+            bail!("invalid stream name {stream:?}: use dot-separated tokens of [A-Za-z0-9_-]");
+        }
     }
     let (reader, total): (Box<dyn Read + Send>, Option<u64>) = match &args.input {
         Some(p) if p.as_os_str() != "-" => {
@@ -78,16 +83,15 @@ pub async fn publish(args: PublishArgs) -> Result<PublishReport> {
     } else {
         Sink::Request(client.clone())
     };
-    let subject = if args.jetstream {
-        format!("logs.{}", args.stream)
-    } else {
-        gossamer_schemas::subjects::Subjects::new(&args.cluster).ingest(&args.stream)
-    };
+    let subjects = gossamer_schemas::subjects::Subjects::new(&args.cluster);
+    let subject_of = |stream: &str| if args.jetstream { format!("logs.{stream}") } else { subjects.ingest(stream) };
     let start = Instant::now();
     let mut report = PublishReport::default();
     let mut acks = FuturesUnordered::new();
-    let mut buf = String::new();
-    let mut in_buf = 0u64;
+    // Per stream: its subject, the NDJSON batch being built, and its events.
+    let mut batches: std::collections::HashMap<String, (String, String, u64)> = Default::default();
+    let mut stopped = None;
+    let mut number = 0u64;
 
     let mut lines = BufReader::new(reader);
     let mut line = String::new();
@@ -98,41 +102,61 @@ pub async fn publish(args: PublishArgs) -> Result<PublishReport> {
             break;
         }
         bar.inc(n as u64);
+        number += 1;
         let text = line.trim_end_matches(['\n', '\r']);
         if text.trim().is_empty() {
             continue;
         }
-        let object = if text.trim_start().starts_with('{') {
-            match serde_json::from_str::<serde_json::Map<String, Value>>(text) {
-                Ok(o) => o,
-                Err(_) => {
-                    // Alone, so the dead letter holds just this line.
-                    report.invalid_lines += 1;
-                    send(&sink, &subject, text.to_string(), &mut acks, &mut report, 1).await?;
-                    continue;
-                }
-            }
+        let parsed = if text.trim_start().starts_with('{') {
+            serde_json::from_str::<serde_json::Map<String, Value>>(text).map_err(|_| ())
         } else {
             let mut o = serde_json::Map::new();
             o.insert("message".into(), Value::String(text.to_string()));
-            o
+            Ok(o)
+        };
+        let (stream, object) = match (&args.stream, parsed) {
+            (Some(stream), Ok(o)) => (stream.clone(), o),
+            (Some(stream), Err(())) => {
+                // Alone, so the dead letter holds just this line.
+                report.invalid_lines += 1;
+                send(&sink, &subject_of(stream), text.to_string(), &mut acks, &mut report, 1).await?;
+                continue;
+            }
+            (None, Ok(mut o)) => match o.remove("stream") {
+                Some(Value::String(s)) if gossamer_schemas::event::is_valid_stream(&s) => (s, o),
+                Some(other) => {
+                    stopped = Some(format!("line {number}: {other} is not a stream name (dot-separated tokens of [A-Za-z0-9_-])"));
+                    break;
+                }
+                None => {
+                    stopped = Some(format!("line {number} has no `stream` key: give --stream for lines without one"));
+                    break;
+                }
+            },
+            (None, Err(())) => {
+                stopped = Some(format!("line {number} is not valid JSON, so it names no stream: give --stream to publish it"));
+                break;
+            }
         };
         let event = with_id(object);
+        let (subject, buf, in_buf) = batches.entry(stream.clone()).or_insert_with(|| (subject_of(&stream), String::new(), 0));
         if !buf.is_empty() && buf.len() + event.len() + 1 > MAX_MESSAGE_BYTES {
-            send(&sink, &subject, std::mem::take(&mut buf), &mut acks, &mut report, in_buf).await?;
-            in_buf = 0;
+            send(&sink, subject, std::mem::take(buf), &mut acks, &mut report, *in_buf).await?;
+            *in_buf = 0;
         }
         buf.push_str(&event);
         buf.push('\n');
-        in_buf += 1;
-        if in_buf as usize >= args.batch {
-            send(&sink, &subject, std::mem::take(&mut buf), &mut acks, &mut report, in_buf).await?;
-            in_buf = 0;
+        *in_buf += 1;
+        if *in_buf as usize >= args.batch {
+            send(&sink, subject, std::mem::take(buf), &mut acks, &mut report, *in_buf).await?;
+            *in_buf = 0;
         }
-        bar.set_message(format!("{} events", report.events + in_buf));
+        bar.set_message(format!("{} events", report.events));
     }
-    if in_buf > 0 {
-        send(&sink, &subject, buf, &mut acks, &mut report, in_buf).await?;
+    for (subject, buf, in_buf) in batches.into_values() {
+        if in_buf > 0 {
+            send(&sink, &subject, buf, &mut acks, &mut report, in_buf).await?;
+        }
     }
     while let Some(r) = acks.next().await {
         if let Some(rejected) = r? {
@@ -142,6 +166,9 @@ pub async fn publish(args: PublishArgs) -> Result<PublishReport> {
     client.flush().await?;
     bar.finish_and_clear();
     report.seconds = start.elapsed().as_secs_f64();
+    if let Some(why) = stopped {
+        bail!("{why} ({} events before it were published)", report.events);
+    }
     Ok(report)
 }
 

@@ -11,6 +11,7 @@ pub mod common;
 pub mod console;
 pub mod error;
 pub mod events_api;
+pub mod export_api;
 pub mod metrics;
 pub mod openapi;
 pub mod queues_api;

@@ -12,7 +12,8 @@ use crate::handle::NodeHandle;
 use crate::rest::error::ApiError;
 use crate::rest::rejections::JsonRejections;
 use crate::rest::{
-    admin_api, auth, backups_api, cluster_api, console, events_api, metrics, openapi, queues_api, search_api, streams_api, tail, tls,
+    admin_api, auth, backups_api, cluster_api, console, events_api, export_api, metrics, openapi, queues_api, search_api, streams_api, tail,
+    tls,
 };
 
 /// Declares the API's routes once: the actix scope that serves them, and the list the
@@ -59,6 +60,7 @@ api_routes! {
     get "/jobs" => backups_api::list_jobs,
     get "/jobs/{id}" => backups_api::get_job,
     get "/openapi.json" => openapi::openapi,
+    get "/export" => export_api::export,
 }
 
 /// The application: every route, behind the layers every request goes through.

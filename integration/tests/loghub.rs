@@ -220,3 +220,35 @@ fn time_from_unix(secs: i64) -> String {
     let y = if m <= 2 { y + 1 } else { y };
     format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
+
+/// The level found in each raw log line (as a plain-text line is read at ingest) equals
+/// the level the loghub CSV gives that line, normalised, for at least 99% of the lines
+/// of every sample whose Level column holds levels (Linux's holds the host name).
+#[test]
+fn the_level_found_in_a_raw_line_is_the_one_its_csv_row_gives() {
+    let datasets = loghub::load();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(loghub::dir()).unwrap().map(Result::unwrap) {
+        let dir_name = entry.file_name().to_string_lossy().into_owned();
+        let raw = entry.path().join(format!("{dir_name}_2k.log"));
+        if !raw.exists() {
+            continue;
+        }
+        let ds = datasets.iter().find(|d| d.name == dir_name.to_lowercase()).expect("a dataset for each raw log");
+        let lines: Vec<String> = String::from_utf8_lossy(&std::fs::read(&raw).unwrap()).lines().map(String::from).collect();
+        assert_eq!(lines.len(), ds.rows.len(), "{dir_name}: one CSV row per line");
+        let mut wrong = Vec::new();
+        for (line, row) in lines.iter().zip(&ds.rows) {
+            let want = level(row.level.as_deref());
+            let found = gossamer_schemas::levels::detect_level(line);
+            if found.as_deref() != Some(want.as_str()) {
+                wrong.push(format!("{found:?} for {want}: {line}"));
+            }
+        }
+        let share = 1.0 - wrong.len() as f64 / lines.len() as f64;
+        eprintln!("{dir_name}: level found in {:.2}% of the raw lines", share * 100.0);
+        assert!(share >= 0.99, "{dir_name}: {:.1}% right; first misses:\n{}", share * 100.0, wrong[..wrong.len().min(5)].join("\n"));
+        checked += 1;
+    }
+    assert_eq!(checked, 9, "the nine samples with levels have their raw lines here");
+}

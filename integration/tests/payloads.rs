@@ -33,6 +33,7 @@ async fn every_payload_kind_round_trips_and_bad_ones_are_dead_lettered() {
     let mp_array = rmp_serde::to_vec_named(&json!([{"id": id(7), "message": "msgpack detected"}])).unwrap();
     js_publish(&js, "logs.kinds.msgpack", mp_array).await;
     js_publish(&js, "logs.kinds.text", b"[INFO] a plain text line\n".to_vec()).await;
+    js_publish(&js, "logs.levels.apache", b"[Sun Dec 04 04:47:45 2005] [error] mod_jk child workerEnv in error state 6\n".to_vec()).await;
 
     // Bad payloads, each followed by a good event on the same subject.
     let bad: Vec<(&str, Vec<u8>, &str)> = vec![
@@ -57,7 +58,7 @@ async fn every_payload_kind_round_trips_and_bad_ones_are_dead_lettered() {
         js_publish(&js, "logs.after.bad", json!({"id": id(100 + i as u128), "message": "still fine"}).to_string().into_bytes()).await;
     }
 
-    let good = 8 + bad.len() as u64;
+    let good = 9 + bad.len() as u64;
     let node = tokio::task::spawn_blocking(move || {
         node.wait_count("", good, Duration::from_secs(60));
         node
@@ -84,6 +85,9 @@ async fn every_payload_kind_round_trips_and_bad_ones_are_dead_lettered() {
     let (_, page) = node.get(&format!("/api/v1/search?q={}", enc("stream:kinds.text")));
     let text = &page["events"][0];
     assert_eq!(text["message"], "[INFO] a plain text line");
+    // A text line's level is the one it says it has.
+    node.wait_count("stream:levels.apache", 1, Duration::from_secs(30));
+    assert_eq!(node.count("stream:levels.apache level:error"), 1);
     assert_eq!(uuid::Uuid::parse_str(text["id"].as_str().unwrap()).unwrap().get_version_num(), 7, "assigned ids are UUIDv7");
     assert_eq!(node.count("stream:bad.*"), 0, "a bad payload stores nothing, not even its good events");
 

@@ -242,7 +242,11 @@ fn event_from_value(stream: &str, v: Value, seed: IdSeed, index: usize) -> Resul
     let mut obj = match v {
         Value::Object(o) => o,
         Value::String(s) => {
+            // A plain-text line: the level it says it has, if any.
             let mut o = Map::new();
+            if let Some(level) = crate::levels::detect_level(&s) {
+                o.insert("level".into(), Value::String(level));
+            }
             o.insert("message".into(), Value::String(s));
             o
         }

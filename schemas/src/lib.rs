@@ -7,6 +7,7 @@ pub mod batch;
 pub mod decode;
 pub mod event;
 pub mod fuzzing;
+pub mod levels;
 pub mod placement;
 pub mod subjects;
 pub mod text;

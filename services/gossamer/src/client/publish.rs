@@ -110,7 +110,11 @@ pub async fn publish(args: PublishArgs) -> Result<PublishReport> {
         let parsed = if text.trim_start().starts_with('{') {
             serde_json::from_str::<serde_json::Map<String, Value>>(text).map_err(|_| ())
         } else {
+            // A plain line: with the level it says it has, as Gossamer reads a text line.
             let mut o = serde_json::Map::new();
+            if let Some(level) = gossamer_schemas::levels::detect_level(text) {
+                o.insert("level".into(), Value::String(level));
+            }
             o.insert("message".into(), Value::String(text.to_string()));
             Ok(o)
         };

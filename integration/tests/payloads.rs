@@ -185,3 +185,36 @@ fn bad_requests_get_a_4xx_with_a_json_error() {
     let (status, body) = node.get("/api/v1/health");
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
 }
+
+/// What Fluent Bit, Vector and Telegraf publish to NATS (sent by nats-py in exactly
+/// their shapes) is stored as the events it means: time, message, labels, fields.
+#[test]
+fn shippers_payloads_on_nats_are_stored_as_the_events_they_mean() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats, data.path(), &[]);
+    let python = std::env::var("GOSSAMER_TEST_PYTHON").unwrap_or_else(|_| {
+        let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyvenv/bin/python");
+        venv.to_string_lossy().into_owned()
+    });
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/shipper_payloads.py");
+    let out = std::process::Command::new(python).arg(script).args(["--url", &nats.url()]).output().expect("python with nats-py (test.sh makes it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(said["sent"], 13);
+    node.wait_count("", 13, Duration::from_secs(30));
+
+    // Fluent Bit: six records of two flushes, timed by their pairs, tagged.
+    assert_eq!(node.count("stream:fluent.app tag:logs.fluent.app"), 6);
+    let (_, page) = node.get(&format!("/api/v1/search?order=asc&limit=1&q={}", enc("stream:fluent.app")));
+    let first = &page["events"][0];
+    assert_eq!((first["message"].as_str(), first["ts"].as_str()), (Some("GET /item/0 200"), Some("2026-05-28T20:26:40.000000000Z")));
+    // Vector: host and source_type are labels; the line's own level is not read from JSON.
+    assert_eq!(node.count("stream:vector.app host:web-1 labels.source_type:file failed"), 4);
+    assert_eq!(node.count("stream:vector.app fields.file:\"/var/log/app.log\""), 4);
+    // Telegraf: the metric name is the message and a label, tags are labels, fields fields.
+    assert_eq!(node.count("stream:telegraf labels.metric:cpu labels.host:db-1 usage_idle:>90"), 2);
+    assert_eq!(node.count("stream:telegraf mem used_percent:40"), 1);
+    let dead = node.get("/api/v1/cluster").1["ingest"]["dead_letters"].as_u64().unwrap_or(0);
+    assert_eq!(dead, 0, "nothing was dead-lettered");
+}

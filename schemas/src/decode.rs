@@ -132,7 +132,7 @@ pub fn decode_payload(
         return Err(DecodeError::Stream(stream.to_string()));
     }
     Limits::check(payload.len(), limits.max_payload_bytes, "payload bytes", "max_payload_bytes")?;
-    let values = decode_values(payload, content_type)?;
+    let values = crate::shippers::reshape_all(decode_values(payload, content_type)?);
     Limits::check(values.len(), limits.max_batch_events, "events in the batch", "max_batch_events")?;
     values
         .into_iter()
@@ -188,10 +188,15 @@ fn decode_values(payload: &[u8], content_type: Option<&str>) -> Result<Vec<Value
     Ok(vec![Value::String(line.to_string())])
 }
 
-/// `[` followed by `{`, `"` or `]` is a JSON array; `[INFO] started` is a text line.
+/// `[` followed by `{`, `"` or `]` is a JSON array, and so is `[[` followed by a number
+/// (Fluent Bit's pairs); `[INFO] started` is a text line.
 fn opens_json_array(text: &str) -> bool {
-    let mut rest = text.strip_prefix('[').map(str::trim_start);
-    matches!(rest.as_mut().and_then(|r| r.chars().next()), Some('{' | '"' | ']'))
+    let Some(rest) = text.strip_prefix('[').map(str::trim_start) else { return false };
+    match rest.chars().next() {
+        Some('{' | '"' | ']') => true,
+        Some('[') => rest[1..].trim_start().starts_with(|c: char| c.is_ascii_digit() || c == '-'),
+        _ => false,
+    }
 }
 
 /// One JSON object, or several separated by whitespace (NDJSON).

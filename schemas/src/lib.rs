@@ -9,6 +9,7 @@ pub mod event;
 pub mod fuzzing;
 pub mod levels;
 pub mod placement;
+pub mod shippers;
 pub mod subjects;
 pub mod text;
 pub mod time;

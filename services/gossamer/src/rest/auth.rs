@@ -1,5 +1,6 @@
-//! Bearer tokens, as a layer in front of every route: 401 without a valid token,
-//! 403 when a read token asks for a change. The token is never logged.
+//! Tokens, as a layer in front of every route: 401 without a valid one (`Bearer`, or
+//! `Basic` with the token as the password), 403 when a read token asks for a change.
+//! The token is never logged.
 
 use actix_web::ResponseError;
 
@@ -17,6 +18,10 @@ enum Access {
 
 fn required(method: &actix_web::http::Method, path: &str) -> Access {
     use actix_web::http::Method;
+    if crate::rest::elastic_api::is_elastic_path(path) {
+        // Bulk ingest changes what is stored; the health line is a read.
+        return if *method == Method::GET || *method == Method::HEAD { Access::Read } else { Access::Admin };
+    }
     if !path.starts_with("/api/") && path != "/metrics" {
         return Access::Open;
     }
@@ -27,12 +32,26 @@ fn required(method: &actix_web::http::Method, path: &str) -> Access {
     }
 }
 
-/// Checks the bearer token against the configured ones, in constant time (`subtle`).
+/// The token a request carries: `Bearer <token>`, or `Basic` with the token as the
+/// password (what Grafana and log shippers can send).
+fn token_of(header: &str) -> Option<String> {
+    use base64::Engine;
+    if let Some(t) = header.strip_prefix("Bearer ") {
+        return Some(t.trim().to_string());
+    }
+    let encoded = header.strip_prefix("Basic ")?.trim();
+    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    text.split_once(':').map(|(_, password)| password.to_string())
+}
+
+/// Checks the token against the configured ones, in constant time (`subtle`).
 fn granted(cfg: &gossamer_config::Config, header: Option<&str>) -> Result<Access, ApiError> {
     use subtle::ConstantTimeEq;
-    let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")).map(str::trim) else {
+    let Some(given) = header.and_then(token_of) else {
         return Err(ApiError::new(ErrorCode::Unauthorized, "this API needs a bearer token: Authorization: Bearer <token>"));
     };
+    let given = given.as_str();
     let same = |t: &Option<gossamer_config::Secret>| t.as_ref().is_some_and(|t| bool::from(t.0.as_bytes().ct_eq(given.as_bytes())));
     if same(&cfg.admin_token) {
         Ok(Access::Admin)
@@ -67,6 +86,11 @@ pub async fn authorize(
     };
     match verdict {
         Ok(()) => Ok(next.call(req).await?.map_into_left_body()),
+        // The Elasticsearch door's clients read Elasticsearch's error shape.
+        Err(e) if crate::rest::elastic_api::is_elastic_path(req.path()) => {
+            let answer = crate::rest::elastic_api::error_response(e.code.http_status(), "security_exception", &e.message);
+            Ok(req.into_response(answer).map_into_right_body())
+        }
         Err(e) => Ok(req.into_response(e.error_response()).map_into_right_body()),
     }
 }

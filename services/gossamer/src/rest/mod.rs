@@ -9,6 +9,7 @@ pub mod backups_api;
 pub mod cluster_api;
 pub mod common;
 pub mod console;
+pub mod elastic_api;
 pub mod error;
 pub mod events_api;
 pub mod export_api;

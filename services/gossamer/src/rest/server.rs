@@ -12,8 +12,8 @@ use crate::handle::NodeHandle;
 use crate::rest::error::ApiError;
 use crate::rest::rejections::JsonRejections;
 use crate::rest::{
-    admin_api, auth, backups_api, cluster_api, console, events_api, export_api, metrics, openapi, queues_api, search_api, streams_api, tail,
-    tls,
+    admin_api, auth, backups_api, cluster_api, console, elastic_api, events_api, export_api, metrics, openapi, queues_api, search_api,
+    streams_api, tail, tls,
 };
 
 /// Declares the API's routes once: the actix scope that serves them, and the list the
@@ -100,6 +100,13 @@ fn app(
         }))
         .route("/", web::get().to(console::console))
         .route("/metrics", web::get().to(metrics::metrics))
+        // The Elasticsearch door (its API is Elasticsearch's, so not in the OpenAPI document).
+        .route("/", web::head().to(elastic_api::ping))
+        .route("/_bulk", web::post().to(elastic_api::bulk))
+        .route("/_bulk", web::put().to(elastic_api::bulk))
+        .route("/_cat/health", web::get().to(elastic_api::cat_health))
+        .route("/{index}/_bulk", web::post().to(elastic_api::bulk_into))
+        .route("/{index}/_bulk", web::put().to(elastic_api::bulk_into))
         .service(api_scope())
         .default_service(web::to(|| async { ApiError::not_found("no such route").error_response() }))
 }

@@ -1,0 +1,271 @@
+//! The Elasticsearch door, for shippers whose common output is Elasticsearch (Filebeat,
+//! Logstash, Fluent Bit's `es`, rsyslog's `omelasticsearch`, syslog-ng):
+//! `POST`/`PUT /_bulk` and `/<index>/_bulk` (the `index` and `create` actions), `GET /`
+//! (the version document, for a client that asks without wanting HTML), `HEAD /`, and
+//! `GET /_cat/health`. Every answer carries `X-Elastic-Product: Elasticsearch`, which
+//! Elastic's clients check; errors have Elasticsearch's shape.
+//!
+//! The index is the stream, `@timestamp` (or any time key) the time. A bulk request's
+//! documents are checked one by one against the ingest limits (a refused one gets its
+//! item error, the others go on), then sent, per stream, through the request/reply
+//! ingest path: an item is `201 created` once its batch is in the shard log, as durable
+//! as a NATS ingest request. An `_id` that is a UUID is the event's id; any other `_id`
+//! is hashed into one, so a retried bulk stores nothing twice.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use actix_web::{web, HttpResponse};
+use serde_json::{json, Map, Value};
+
+use crate::rest::common::Node;
+
+/// What Elastic's clients look for in every answer.
+const PRODUCT: (&str, &str) = ("X-Elastic-Product", "Elasticsearch");
+/// The version this door answers as (what shippers' version checks expect).
+const VERSION: &str = "8.11.0";
+/// How long a batch waits for the ingest actors' answer.
+const INGEST_WAIT: Duration = Duration::from_secs(30);
+
+/// True for the paths this door serves (their errors take its shape).
+pub fn is_elastic_path(path: &str) -> bool {
+    path == "/_bulk" || path.ends_with("/_bulk") || path.starts_with("/_cat/")
+}
+
+/// An error in Elasticsearch's shape: `{"error": {"type", "reason"}, "status"}`.
+pub fn error_response(status: u16, kind: &str, reason: &str) -> HttpResponse {
+    HttpResponse::build(actix_web::http::StatusCode::from_u16(status).unwrap_or(actix_web::http::StatusCode::BAD_REQUEST))
+        .insert_header(PRODUCT)
+        .json(json!({ "error": { "type": kind, "reason": reason, "root_cause": [{ "type": kind, "reason": reason }] }, "status": status }))
+}
+
+/// `GET /` for a client that does not ask for HTML: who answers, as Elasticsearch
+/// says it.
+pub fn info(node: &crate::handle::NodeHandle) -> HttpResponse {
+    HttpResponse::Ok().insert_header(PRODUCT).json(json!({
+        "name": node.cfg.node_id,
+        "cluster_name": node.cfg.cluster,
+        "cluster_uuid": event_id("cluster", Some(&node.cfg.cluster)),
+        "version": {
+            "number": VERSION,
+            "build_flavor": "default",
+            "build_type": "gossamer",
+            "lucene_version": "9.8.0",
+            "minimum_wire_compatibility_version": "7.17.0",
+            "minimum_index_compatibility_version": "7.0.0",
+        },
+        "tagline": "You Know, for Search (this is Gossamer's Elasticsearch door: _bulk ingest)",
+    }))
+}
+
+/// `HEAD /`: the ping clients send before anything else.
+pub async fn ping() -> HttpResponse {
+    HttpResponse::Ok().insert_header(PRODUCT).finish()
+}
+
+#[derive(serde::Deserialize)]
+pub struct CatParams {
+    format: Option<String>,
+}
+
+/// `GET /_cat/health`: green when every shard has a live replica, red otherwise.
+pub async fn cat_health(node: Node, params: web::Query<CatParams>) -> HttpResponse {
+    let map = node.cluster.map();
+    let unplaced = map.replicas.iter().filter(|r| r.is_empty()).count();
+    let members = node.cluster.membership.borrow().members.iter().filter(|m| m.state == gossamer_gossip::MemberState::Alive).count();
+    let status = if unplaced == 0 { "green" } else { "red" };
+    let now = chrono::Utc::now();
+    let shards = node.cfg.shards as usize;
+    if params.format.as_deref() == Some("json") {
+        return HttpResponse::Ok().insert_header(PRODUCT).json(json!([{
+            "epoch": now.timestamp().to_string(),
+            "timestamp": now.format("%H:%M:%S").to_string(),
+            "cluster": node.cfg.cluster,
+            "status": status,
+            "node.total": members.to_string(),
+            "node.data": members.to_string(),
+            "shards": (shards - unplaced).to_string(),
+            "pri": (shards - unplaced).to_string(),
+            "unassign": unplaced.to_string(),
+            "active_shards_percent": format!("{:.1}%", 100.0 * (shards - unplaced) as f64 / shards.max(1) as f64),
+        }]));
+    }
+    HttpResponse::Ok().insert_header(PRODUCT).content_type("text/plain; charset=UTF-8").body(format!(
+        "{} {} {} {status} {members} {members} {} {} 0 0 {unplaced} 0 - {:.1}%\n",
+        now.timestamp(),
+        now.format("%H:%M:%S"),
+        node.cfg.cluster,
+        shards - unplaced,
+        shards - unplaced,
+        100.0 * (shards - unplaced) as f64 / shards.max(1) as f64
+    ))
+}
+
+/// `POST /_bulk` (Elastic's client sends `PUT`).
+pub async fn bulk(node: Node, body: web::Bytes) -> HttpResponse {
+    run_bulk(&node, None, &body).await
+}
+
+/// `POST /{index}/_bulk`: the index for actions that name none.
+pub async fn bulk_into(node: Node, index: web::Path<String>, body: web::Bytes) -> HttpResponse {
+    run_bulk(&node, Some(index.as_str()), &body).await
+}
+
+/// One item of the answer, in order.
+struct Item {
+    action: String,
+    index: String,
+    id: String,
+    /// 201, or the error's status, type and reason.
+    outcome: Result<(), (u16, &'static str, String)>,
+}
+
+impl Item {
+    fn to_json(&self, seq: usize) -> Value {
+        let body = match &self.outcome {
+            Ok(()) => json!({
+                "_index": self.index, "_id": self.id, "_version": 1, "result": "created", "status": 201,
+                "_shards": { "total": 1, "successful": 1, "failed": 0 }, "_seq_no": seq, "_primary_term": 1,
+            }),
+            Err((status, kind, reason)) => json!({
+                "_index": self.index, "_id": self.id, "status": status,
+                "error": { "type": kind, "reason": reason },
+            }),
+        };
+        json!({ self.action.clone(): body })
+    }
+}
+
+/// The event id for an `_id`: itself when it is a UUID, else a UUID hashed from the
+/// index and it (the same every time, so a retry is stored once).
+fn event_id(index: &str, given: Option<&str>) -> uuid::Uuid {
+    match given {
+        None => uuid::Uuid::now_v7(),
+        Some(s) => uuid::Uuid::parse_str(s).unwrap_or_else(|_| {
+            let key = format!("{index}\u{0}{s}");
+            let hi = xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), 1);
+            let lo = xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), 2);
+            uuid::Builder::from_random_bytes((u128::from(hi) << 64 | u128::from(lo)).to_be_bytes()).into_uuid()
+        }),
+    }
+}
+
+async fn run_bulk(node: &crate::handle::NodeHandle, default_index: Option<&str>, body: &[u8]) -> HttpResponse {
+    let started = Instant::now();
+    let Ok(text) = std::str::from_utf8(body) else {
+        return error_response(400, "illegal_argument_exception", "the bulk body is not UTF-8");
+    };
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let mut items: Vec<Item> = Vec::new();
+    // Per stream: the documents to send, with their item's position.
+    let mut batches: BTreeMap<String, Vec<(usize, String)>> = BTreeMap::new();
+    while let Some(line) = lines.next() {
+        let action: Map<String, Value> = match serde_json::from_str(line) {
+            Ok(a) => a,
+            Err(e) => return error_response(400, "x_content_parse_exception", &format!("an action line is not a JSON object: {e}")),
+        };
+        let Some((name, meta)) = action.into_iter().next() else {
+            return error_response(400, "illegal_argument_exception", "an action line names no action");
+        };
+        let source = if name == "delete" { None } else { lines.next() };
+        let index = meta.get("_index").and_then(Value::as_str).or(default_index).unwrap_or("").to_string();
+        let given_id = meta.get("_id").and_then(Value::as_str).map(String::from);
+        let id = event_id(&index, given_id.as_deref());
+        let mut item = Item { action: name.clone(), index: index.clone(), id: given_id.unwrap_or_else(|| id.to_string()), outcome: Ok(()) };
+        item.outcome = match (name.as_str(), source) {
+            ("index" | "create", Some(doc)) => prepare(node, &index, id, doc).map(|doc| {
+                batches.entry(index.clone()).or_default().push((items.len(), doc));
+            }),
+            ("index" | "create", None) => Err((400, "action_request_validation_exception", "the action has no document line".into())),
+            (other, _) => Err((
+                400,
+                "action_request_validation_exception",
+                format!("the `{other}` action is not supported: Gossamer keeps logs, and takes `index` and `create` (delete through its own API)"),
+            )),
+        };
+        items.push(item);
+    }
+    if items.is_empty() {
+        return error_response(400, "action_request_validation_exception", "Validation Failed: 1: no requests added;");
+    }
+    let sends = batches.into_iter().map(|(stream, docs)| send(node, stream, docs));
+    for (positions, outcome) in futures::future::join_all(sends).await.into_iter().flatten() {
+        for p in positions {
+            items[p].outcome = outcome.clone();
+        }
+    }
+    let errors = items.iter().any(|i| i.outcome.is_err());
+    let answer: Vec<Value> = items.iter().enumerate().map(|(i, item)| item.to_json(i)).collect();
+    HttpResponse::Ok()
+        .insert_header(PRODUCT)
+        .json(json!({ "took": started.elapsed().as_millis() as u64, "errors": errors, "items": answer }))
+}
+
+/// A document ready to send (with its event id), or why it is refused.
+fn prepare(node: &crate::handle::NodeHandle, index: &str, id: uuid::Uuid, doc: &str) -> Result<String, (u16, &'static str, String)> {
+    if index.is_empty() {
+        return Err((400, "action_request_validation_exception", "index is missing".into()));
+    }
+    if !gossamer_schemas::event::is_valid_stream(index) {
+        return Err((400, "invalid_index_name_exception", format!("Invalid index name [{index}]: Gossamer streams are dot-separated tokens of [A-Za-z0-9_-]")));
+    }
+    let mut obj: Map<String, Value> = match serde_json::from_str(doc) {
+        Ok(Value::Object(o)) => o,
+        Ok(_) => return Err((400, "mapper_parsing_exception", "the document is not a JSON object".into())),
+        Err(e) => return Err((400, "document_parsing_exception", format!("the document is not valid JSON: {e}"))),
+    };
+    // A document's own `id` is a field here: the event's id is the `_id`'s.
+    if let Some(own) = obj.remove("id") {
+        match obj.entry("fields").or_insert_with(|| Value::Object(Map::new())) {
+            Value::Object(f) => {
+                f.entry("id").or_insert(own);
+            }
+            _ => return Err((400, "mapper_parsing_exception", "`fields` must be an object".into())),
+        }
+    }
+    obj.insert("id".into(), Value::String(id.to_string()));
+    let text = Value::Object(obj).to_string();
+    // The ingest limits and decoding, one document at a time: a bad one is refused alone.
+    let seed = gossamer_schemas::IdSeed { received_ns: gossamer_schemas::time::now_ns(), seq: 0 };
+    gossamer_schemas::decode_payload(index, text.as_bytes(), None, seed, &node.cfg.limits)
+        .map_err(|e| (400, "document_parsing_exception", e.to_string()))?;
+    Ok(text)
+}
+
+type Outcome = Result<(), (u16, &'static str, String)>;
+
+/// Sends one stream's documents through the request/reply ingest path, in messages
+/// within the limits; the outcome of each message for its items.
+async fn send(node: &crate::handle::NodeHandle, stream: String, docs: Vec<(usize, String)>) -> Vec<(Vec<usize>, Outcome)> {
+    let subject = gossamer_schemas::subjects::Subjects::new(&node.cfg.cluster).ingest(&stream);
+    let max_bytes = node.cfg.limits.max_payload_bytes.min(node.nats.server_info().max_payload.saturating_sub(4096)).max(1);
+    let max_events = node.cfg.limits.max_batch_events.max(1);
+    let mut chunks: Vec<(Vec<usize>, String)> = vec![(Vec::new(), String::new())];
+    for (pos, doc) in docs {
+        let (ps, body) = chunks.last_mut().expect("one chunk");
+        if !ps.is_empty() && (body.len() + doc.len() + 1 > max_bytes || ps.len() >= max_events) {
+            chunks.push((Vec::new(), String::new()));
+        }
+        let (ps, body) = chunks.last_mut().expect("one chunk");
+        ps.push(pos);
+        body.push_str(&doc);
+        body.push('\n');
+    }
+    let asks = chunks.into_iter().map(|(positions, body)| {
+        let subject = subject.clone();
+        async move {
+            let request = async_nats::Request::new().payload(body.into()).timeout(Some(INGEST_WAIT));
+            let outcome = match node.nats.send_request(subject, request).await {
+                Ok(reply) => match serde_json::from_slice::<Value>(&reply.payload) {
+                    Ok(v) if v["accepted"].is_u64() => Ok(()),
+                    Ok(v) if v["busy"] == true => Err((429, "es_rejected_execution_exception", v["error"].as_str().unwrap_or("busy").to_string())),
+                    Ok(v) => Err((400, "document_parsing_exception", v["error"].as_str().unwrap_or("refused").to_string())),
+                    Err(e) => Err((500, "exception", format!("an unreadable ingest answer: {e}"))),
+                },
+                Err(e) => Err((503, "unavailable_shards_exception", format!("no ingest actor stored the batch: {e}"))),
+            };
+            (positions, outcome)
+        }
+    });
+    futures::future::join_all(asks).await
+}

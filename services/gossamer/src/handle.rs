@@ -28,4 +28,6 @@ pub struct NodeHandle {
     /// A connection for live tails alone, with small subscription buffers: a slow tail
     /// loses its own messages (the server drops them for it) and slows nothing else.
     pub tail_nats: async_nats::Client,
+    /// The syslog door's counters, when it listens.
+    pub syslog: Option<Arc<crate::syslog::SyslogStats>>,
 }

@@ -23,3 +23,4 @@ pub mod nats_api;
 pub mod node;
 pub mod rest;
 pub mod service;
+pub mod syslog;

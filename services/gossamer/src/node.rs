@@ -150,6 +150,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         .await
         .with_context(|| format!("connecting to NATS at {} for live tails", cfg.nats))?;
 
+    let (syslog, syslog_tasks) = match crate::syslog::start(&cfg, nats.clone()).await? {
+        Some((stats, tasks)) => (Some(stats), tasks),
+        None => (None, Vec::new()),
+    };
     let handle = Arc::new(NodeHandle {
         cfg: cfg.clone(),
         store: store.clone(),
@@ -164,6 +168,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         backup_actor,
         nats: nats.clone(),
         tail_nats,
+        syslog,
     });
     handle_tx.send_replace(Some(Arc::downgrade(&handle)));
     // Ready means producers can be answered: wait for ingest to subscribe and pull.
@@ -217,6 +222,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     // Say goodbye first: the others stop sending queries here and place the shards anew.
     let _ = tokio::time::timeout(Duration::from_secs(2), gossip.send(gossamer_gossip::Leave)).await;
     node_queries.abort();
+    for t in &syslog_tasks {
+        t.abort();
+    }
     retention.abort();
     measuring.abort();
     nats_queries.abort();

@@ -42,6 +42,10 @@ pub struct Config {
     /// listen address is not it (`0.0.0.0:8080` in a container). By default the bound
     /// address.
     pub http_advertise: Option<String>,
+    /// Listen for syslog (RFC 5424 and 3164) on this UDP address; off when absent.
+    pub syslog_udp: Option<String>,
+    /// Listen for syslog on this TCP address (LF framing or RFC 6587 octet counting).
+    pub syslog_tcp: Option<String>,
     pub node_id: String,
     pub cluster: String,
     /// Number of logical shards, fixed when the cluster is created.
@@ -195,6 +199,8 @@ impl Default for Config {
             http_tls_cert: None,
             http_tls_key: None,
             http_advertise: None,
+            syslog_udp: None,
+            syslog_tcp: None,
             node_id: "node-1".into(),
             cluster: "default".into(),
             shards: 64,

@@ -21,6 +21,12 @@ pub struct UpArgs {
     /// Data directory: sled files and the nats-server's JetStream storage.
     #[arg(long, default_value = "gossamer-data")]
     pub data: PathBuf,
+    /// Take syslog on this UDP address (with several nodes, the first node listens).
+    #[arg(long)]
+    pub syslog_udp: Option<String>,
+    /// Take syslog on this TCP address (with several nodes, the first node listens).
+    #[arg(long)]
+    pub syslog_tcp: Option<String>,
     /// HTTP address of the REST API and console.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: String,
@@ -68,6 +74,12 @@ pub struct NodeArgs {
     pub shards: Option<u32>,
     #[arg(long)]
     pub replicas: Option<u32>,
+    /// Take syslog (RFC 5424 and 3164) on this UDP address (off by default).
+    #[arg(long)]
+    pub syslog_udp: Option<String>,
+    /// Take syslog on this TCP address: LF framing or RFC 6587 octet counting.
+    #[arg(long)]
+    pub syslog_tcp: Option<String>,
     /// Comma-separated roles: ingest,shard,index,backup,queue,admin (all by default).
     #[arg(long, value_delimiter = ',')]
     pub roles: Option<Vec<String>>,
@@ -175,6 +187,12 @@ pub fn node(a: NodeArgs) -> Result<()> {
     if let Some(v) = a.roles {
         cfg.roles = v;
     }
+    if a.syslog_udp.is_some() {
+        cfg.syslog_udp = a.syslog_udp;
+    }
+    if a.syslog_tcp.is_some() {
+        cfg.syslog_tcp = a.syslog_tcp;
+    }
     a.caps.apply(&mut cfg);
     if let Some(v) = a.retention_every_secs {
         cfg.retention_every_secs = v.max(1);
@@ -226,6 +244,12 @@ pub fn up(a: UpArgs) -> Result<()> {
     if let Some(r) = a.replicas {
         cfg.replicas = r;
     }
+    if a.syslog_udp.is_some() {
+        cfg.syslog_udp = a.syslog_udp.clone();
+    }
+    if a.syslog_tcp.is_some() {
+        cfg.syslog_tcp = a.syslog_tcp.clone();
+    }
     a.caps.apply(&mut cfg);
     a.tokens.apply(&mut cfg)?;
     a.backup.apply(&mut cfg)?;
@@ -271,6 +295,11 @@ pub fn run_children(base: Config, nodes: u32) -> Result<()> {
     for i in 1..=nodes {
         let mut cfg = base.clone();
         cfg.node_id = format!("node-{i}");
+        if i > 1 {
+            // One listener per address: the first node takes syslog.
+            cfg.syslog_udp = None;
+            cfg.syslog_tcp = None;
+        }
         cfg.data = base.data.join(format!("node-{i}"));
         let port = if http.port() == 0 { 0 } else { http.port() + (i as u16 - 1) };
         cfg.http = std::net::SocketAddr::new(http.ip(), port).to_string();

@@ -146,6 +146,14 @@ pub async fn metrics(node: Node) -> Result<HttpResponse, ApiError> {
             .unwrap_or(0);
         metric("gossamer_backup_last_success_seconds", "gauge", "Unix time of the last backup made since start (0: none)", vec![(node_label, last_ok)]);
     }
+    if let Some(s) = &node.syslog {
+        use std::sync::atomic::Ordering::Relaxed;
+        let label = format!("node=\"{n}\"");
+        metric("gossamer_syslog_received_total", "counter", "syslog messages received (UDP and TCP)", vec![(label.clone(), s.received.load(Relaxed))]);
+        metric("gossamer_syslog_udp_dropped_total", "counter", "syslog datagrams dropped because ingest was behind", vec![(label.clone(), s.udp_dropped.load(Relaxed))]);
+        metric("gossamer_syslog_stored_total", "counter", "syslog events stored", vec![(label.clone(), s.stored.load(Relaxed))]);
+        metric("gossamer_syslog_failed_total", "counter", "syslog events ingest refused or that could not be sent", vec![(label, s.failed.load(Relaxed))]);
+    }
     let store = node.store.clone();
     let sled = blocking(move || store.size_on_disk()).await?;
     metric("gossamer_sled_bytes", "gauge", "bytes sled uses on disk", vec![(format!("node=\"{n}\""), sled)]);

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs nats-server and chromium if they are missing and
-# makes a Python environment with nats-py, elasticsearch and opensearch-py (target/pyvenv), builds the `gossamer` binary
+# makes a Python environment with nats-py, elasticsearch and opensearch-py (target/pyvenv),
+# installs logger and rsyslog (with its Elasticsearch output) for the syslog tests, builds the `gossamer` binary
 # the integration tests start, runs every test with cargo-nextest (or cargo test when
 # nextest is not installed), then a short fuzz run of the decoders and the parser.
 set -euo pipefail
@@ -8,6 +9,7 @@ cd "$(dirname "$0")"
 source scripts/ensure-nats-server.sh
 source scripts/ensure-chromium.sh
 source scripts/ensure-python-clients.sh
+source scripts/ensure-syslog-tools.sh
 cargo build --locked --bin gossamer
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

@@ -52,3 +52,74 @@ fn logger_sends_both_rfcs_over_udp_and_tcp_and_each_is_stored_as_it_means() {
     assert!(metrics.contains("gossamer_syslog_stored_total{node=\"node-1\"} 24"), "{metrics}");
     assert!(metrics.contains("gossamer_syslog_udp_dropped_total{node=\"node-1\"} 0"), "{metrics}");
 }
+
+/// Debian's rsyslog reads a file (imfile) and ships each line twice: to the syslog
+/// door with `omfwd` (TCP, octet counting) and to the Elasticsearch door with
+/// `omelasticsearch` (bulk mode). Every line arrives through both.
+#[test]
+fn rsyslog_forwards_a_file_with_omfwd_and_omelasticsearch() {
+    let Some(rsyslogd) = ["/usr/sbin/rsyslogd", "/sbin/rsyslogd"].into_iter().find(|p| std::path::Path::new(p).exists()) else {
+        panic!("rsyslogd is missing: test.sh installs Debian's rsyslog and rsyslog-elasticsearch");
+    };
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let tcp = free_port();
+    let node = Node::start(&nats, &data.path().join("node"), &["--syslog-tcp", &format!("127.0.0.1:{tcp}")]);
+    let http_port = node.http.rsplit(':').next().unwrap().trim_end_matches('/').to_string();
+    let dir = data.path().join("rsyslog");
+    std::fs::create_dir_all(dir.join("work")).unwrap();
+    let log = dir.join("app.log");
+    let lines: Vec<String> = (0..50).map(|i| format!("order {i} shipped to warehouse {}", i % 3)).collect();
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+    let conf = dir.join("rsyslog.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"global(workDirectory="{work}")
+module(load="imfile")
+module(load="omelasticsearch")
+template(name="es" type="list") {{
+  constant(value="{{\"@timestamp\":\"") property(name="timereported" dateFormat="rfc3339")
+  constant(value="\",\"message\":\"") property(name="msg" format="json")
+  constant(value="\",\"level\":\"") property(name="syslogseverity-text")
+  constant(value="\"}}")
+}}
+ruleset(name="ship") {{
+  action(type="omfwd" target="127.0.0.1" port="{tcp}" protocol="tcp" TCP_Framing="octet-counted" template="RSYSLOG_SyslogProtocol23Format")
+  action(type="omelasticsearch" server="127.0.0.1" serverport="{http_port}" template="es" searchIndex="rsyslog-app"
+         bulkmode="on" esVersion.major="8" errorFile="{errors}")
+}}
+input(type="imfile" File="{log}" Tag="shipper" Severity="warning" Facility="local3" ruleset="ship")
+"#,
+            work = dir.join("work").display(),
+            errors = dir.join("es-errors.json").display(),
+            log = log.display(),
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(rsyslogd)
+        .args(["-n", "-f"])
+        .arg(&conf)
+        .arg("-i")
+        .arg(dir.join("rsyslogd.pid"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        node.wait_count("stream:syslog.shipper", 50, Duration::from_secs(60));
+        node.wait_count("stream:rsyslog-app", 50, Duration::from_secs(60));
+    }));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    if stored.is_err() {
+        panic!(
+            "rsyslog did not ship every line; its stderr: {}; its ES errors: {}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(dir.join("es-errors.json")).unwrap_or_default()
+        );
+    }
+    assert_eq!(node.count("stream:syslog.shipper level:warn labels.facility:local3 shipped"), 50);
+    assert_eq!(node.count("stream:rsyslog-app level:warn warehouse"), 50);
+    assert_eq!(node.count("stream:rsyslog-app \"order 7 shipped\""), 1);
+}

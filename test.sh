@@ -10,6 +10,7 @@ source scripts/ensure-nats-server.sh
 source scripts/ensure-chromium.sh
 source scripts/ensure-python-clients.sh
 source scripts/ensure-syslog-tools.sh
+source scripts/ensure-node-clients.sh
 cargo build --locked --bin gossamer
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

@@ -18,7 +18,7 @@ enum Access {
 
 fn required(method: &actix_web::http::Method, path: &str) -> Access {
     use actix_web::http::Method;
-    if crate::rest::elastic_api::is_elastic_path(path) {
+    if crate::rest::elastic_api::is_elastic_path(path) || path.starts_with("/loki/") {
         // Bulk ingest changes what is stored; the health line is a read.
         return if *method == Method::GET || *method == Method::HEAD { Access::Read } else { Access::Admin };
     }

@@ -13,7 +13,7 @@
 //! is hashed into one, so a retried bulk stores nothing twice.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix_web::{web, HttpResponse};
 use serde_json::{json, Map, Value};
@@ -24,8 +24,6 @@ use crate::rest::common::Node;
 const PRODUCT: (&str, &str) = ("X-Elastic-Product", "Elasticsearch");
 /// The version this door answers as (what shippers' version checks expect).
 const VERSION: &str = "8.11.0";
-/// How long a batch waits for the ingest actors' answer.
-const INGEST_WAIT: Duration = Duration::from_secs(30);
 
 /// True for the paths this door serves (their errors take its shape).
 pub fn is_elastic_path(path: &str) -> bool {
@@ -234,38 +232,20 @@ fn prepare(node: &crate::handle::NodeHandle, index: &str, id: uuid::Uuid, doc: &
 
 type Outcome = Result<(), (u16, &'static str, String)>;
 
-/// Sends one stream's documents through the request/reply ingest path, in messages
-/// within the limits; the outcome of each message for its items.
+/// Sends one stream's documents through the ingest path; each item's outcome in
+/// Elasticsearch's terms.
 async fn send(node: &crate::handle::NodeHandle, stream: String, docs: Vec<(usize, String)>) -> Vec<(Vec<usize>, Outcome)> {
-    let subject = gossamer_schemas::subjects::Subjects::new(&node.cfg.cluster).ingest(&stream);
-    let max_bytes = node.cfg.limits.max_payload_bytes.min(node.nats.server_info().max_payload.saturating_sub(4096)).max(1);
-    let max_events = node.cfg.limits.max_batch_events.max(1);
-    let mut chunks: Vec<(Vec<usize>, String)> = vec![(Vec::new(), String::new())];
-    for (pos, doc) in docs {
-        let (ps, body) = chunks.last_mut().expect("one chunk");
-        if !ps.is_empty() && (body.len() + doc.len() + 1 > max_bytes || ps.len() >= max_events) {
-            chunks.push((Vec::new(), String::new()));
-        }
-        let (ps, body) = chunks.last_mut().expect("one chunk");
-        ps.push(pos);
-        body.push_str(&doc);
-        body.push('\n');
-    }
-    let asks = chunks.into_iter().map(|(positions, body)| {
-        let subject = subject.clone();
-        async move {
-            let request = async_nats::Request::new().payload(body.into()).timeout(Some(INGEST_WAIT));
-            let outcome = match node.nats.send_request(subject, request).await {
-                Ok(reply) => match serde_json::from_slice::<Value>(&reply.payload) {
-                    Ok(v) if v["accepted"].is_u64() => Ok(()),
-                    Ok(v) if v["busy"] == true => Err((429, "es_rejected_execution_exception", v["error"].as_str().unwrap_or("busy").to_string())),
-                    Ok(v) => Err((400, "document_parsing_exception", v["error"].as_str().unwrap_or("refused").to_string())),
-                    Err(e) => Err((500, "exception", format!("an unreadable ingest answer: {e}"))),
-                },
-                Err(e) => Err((503, "unavailable_shards_exception", format!("no ingest actor stored the batch: {e}"))),
-            };
+    use crate::service::ingest::Refusal;
+    crate::service::ingest::send_docs(node, &stream, docs)
+        .await
+        .into_iter()
+        .map(|(positions, sent)| {
+            let outcome = sent.map_err(|r| match r {
+                Refusal::Busy(why) => (429, "es_rejected_execution_exception", why),
+                Refusal::Refused(why) => (400, "document_parsing_exception", why),
+                Refusal::Unavailable(why) => (503, "unavailable_shards_exception", why),
+            });
             (positions, outcome)
-        }
-    });
-    futures::future::join_all(asks).await
+        })
+        .collect()
 }

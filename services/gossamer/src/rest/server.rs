@@ -12,7 +12,7 @@ use crate::handle::NodeHandle;
 use crate::rest::error::ApiError;
 use crate::rest::rejections::JsonRejections;
 use crate::rest::{
-    admin_api, auth, backups_api, cluster_api, console, elastic_api, events_api, export_api, metrics, openapi, queues_api, search_api,
+    admin_api, auth, backups_api, cluster_api, console, elastic_api, events_api, export_api, loki_api, metrics, openapi, queues_api, search_api,
     streams_api, tail, tls,
 };
 
@@ -63,6 +63,14 @@ api_routes! {
     get "/export" => export_api::export,
 }
 
+/// Bodies of the ingest doors (a shipper's bulk or push) may be far larger than an API
+/// request's; each is still cut into messages within the ingest limits.
+const INGEST_BODY_BYTES: usize = 64 << 20;
+
+fn ingest_body() -> web::PayloadConfig {
+    web::PayloadConfig::default().limit(INGEST_BODY_BYTES)
+}
+
 /// The application: every route, behind the layers every request goes through.
 fn app(
     data: web::Data<Arc<NodeHandle>>,
@@ -100,13 +108,18 @@ fn app(
         }))
         .route("/", web::get().to(console::console))
         .route("/metrics", web::get().to(metrics::metrics))
+        // The Loki door (its API is Loki's, so not in the OpenAPI document).
+        .service(web::resource("/loki/api/v1/push").app_data(ingest_body()).route(web::post().to(loki_api::push)))
         // The Elasticsearch door (its API is Elasticsearch's, so not in the OpenAPI document).
         .route("/", web::head().to(elastic_api::ping))
-        .route("/_bulk", web::post().to(elastic_api::bulk))
-        .route("/_bulk", web::put().to(elastic_api::bulk))
+        .service(web::resource("/_bulk").app_data(ingest_body()).route(web::post().to(elastic_api::bulk)).route(web::put().to(elastic_api::bulk)))
         .route("/_cat/health", web::get().to(elastic_api::cat_health))
-        .route("/{index}/_bulk", web::post().to(elastic_api::bulk_into))
-        .route("/{index}/_bulk", web::put().to(elastic_api::bulk_into))
+        .service(
+            web::resource("/{index}/_bulk")
+                .app_data(ingest_body())
+                .route(web::post().to(elastic_api::bulk_into))
+                .route(web::put().to(elastic_api::bulk_into)),
+        )
         .service(api_scope())
         .default_service(web::to(|| async { ApiError::not_found("no such route").error_response() }))
 }

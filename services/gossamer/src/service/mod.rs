@@ -7,9 +7,11 @@
 //! - [`merge`]: merge search pages and partial aggregates;
 //! - [`wire`]: the node-to-node protocol;
 //! - [`commands`]: deletes, updates and retention through the shard log;
+//! - [`ingest`]: events from the HTTP doors into the request/reply ingest path;
 //! - [`latency`]: query latency figures for `/metrics`.
 
 pub mod commands;
+pub mod ingest;
 pub mod latency;
 pub mod leaf;
 pub mod merge;

@@ -1,0 +1,60 @@
+//! Sending events into the cluster from a door that is not NATS (the Elasticsearch and
+//! Loki doors, syslog): NDJSON through the request/reply ingest path, in messages within
+//! the ingest limits and the bus's payload limit. A message is answered once its events
+//! are in the shard log, so what a door acknowledges is as durable as a NATS ingest
+//! request; the events carry ids, so a retry stores nothing twice.
+
+use std::time::Duration;
+
+use crate::handle::NodeHandle;
+
+/// How long a message waits for the ingest actors' answer.
+const INGEST_WAIT: Duration = Duration::from_secs(30);
+
+/// Why a message's events were not stored.
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    /// The node is catching up: nothing was taken, try again later.
+    Busy(String),
+    /// Ingest refused the events (they were dead-lettered).
+    Refused(String),
+    /// No ingest actor answered.
+    Unavailable(String),
+}
+
+/// Sends one stream's documents (event JSON, each with its caller's position), in
+/// messages within the limits; the outcome of each message for the positions it held.
+pub async fn send_docs(node: &NodeHandle, stream: &str, docs: Vec<(usize, String)>) -> Vec<(Vec<usize>, Result<(), Refusal>)> {
+    let subject = gossamer_schemas::subjects::Subjects::new(&node.cfg.cluster).ingest(stream);
+    let max_bytes = node.cfg.limits.max_payload_bytes.min(node.nats.server_info().max_payload.saturating_sub(4096)).max(1);
+    let max_events = node.cfg.limits.max_batch_events.max(1);
+    let mut chunks: Vec<(Vec<usize>, String)> = vec![(Vec::new(), String::new())];
+    for (pos, doc) in docs {
+        let (ps, body) = chunks.last_mut().expect("one chunk");
+        if !ps.is_empty() && (body.len() + doc.len() + 1 > max_bytes || ps.len() >= max_events) {
+            chunks.push((Vec::new(), String::new()));
+        }
+        let (ps, body) = chunks.last_mut().expect("one chunk");
+        ps.push(pos);
+        body.push_str(&doc);
+        body.push('\n');
+    }
+    chunks.retain(|(ps, _)| !ps.is_empty());
+    let asks = chunks.into_iter().map(|(positions, body)| {
+        let subject = subject.clone();
+        async move {
+            let request = async_nats::Request::new().payload(body.into()).timeout(Some(INGEST_WAIT));
+            let outcome = match node.nats.send_request(subject, request).await {
+                Ok(reply) => match serde_json::from_slice::<serde_json::Value>(&reply.payload) {
+                    Ok(v) if v["accepted"].is_u64() => Ok(()),
+                    Ok(v) if v["busy"] == true => Err(Refusal::Busy(v["error"].as_str().unwrap_or("busy").to_string())),
+                    Ok(v) => Err(Refusal::Refused(v["error"].as_str().unwrap_or("refused").to_string())),
+                    Err(e) => Err(Refusal::Unavailable(format!("an unreadable ingest answer: {e}"))),
+                },
+                Err(e) => Err(Refusal::Unavailable(format!("no ingest actor stored the batch: {e}"))),
+            };
+            (positions, outcome)
+        }
+    });
+    futures::future::join_all(asks).await
+}

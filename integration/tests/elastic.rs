@@ -6,7 +6,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use gossamer_integration::{Nats, Node};
+use gossamer_integration::{wait_for, Nats, Node};
 use serde_json::Value;
 
 const ADMIN: &str = "admin-token-0123456789abcdef";
@@ -56,11 +56,7 @@ fn elasticsearch_and_opensearch_clients_bulk_index_into_gossamer() {
             .unwrap();
         r.into_json::<Value>().unwrap()["count"].as_u64().unwrap()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while count("stream:es-app OR stream:os-app") < 200 {
-        assert!(std::time::Instant::now() < deadline, "the documents were not all stored");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for("every document stored", Duration::from_secs(30), || (count("stream:es-app OR stream:os-app") >= 200).then_some(()));
     // Time, level, nested fields and a document's own `id` as a field.
     assert_eq!(count("stream:es-app level:error"), 10);
     assert_eq!(count("stream:es-app fields.host.name:web-1 fields.id:42"), 1);
@@ -84,11 +80,7 @@ fn elasticsearch_and_opensearch_clients_bulk_index_into_gossamer() {
             ureq::get(&format!("{}/api/v1/cluster", node.http)).set("Authorization", &format!("Bearer {ADMIN}")).call().unwrap().into_json().unwrap();
         c["shards"].as_array().unwrap().iter().all(|s| s["pending"] == 0)
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !applied() {
-        assert!(std::time::Instant::now() < deadline, "the shards did not catch up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for("the shards to catch up", Duration::from_secs(30), || applied().then_some(()));
     assert_eq!(count("stream:es-app"), 100);
 
     // Without a token: 401 in Elasticsearch's shape.

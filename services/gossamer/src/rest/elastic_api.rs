@@ -139,12 +139,7 @@ impl Item {
 fn event_id(index: &str, given: Option<&str>) -> uuid::Uuid {
     match given {
         None => uuid::Uuid::now_v7(),
-        Some(s) => uuid::Uuid::parse_str(s).unwrap_or_else(|_| {
-            let key = format!("{index}\u{0}{s}");
-            let hi = xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), 1);
-            let lo = xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), 2);
-            uuid::Builder::from_random_bytes((u128::from(hi) << 64 | u128::from(lo)).to_be_bytes()).into_uuid()
-        }),
+        Some(s) => uuid::Uuid::parse_str(s).unwrap_or_else(|_| crate::service::ingest::stable_id(&format!("{index}\u{0}{s}"))),
     }
 }
 
@@ -224,9 +219,7 @@ fn prepare(node: &crate::handle::NodeHandle, index: &str, id: uuid::Uuid, doc: &
     obj.insert("id".into(), Value::String(id.to_string()));
     let text = Value::Object(obj).to_string();
     // The ingest limits and decoding, one document at a time: a bad one is refused alone.
-    let seed = gossamer_schemas::IdSeed { received_ns: gossamer_schemas::time::now_ns(), seq: 0 };
-    gossamer_schemas::decode_payload(index, text.as_bytes(), None, seed, &node.cfg.limits)
-        .map_err(|e| (400, "document_parsing_exception", e.to_string()))?;
+    crate::service::ingest::check(node, index, &text).map_err(|e| (400, "document_parsing_exception", e.to_string()))?;
     Ok(text)
 }
 

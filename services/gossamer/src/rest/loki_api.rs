@@ -186,9 +186,7 @@ fn line_id(labels: &BTreeMap<String, String>, ts: i64, line: &str) -> uuid::Uuid
     key.push_str(&ts.to_string());
     key.push('\u{0}');
     key.push_str(line);
-    let hi = xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), 11);
-    let lo = xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), 12);
-    uuid::Builder::from_random_bytes((u128::from(hi) << 64 | u128::from(lo)).to_be_bytes()).into_uuid()
+    crate::service::ingest::stable_id(&key)
 }
 
 /// `POST /loki/api/v1/push`.
@@ -230,8 +228,7 @@ pub async fn push(node: Node, req: HttpRequest, body: web::Bytes) -> HttpRespons
             }
             // Checked alone, so the error names the line that is wrong.
             let text = event.to_string();
-            let seed = gossamer_schemas::IdSeed { received_ns: gossamer_schemas::time::now_ns(), seq: 0 };
-            if let Err(e) = gossamer_schemas::decode_payload(&stream, text.as_bytes(), None, seed, &node.cfg.limits) {
+            if let Err(e) = crate::service::ingest::check(&node, &stream, &text) {
                 return bad(format!("stream {stream}, line {n}: {e}"));
             }
             by_stream.entry(stream.clone()).or_default().push((n, text));

@@ -58,3 +58,18 @@ pub async fn send_docs(node: &NodeHandle, stream: &str, docs: Vec<(usize, String
     });
     futures::future::join_all(asks).await
 }
+
+/// A stable event id for a key (an Elasticsearch `_id`, a Loki line): the same key
+/// always gives the same id, so a door's retry stores nothing twice.
+pub fn stable_id(key: &str) -> uuid::Uuid {
+    let hi = xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), 1);
+    let lo = xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), 2);
+    uuid::Builder::from_random_bytes((u128::from(hi) << 64 | u128::from(lo)).to_be_bytes()).into_uuid()
+}
+
+/// Checks one event's JSON against the node's ingest limits and decoding, as ingest will
+/// read it, so a door can refuse that one alone.
+pub fn check(node: &NodeHandle, stream: &str, event_json: &str) -> Result<(), gossamer_schemas::DecodeError> {
+    let seed = gossamer_schemas::IdSeed { received_ns: gossamer_schemas::time::now_ns(), seq: 0 };
+    gossamer_schemas::decode_payload(stream, event_json.as_bytes(), None, seed, &node.cfg.limits).map(|_| ())
+}

@@ -60,6 +60,9 @@ pub struct AggSpec {
     pub by: Vec<String>,
     /// Time bucket width in nanoseconds.
     pub bucket_ns: Option<i64>,
+    /// Where buckets start: at `bucket_offset_ns` plus a multiple of the width (0: at
+    /// multiples of the width since the epoch).
+    pub bucket_offset_ns: i64,
     /// Most groups an answer may have ([`MAX_GROUPS`] unless the node's
     /// `query_limits.max_groups` says otherwise).
     pub max_groups: usize,
@@ -79,8 +82,38 @@ impl AggSpec {
             None => None,
             Some(b) => Some(parse_duration(b).ok_or_else(|| format!("invalid `bucket` {b:?}: use a duration like 30s, 1m, 1h, 1d"))?),
         };
-        Ok(Self { func, field, by, bucket_ns, max_groups: MAX_GROUPS })
+        Ok(Self { func, field, by, bucket_ns, bucket_offset_ns: 0, max_groups: MAX_GROUPS })
     }
+
+    /// The start of the bucket holding time `ts`.
+    pub fn bucket_of(&self, ts: i64) -> Option<i64> {
+        let w = self.bucket_ns?;
+        let o = self.bucket_offset_ns.rem_euclid(w);
+        Some((ts - o).div_euclid(w) * w + o)
+    }
+}
+
+/// Group key `@series`: the event's whole label set as Loki sees it, as a JSON object
+/// (its labels, `stream`, and `level` when it has one and no label says otherwise).
+pub const SERIES_KEY: &str = "@series";
+/// Field `@bytes`: the length of the event's message in bytes.
+pub const BYTES_FIELD: &str = "@bytes";
+
+/// The label set of `e` under [`SERIES_KEY`].
+pub fn series_labels(e: &Event) -> BTreeMap<String, String> {
+    let mut labels: BTreeMap<String, String> = e.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    labels.entry("stream".into()).or_insert_with(|| e.stream.clone());
+    if !e.level.is_empty() {
+        labels.entry("level".into()).or_insert_with(|| e.level.clone());
+    }
+    labels
+}
+
+fn number_for(e: &Event, field: &str) -> Option<f64> {
+    if field == BYTES_FIELD {
+        return Some(e.message.len() as f64);
+    }
+    e.field(field).and_then(number_of)
 }
 
 /// `30s`, `1m`, `2h`, `1d`, `1w` in nanoseconds.
@@ -89,6 +122,7 @@ pub fn parse_duration(s: &str) -> Option<i64> {
     let (n, unit) = s.split_at(split);
     let n: i64 = n.parse().ok().filter(|n| *n > 0)?;
     let mult: i64 = match unit {
+        "ns" => 1,
         "ms" => 1_000_000,
         "s" => 1_000_000_000,
         "m" => 60_000_000_000,
@@ -138,7 +172,7 @@ impl Partial {
         }
     }
 
-    fn merge(&mut self, o: &Partial) {
+    pub fn merge(&mut self, o: &Partial) {
         self.events += o.events;
         self.n += o.n;
         self.sum += o.sum;
@@ -148,6 +182,25 @@ impl Partial {
             // Same configuration on both sides, so merging cannot fail.
             let _ = a.merge(b);
         }
+    }
+
+    /// The value of `func` over the group: `None` when no event had a numeric value of
+    /// the field (every function but count).
+    pub fn number(&self, func: AggFn) -> Option<f64> {
+        if func == AggFn::Count {
+            return Some(self.events as f64);
+        }
+        if self.n == 0 {
+            return None;
+        }
+        Some(match func {
+            AggFn::Count => self.events as f64,
+            AggFn::Sum => self.sum,
+            AggFn::Avg => self.sum / self.n as f64,
+            AggFn::Min => self.min,
+            AggFn::Max => self.max,
+            AggFn::Quantile(q) => self.sketch.as_ref()?.quantile(q).ok()??,
+        })
     }
 
     fn value(&self, func: AggFn) -> Option<Value> {
@@ -182,6 +235,7 @@ fn group_value(e: &Event, key: &str) -> Option<String> {
     match key {
         "stream" => Some(e.stream.clone()),
         "level" => Some(e.level.clone()),
+        SERIES_KEY => serde_json::to_string(&series_labels(e)).ok(),
         _ => e.labels.get(key).cloned().or_else(|| match e.field(key)? {
             Value::String(s) => Some(s.clone()),
             Value::Null => None,
@@ -198,9 +252,9 @@ fn too_many_groups(max: usize) -> QueryError {
 
 impl Aggregation {
     pub fn add(&mut self, spec: &AggSpec, e: &Event) -> Result<(), QueryError> {
-        let bucket = spec.bucket_ns.map(|w| e.ts.div_euclid(w) * w);
+        let bucket = spec.bucket_of(e.ts);
         let key = (bucket, spec.by.iter().map(|k| group_value(e, k)).collect());
-        let v = spec.field.as_deref().and_then(|f| e.field(f).and_then(number_of));
+        let v = spec.field.as_deref().and_then(|f| number_for(e, f));
         if !self.groups.contains_key(&key) && self.groups.len() >= spec.max_groups {
             return Err(too_many_groups(spec.max_groups));
         }
@@ -340,7 +394,8 @@ fn aggregate_some(shards: &[(usize, &ShardStore)], expr: &Expr, range: TimeRange
 /// allocated per event) when every block it reads needs no match check. `None` when the
 /// spec or the data needs whole events: dotted names, a nested value as a group.
 fn aggregate_lite(store: &ShardStore, plan: &ShardPlan, expr: &Expr, range: TimeRange, spec: &AggSpec) -> Result<Option<Aggregation>, QueryError> {
-    let dotted = |k: &str| k.contains('.') && k != "stream" && k != "level";
+    // `@series` and `@bytes` need the whole event too.
+    let dotted = |k: &str| (k.contains('.') && k != "stream" && k != "level") || k.starts_with('@');
     if spec.by.iter().any(|k| dotted(k)) || spec.field.as_deref().is_some_and(dotted) {
         return Ok(None);
     }
@@ -363,7 +418,7 @@ fn aggregate_lite(store: &ShardStore, plan: &ShardPlan, expr: &Expr, range: Time
             if failed.is_some() || nested || !range.contains(e.ts) {
                 return;
             }
-            let bucket = spec.bucket_ns.map(|b| e.ts.div_euclid(b) * b);
+            let bucket = spec.bucket_of(e.ts);
             key.clear();
             if let Some(b) = bucket {
                 use std::fmt::Write;

@@ -43,7 +43,8 @@ pub enum Term {
     Prefix(String),
     /// Consecutive message tokens (lowercased).
     Phrase(Vec<String>),
-    /// `key:value`: a label named `key`, else a field.
+    /// `key:value`: a label named `key`, else a field. `stream:~re`, `level:~re` and
+    /// `message:~re` match the regex against the stream name, the level and the message.
     Field { key: String, op: ValueOp },
     /// `stream:glob`, `*` matching any run of characters.
     Stream(String),
@@ -125,6 +126,15 @@ fn exists(e: &Event, key: &str) -> bool {
 }
 
 fn field_matches(e: &Event, key: &str, op: &ValueOp) -> bool {
+    // A regex over the stream name, the level or the message text itself.
+    if let ValueOp::Regex(r) = op {
+        match key {
+            "stream" => return r.is_match(&e.stream),
+            "level" => return r.is_match(&e.level),
+            "message" => return r.is_match(&e.message),
+            _ => {}
+        }
+    }
     let (label, field) = if let Some(k) = key.strip_prefix("labels.") {
         (e.labels.get(k), None)
     } else if let Some(k) = key.strip_prefix("fields.") {

@@ -189,9 +189,10 @@ impl<'a> Lexer<'a> {
         };
         match (key.as_str(), op) {
             ("stream", ValueOp::Eq(glob)) => Ok(Term::Stream(glob)),
-            ("stream", _) => err(vstart, "expected a stream name or glob after 'stream:'"),
+            ("stream" | "level", op @ ValueOp::Regex(_)) => Ok(Term::Field { key, op }),
+            ("stream", _) => err(vstart, "expected a stream name, glob or ~regex after 'stream:'"),
             ("level", ValueOp::Eq(l)) => Ok(Term::Level(normalize_level(&l))),
-            ("level", _) => err(vstart, "expected a level name after 'level:'"),
+            ("level", _) => err(vstart, "expected a level name or ~regex after 'level:'"),
             ("id", ValueOp::Eq(s)) => Uuid::parse_str(&s)
                 .map(Term::Id)
                 .or_else(|_| err(vstart, format!("expected a UUID after 'id:', found {s:?}"))),

@@ -583,10 +583,10 @@ mod tests {
                 // Other aggregations (read through lite events where they can be) equal
                 // the same aggregation of the scanned events.
                 let specs = [
-                    AggSpec { func: AggFn::Sum, field: Some("n".into()), by: vec!["app".into(), "stream".into()], bucket_ns: Some(1000), max_groups: 1000 },
-                    AggSpec { func: AggFn::Quantile(0.9), field: Some("n".into()), by: vec!["n".into()], bucket_ns: None, max_groups: 1000 },
-                    AggSpec { func: AggFn::Count, field: None, by: vec!["o".into()], bucket_ns: None, max_groups: 1000 },
-                    AggSpec { func: AggFn::Max, field: Some("n".into()), by: vec!["o.k".into()], bucket_ns: None, max_groups: 1000 },
+                    AggSpec { func: AggFn::Sum, field: Some("n".into()), by: vec!["app".into(), "stream".into()], bucket_ns: Some(1000), bucket_offset_ns: 0, max_groups: 1000 },
+                    AggSpec { func: AggFn::Quantile(0.9), field: Some("n".into()), by: vec!["n".into()], bucket_ns: None, bucket_offset_ns: 0, max_groups: 1000 },
+                    AggSpec { func: AggFn::Count, field: None, by: vec!["o".into()], bucket_ns: None, bucket_offset_ns: 0, max_groups: 1000 },
+                    AggSpec { func: AggFn::Max, field: Some("n".into()), by: vec!["o.k".into()], bucket_ns: None, bucket_offset_ns: 0, max_groups: 1000 },
                 ];
                 for spec in &specs {
                     let mut scanned = crate::agg::Aggregation::default();

@@ -18,7 +18,11 @@ enum Access {
 
 fn required(method: &actix_web::http::Method, path: &str) -> Access {
     use actix_web::http::Method;
-    if crate::rest::elastic_api::is_elastic_path(path) || path.starts_with("/loki/") {
+    if path.starts_with("/loki/") {
+        // Only a push changes what is stored; Loki's queries may come as POST forms.
+        return if path == "/loki/api/v1/push" { Access::Admin } else { Access::Read };
+    }
+    if crate::rest::elastic_api::is_elastic_path(path) {
         // Bulk ingest changes what is stored; the health line is a read.
         return if *method == Method::GET || *method == Method::HEAD { Access::Read } else { Access::Admin };
     }

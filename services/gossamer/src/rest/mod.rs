@@ -14,6 +14,7 @@ pub mod error;
 pub mod events_api;
 pub mod export_api;
 pub mod loki_api;
+pub mod loki_query;
 pub mod metrics;
 pub mod openapi;
 pub mod queues_api;

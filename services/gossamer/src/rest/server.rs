@@ -12,7 +12,7 @@ use crate::handle::NodeHandle;
 use crate::rest::error::ApiError;
 use crate::rest::rejections::JsonRejections;
 use crate::rest::{
-    admin_api, auth, backups_api, cluster_api, console, elastic_api, events_api, export_api, loki_api, metrics, openapi, queues_api, search_api,
+    admin_api, auth, backups_api, cluster_api, console, elastic_api, events_api, export_api, loki_api, loki_query, metrics, openapi, queues_api, search_api,
     streams_api, tail, tls,
 };
 
@@ -110,6 +110,16 @@ fn app(
         .route("/metrics", web::get().to(metrics::metrics))
         // The Loki door (its API is Loki's, so not in the OpenAPI document).
         .service(web::resource("/loki/api/v1/push").app_data(ingest_body()).route(web::post().to(loki_api::push)))
+        .service(web::resource("/loki/api/v1/query_range").route(web::get().to(loki_query::query_range)).route(web::post().to(loki_query::query_range)))
+        .service(web::resource("/loki/api/v1/query").route(web::get().to(loki_query::query)).route(web::post().to(loki_query::query)))
+        .service(web::resource("/loki/api/v1/labels").route(web::get().to(loki_query::labels)).route(web::post().to(loki_query::labels)))
+        .service(
+            web::resource("/loki/api/v1/label/{name}/values")
+                .route(web::get().to(loki_query::label_values))
+                .route(web::post().to(loki_query::label_values)),
+        )
+        .service(web::resource("/loki/api/v1/series").route(web::get().to(loki_query::series)).route(web::post().to(loki_query::series)))
+        .service(web::resource("/loki/api/v1/index/stats").route(web::get().to(loki_query::index_stats)).route(web::post().to(loki_query::index_stats)))
         // The Elasticsearch door (its API is Elasticsearch's, so not in the OpenAPI document).
         .route("/", web::head().to(elastic_api::ping))
         .service(web::resource("/_bulk").app_data(ingest_body()).route(web::post().to(elastic_api::bulk)).route(web::put().to(elastic_api::bulk)))

@@ -57,10 +57,11 @@ pub async fn answer_here(node: &NodeHandle, shards: &[u32], ask: Ask) -> Result<
                 Ask::Count { q, range } => {
                     Answer::Count(gossamer_query::count(&stores, &parse(&q)?, TimeRange { from: range.0, to: range.1 })?)
                 }
-                Ask::Aggregate { q, range, func, field, by, bucket, max_groups } => {
+                Ask::Aggregate { q, range, func, field, by, bucket, max_groups, bucket_offset } => {
                     let mut spec = AggSpec::parse(&func, field.as_deref(), by.as_deref(), bucket.as_deref())
                         .map_err(ServiceError::BadRequest)?;
                     spec.max_groups = max_groups;
+                    spec.bucket_offset_ns = bucket_offset;
                     let agg = gossamer_query::aggregate(&stores, &parse(&q)?, TimeRange { from: range.0, to: range.1 }, &spec)?;
                     Answer::Aggregate(agg.into_parts())
                 }

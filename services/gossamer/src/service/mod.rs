@@ -4,6 +4,7 @@
 //! - [`query`]: the API the doors call (search, count, aggregate, get, streams);
 //! - [`root`]: scatter to the shards' replicas and gather, retrying on the next replica;
 //! - [`leaf`]: answer for this node's own replicas;
+//! - [`logql`]: LogQL (the Loki door's language) compiled onto search and aggregation;
 //! - [`merge`]: merge search pages and partial aggregates;
 //! - [`wire`]: the node-to-node protocol;
 //! - [`commands`]: deletes, updates and retention through the shard log;
@@ -14,6 +15,7 @@ pub mod commands;
 pub mod ingest;
 pub mod latency;
 pub mod leaf;
+pub mod logql;
 pub mod merge;
 pub mod query;
 pub mod root;

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use gossamer_query::exec::{Cursor, DEFAULT_LIMIT, MAX_LIMIT};
+use gossamer_query::agg::{AggFn, Aggregation};
 use gossamer_query::{AggSpec, SearchParams, TimeRange};
 use gossamer_schemas::api::{AggregateRequest, AggregateResponse, CountResponse, Order, QueryRequest, SearchResponse};
 use gossamer_schemas::Event;
@@ -100,18 +101,36 @@ pub async fn search(node: &NodeHandle, req: QueryRequest) -> Result<Searched, Se
     timed("search", async {
         // Checked here, so a bad query fails before any node is asked.
         let params = parse_search(&node.cfg.query_limits, &req)?;
-        let ask = Ask::Search {
-            q: req.q.clone(),
-            range: (params.range.from, params.range.to),
-            order: params.order,
-            limit: params.limit,
-            cursor: params.cursor.map(|c| c.encode()),
-        };
-        let got = gather(node, &all_shards(node), ask).await?;
-        let (events, next_cursor) = merge_search(got.answers, params.order, params.limit);
-        Ok(Searched { events, next_cursor, missing: got.missing, took: started.elapsed() })
+        search_page(node, &req.q, &params, started).await
     })
     .await
+}
+
+/// A page of the events matching the parsed query `q`, for a door that has checked its
+/// own parameters (the limit within `query_limits.max_page`).
+pub async fn search_in(node: &NodeHandle, q: &str, range: TimeRange, order: Order, limit: usize, cursor: Option<&str>) -> Result<Searched, ServiceError> {
+    let started = Instant::now();
+    timed("search", async {
+        let expr = parse_query(&node.cfg.query_limits, q)?;
+        let cursor = cursor.filter(|c| !c.is_empty()).map(Cursor::decode).transpose()?;
+        let limit = limit.clamp(1, node.cfg.query_limits.max_page.min(MAX_LIMIT));
+        let params = SearchParams { expr, range, order, limit, cursor };
+        search_page(node, q, &params, started).await
+    })
+    .await
+}
+
+async fn search_page(node: &NodeHandle, q: &str, params: &SearchParams, started: Instant) -> Result<Searched, ServiceError> {
+    let ask = Ask::Search {
+        q: q.to_string(),
+        range: (params.range.from, params.range.to),
+        order: params.order,
+        limit: params.limit,
+        cursor: params.cursor.as_ref().map(|c| c.encode()),
+    };
+    let got = gather(node, &all_shards(node), ask).await?;
+    let (events, next_cursor) = merge_search(got.answers, params.order, params.limit);
+    Ok(Searched { events, next_cursor, missing: got.missing, took: started.elapsed() })
 }
 
 /// How many events match `req` (its limit, order and cursor are ignored).
@@ -145,10 +164,41 @@ pub async fn aggregate(node: &NodeHandle, req: AggregateRequest) -> Result<Aggre
             by: req.by.clone(),
             bucket: req.bucket.clone(),
             max_groups: spec.max_groups,
+            bucket_offset: 0,
         };
         let got = gather(node, &all_shards(node), ask).await?;
         let groups = merge_aggregates(got.answers).finish(&spec);
         Ok(Aggregated { groups, missing: got.missing, took: started.elapsed() })
+    })
+    .await
+}
+
+/// The merged partial aggregates of the events matching the parsed query `q` in
+/// `range`, grouped as `spec` says (with its bucket offset): for doors that compute
+/// their own answer from the groups (the Loki door's sliding windows).
+pub async fn aggregate_parts(node: &NodeHandle, q: &str, range: TimeRange, spec: &AggSpec) -> Result<(Aggregation, Vec<u32>), ServiceError> {
+    timed("aggregate", async {
+        parse_query(&node.cfg.query_limits, q)?;
+        let func = match spec.func {
+            AggFn::Count => "count".to_string(),
+            AggFn::Sum => "sum".to_string(),
+            AggFn::Avg => "avg".to_string(),
+            AggFn::Min => "min".to_string(),
+            AggFn::Max => "max".to_string(),
+            AggFn::Quantile(p) => format!("p{}", p * 100.0),
+        };
+        let ask = Ask::Aggregate {
+            q: q.to_string(),
+            range: (range.from, range.to),
+            func,
+            field: spec.field.clone(),
+            by: Some(spec.by.join(",")),
+            bucket: spec.bucket_ns.map(|w| format!("{w}ns")),
+            max_groups: spec.max_groups.min(node.cfg.query_limits.max_groups),
+            bucket_offset: spec.bucket_offset_ns,
+        };
+        let got = gather(node, &all_shards(node), ask).await?;
+        Ok((merge_aggregates(got.answers), got.missing))
     })
     .await
 }

@@ -15,7 +15,18 @@ use serde::{Deserialize, Serialize};
 pub enum Ask {
     Search { q: String, range: (i64, i64), order: Order, limit: usize, cursor: Option<String> },
     Count { q: String, range: (i64, i64) },
-    Aggregate { q: String, range: (i64, i64), func: String, field: Option<String>, by: Option<String>, bucket: Option<String>, max_groups: usize },
+    Aggregate {
+        q: String,
+        range: (i64, i64),
+        func: String,
+        field: Option<String>,
+        by: Option<String>,
+        bucket: Option<String>,
+        max_groups: usize,
+        /// Where buckets start (`AggSpec::bucket_offset_ns`).
+        #[serde(default)]
+        bucket_offset: i64,
+    },
     Get { id: uuid::Uuid },
     StreamCounts,
     /// Wait until the shard has applied the log's sequence `seq`; answer its result.

@@ -96,3 +96,24 @@ async fn the_console_searches_shows_a_histogram_and_reports_errors() {
     .await
     .unwrap();
 }
+
+#[test]
+fn the_send_logs_page_shows_each_door_with_this_nodes_address() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats, data.path(), &[]);
+    let dom = load(&format!("{}/#doors", node.http), "doors.png");
+    let origin = node.http.trim_end_matches('/');
+    for want in [
+        format!("URL: {origin}"),
+        format!("{origin}/loki/api/v1/push"),
+        format!("{origin}/web.app/_bulk?refresh=wait_for"),
+        "logger -n 127.0.0.1 -P 5514".to_string(),
+        "gossamer publish --nats nats://127.0.0.1:4222".to_string(),
+    ] {
+        let page = &dom[dom.find("id=\"page-doors\"").unwrap_or(0)..];
+        assert!(dom.contains(&want), "the page shows {want:?}: {}", &page[..page.len().min(3000)]);
+    }
+    let page = &dom[dom.find("id=\"page-doors\"").unwrap()..];
+    assert!(!page[..page.find('>').unwrap()].contains("hidden"), "the Send logs page is the one shown");
+}

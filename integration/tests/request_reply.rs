@@ -28,7 +28,9 @@ async fn requests_are_answered_once_stored_and_retries_store_nothing_twice() {
     // Answered only once stored: the count is right at once, no waiting.
     let (_, body) = events("answered", 40);
     let reply = request(&client, "gossamer.default.ingest.rr.app", body.into_bytes()).await;
-    assert_eq!(reply, json!({"accepted": 40}));
+    assert_eq!(reply["accepted"], 40, "{reply}");
+    // Where the events sit in the shard log: one position per shard they went to.
+    assert!(reply["positions"].as_object().is_some_and(|p| !p.is_empty() && p.values().all(|s| s.as_u64() > Some(0))), "{reply}");
     let node = tokio::task::spawn_blocking(move || {
         // Stored in the shard log is not yet applied to sled: the count converges.
         node.wait_count("stream:rr.app answered", 40, Duration::from_secs(30));
@@ -46,7 +48,7 @@ async fn requests_are_answered_once_stored_and_retries_store_nothing_twice() {
         .unwrap();
     client.flush().await.unwrap();
     let reply = request(&client, "gossamer.default.ingest.rr.retry", body.into_bytes()).await;
-    assert_eq!(reply, json!({"accepted": 25}));
+    assert_eq!(reply["accepted"], 25, "{reply}");
     let node = tokio::task::spawn_blocking(move || {
         node.wait_count("stream:rr.retry", 25, Duration::from_secs(30));
         gossamer_integration::wait_for("all shards caught up", Duration::from_secs(30), || {
@@ -62,9 +64,9 @@ async fn requests_are_answered_once_stored_and_retries_store_nothing_twice() {
     // Every payload kind works on this path too; a bad payload is refused whole and
     // dead-lettered, a batch with one bad event included.
     let reply = request(&client, "gossamer.default.ingest.rr.text", b"a plain line".to_vec()).await;
-    assert_eq!(reply, json!({"accepted": 1}));
+    assert_eq!(reply["accepted"], 1, "{reply}");
     let mp = rmp_serde::to_vec_named(&json!([{"message": "mp one"}, {"message": "mp two"}])).unwrap();
-    assert_eq!(request(&client, "gossamer.default.ingest.rr.mp", mp).await, json!({"accepted": 2}));
+    assert_eq!(request(&client, "gossamer.default.ingest.rr.mp", mp).await["accepted"], 2);
     let reply = request(&client, "gossamer.default.ingest.rr.bad", b"{\"message\":".to_vec()).await;
     assert_eq!(reply["dead_lettered"], 1);
     assert!(reply["error"].as_str().unwrap().starts_with("invalid JSON"), "{reply}");
@@ -135,7 +137,7 @@ async fn sealed_blocks_are_kept_as_they_came_and_a_retry_of_them_is_stored_once(
     let client = nats.client().await;
     let (ids, body) = events("sealed", 2000);
     let reply = request(&client, "gossamer.default.ingest.rr.sealed", body.clone().into_bytes()).await;
-    assert_eq!(reply, json!({"accepted": 2000}));
+    assert_eq!(reply["accepted"], 2000, "{reply}");
 
     // The producer retries in two halves, so the bus sees new batches (its duplicate
     // window only drops a batch repeated as it was) and the shards get blocks whose ids
@@ -144,7 +146,7 @@ async fn sealed_blocks_are_kept_as_they_came_and_a_retry_of_them_is_stored_once(
     for half in lines.chunks(1000) {
         let part = half.iter().map(|l| format!("{l}\n")).collect::<String>();
         let reply = request(&client, "gossamer.default.ingest.rr.sealed", part.into_bytes()).await;
-        assert_eq!(reply, json!({"accepted": 1000}));
+        assert_eq!(reply["accepted"], 1000, "{reply}");
     }
     tokio::task::spawn_blocking(move || {
         // Every shard applies the first request's blocks as they came, and opens the

@@ -85,6 +85,11 @@ impl Subjects {
     }
 
     /// Requests that define, change, list or remove notification queues.
+    /// Read-your-writes: answered once shard-log positions are applied on every replica.
+    pub fn api_wait(&self) -> String {
+        format!("gossamer.{}.api.wait", self.cluster)
+    }
+
     pub fn api_queues(&self) -> String {
         format!("gossamer.{}.api.queues", self.cluster)
     }

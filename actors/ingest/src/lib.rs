@@ -256,7 +256,7 @@ impl Runner {
                 dead_letter_id: format!("dl-{}", info.stream_sequence),
             });
         }
-        self.ingest(inputs).await?;
+        let _ = self.ingest(inputs).await?;
         gossamer_bus::ack_all(msgs).await.context("acking LOGS messages")?;
         self.counters.messages.fetch_add(msgs.len() as u64, Ordering::Relaxed);
         Ok(())
@@ -264,9 +264,10 @@ impl Runner {
 
     /// Decodes and routes `inputs` on the blocking pool, then publishes their shard
     /// batches and dead letters and waits for every ack. Returns each input's outcome.
-    async fn ingest(&self, inputs: Vec<Input>) -> Result<Vec<Outcome>> {
+    async fn ingest(&self, inputs: Vec<Input>) -> Result<(Vec<Outcome>, Positions)> {
         let prepared = prepare(inputs, self.shards, &self.limits).await?;
         let mut pending = FuturesUnordered::new();
+        let mut batch_acks = FuturesUnordered::new();
         for (i, reason) in prepared.dead.iter() {
             let input = &prepared.inputs[*i];
             let mut headers = HeaderMap::new();
@@ -289,23 +290,31 @@ impl Runner {
                 .publish_with_headers(self.subjects.shard(shard), headers, bytes.into())
                 .await
                 .context("publishing a shard batch")?;
-            pending.push(std::future::IntoFuture::into_future(ack));
+            let ack = std::future::IntoFuture::into_future(ack);
+            batch_acks.push(async move { (shard, ack.await) });
+        }
+        while let Some(ack) = pending.next().await {
+            ack.context("the bus refused a dead letter")?;
         }
         let mut stored = 0;
-        while let Some(ack) = pending.next().await {
-            let ack = ack.context("the bus refused a shard batch or a dead letter")?;
+        let mut positions = Positions::new();
+        while let Some((shard, ack)) = batch_acks.next().await {
+            let ack = ack.context("the bus refused a shard batch")?;
             // A repeated batch (a redelivered LOGS message) is dropped by the bus and
             // never applied: only new ones add to the backlog.
-            if ack.stream == self.names.shards && !ack.duplicate {
+            if !ack.duplicate {
                 stored += 1;
             }
+            // Where the batch sits in the shard log (a repeated one: where the first is).
+            let at = positions.entry(shard).or_insert(0);
+            *at = (*at).max(ack.sequence);
         }
         self.pressure.published.fetch_add(stored, Ordering::Relaxed);
         let c = &self.counters;
         c.events.fetch_add(prepared.events, Ordering::Relaxed);
         c.dead_letters.fetch_add(prepared.dead.len() as u64, Ordering::Relaxed);
         c.batches.fetch_add(batches, Ordering::Relaxed);
-        Ok(prepared.outcomes)
+        Ok((prepared.outcomes, positions))
     }
 
     /// The request/reply path: requests on `gossamer.<cluster>.ingest.<stream>` (a queue
@@ -344,6 +353,7 @@ impl Runner {
     async fn request_round(&self, client: &async_nats::Client, msgs: Vec<async_nats::Message>, prefix_len: usize) -> Result<()> {
         let mut inputs = Vec::with_capacity(msgs.len());
         let mut replies = Vec::with_capacity(msgs.len());
+        let mut waits = Vec::with_capacity(msgs.len());
         for m in msgs {
             let Some(reply) = m.reply.clone() else {
                 // Without a reply subject the producer cannot learn the outcome, and
@@ -352,6 +362,7 @@ impl Runner {
                 continue;
             };
             let seq = rand_seq();
+            waits.push(wait_asked(m.headers.as_ref()));
             inputs.push(Input {
                 subject: m.subject.to_string(),
                 stream_offset: prefix_len,
@@ -375,13 +386,28 @@ impl Runner {
         }
         let n = inputs.len() as u64;
         // On an error nothing is answered: each producer times out and retries.
-        let outcomes = self.ingest(inputs).await?;
-        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+        let (outcomes, positions) = self.ingest(inputs).await?;
+        // Those who asked to read their writes are answered after the others, once the
+        // round's events are queryable on every replica (or the wait timed out).
+        let mut waiting = Vec::new();
+        let longest = waits.iter().flatten().max().copied();
+        for ((reply, outcome), wait) in replies.into_iter().zip(outcomes).zip(waits) {
             let body = match outcome {
-                Outcome::Accepted(n) => serde_json::json!({ "accepted": n }),
+                Outcome::Accepted(n) => serde_json::json!({ "accepted": n, "positions": positions_json(&positions) }),
                 Outcome::DeadLettered(reason) => serde_json::json!({ "error": reason, "dead_lettered": 1 }),
             };
-            client.publish(reply, body.to_string().into()).await.context("replying to an ingest request")?;
+            if wait.is_some() && body["accepted"].is_u64() {
+                waiting.push((reply, body));
+            } else {
+                client.publish(reply, body.to_string().into()).await.context("replying to an ingest request")?;
+            }
+        }
+        if let (Some(timeout), false) = (longest, waiting.is_empty()) {
+            let waited = wait_queryable(client, &self.subjects, &positions, timeout).await;
+            for (reply, mut body) in waiting {
+                body["queryable"] = waited.clone();
+                client.publish(reply, body.to_string().into()).await.context("replying to an ingest request")?;
+            }
         }
         self.counters.requests.fetch_add(n, Ordering::Relaxed);
         Ok(())
@@ -402,6 +428,47 @@ impl Runner {
                 warn!(error = %e, floor, "logs-purge-failed");
             }
         }
+    }
+}
+
+/// The shard log's sequence each shard must apply for a round's events to be there.
+pub type Positions = std::collections::BTreeMap<u32, u64>;
+
+/// The header a request/reply producer sets to be answered only once its events are
+/// queryable on every replica: `queryable` (waiting up to [`DEFAULT_WAIT`]) or a
+/// duration such as `5s` or `500ms`.
+pub const HEADER_WAIT: &str = "Gossamer-Wait";
+/// How long a read-your-writes wait lasts unless the producer says.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+/// The longest wait a producer may ask for.
+const MOST_WAIT: Duration = Duration::from_secs(120);
+
+fn wait_asked(headers: Option<&async_nats::HeaderMap>) -> Option<Duration> {
+    let v = headers?.get(HEADER_WAIT)?.as_str().trim().to_ascii_lowercase();
+    let d = match v.as_str() {
+        "" | "queryable" | "true" | "1" => DEFAULT_WAIT,
+        other => match other.strip_suffix("ms") {
+            Some(ms) => Duration::from_millis(ms.parse().ok()?),
+            None => Duration::from_secs_f64(other.trim_end_matches('s').parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0)?),
+        },
+    };
+    Some(d.min(MOST_WAIT))
+}
+
+pub fn positions_json(p: &Positions) -> serde_json::Value {
+    serde_json::Value::Object(p.iter().map(|(s, q)| (s.to_string(), serde_json::Value::from(*q))).collect())
+}
+
+/// Asks the nodes (`gossamer.<cluster>.api.wait`) to answer once every replica of each
+/// shard has applied its position; the answer (`{"queryable": bool, ...}`), or why
+/// there is none.
+pub async fn wait_queryable(client: &async_nats::Client, subjects: &Subjects, positions: &Positions, timeout: Duration) -> serde_json::Value {
+    let body = serde_json::json!({ "positions": positions_json(positions), "timeout_ms": timeout.as_millis() as u64 }).to_string();
+    let request = async_nats::Request::new().payload(body.into()).timeout(Some(timeout + Duration::from_secs(5)));
+    match client.send_request(subjects.api_wait(), request).await {
+        Ok(reply) => serde_json::from_slice(&reply.payload)
+            .unwrap_or_else(|e| serde_json::json!({ "queryable": false, "error": format!("an unreadable wait answer: {e}") })),
+        Err(e) => serde_json::json!({ "queryable": false, "error": format!("no node answered the wait: {e}") }),
     }
 }
 

@@ -1,6 +1,8 @@
 //! The NATS door: queries sent as requests on `gossamer.<cluster>.api.query` (a queue
 //! group). The body and the answer are those of `POST /api/v1/query`; an error is
-//! `{"error": "...", "status": N}` with the status of its error code.
+//! `{"error": "...", "status": N}` with the status of its error code. Also
+//! `gossamer.<cluster>.api.wait`: `{"positions": {"<shard>": seq}, "timeout_ms": N}`
+//! (what ingest answers give) answered once every replica has applied them.
 
 use std::sync::Arc;
 
@@ -26,6 +28,35 @@ async fn answer(node: &NodeHandle, payload: &[u8]) -> serde_json::Value {
     match answered.and_then(|a| serde_json::to_value(a).map_err(|e| ServiceError::Internal(e.to_string()))) {
         Ok(v) => v,
         Err(e) => error_reply(e.error_code(), e.message()),
+    }
+}
+
+/// Answers one wait body.
+async fn answer_wait(node: &NodeHandle, payload: &[u8]) -> serde_json::Value {
+    #[derive(serde::Deserialize)]
+    struct WaitBody {
+        positions: std::collections::BTreeMap<u32, u64>,
+        timeout_ms: Option<u64>,
+    }
+    match serde_json::from_slice::<WaitBody>(payload) {
+        Ok(w) => {
+            let timeout = std::time::Duration::from_millis(w.timeout_ms.unwrap_or(10_000).min(120_000));
+            serde_json::to_value(query::wait_queryable(node, &w.positions, timeout).await).unwrap_or_default()
+        }
+        Err(e) => error_reply(ErrorCode::BadRequest, format!("a wait body is {{\"positions\": {{\"<shard>\": seq}}, \"timeout_ms\": N}}: {e}")),
+    }
+}
+
+/// Serves wait requests until the subscription ends.
+pub async fn serve_waits(node: Arc<NodeHandle>, mut sub: async_nats::Subscriber) {
+    use futures::StreamExt;
+    while let Some(msg) = sub.next().await {
+        let Some(reply) = msg.reply.clone() else { continue };
+        let node = node.clone();
+        actix_rt::spawn(async move {
+            let answer = answer_wait(&node, &msg.payload).await;
+            let _ = node.nats.publish(reply, answer.to_string().into()).await;
+        });
     }
 }
 

@@ -203,6 +203,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         .queue_subscribe(subjects.api_query(), format!("gossamer-{}-query", cfg.cluster))
         .await
         .context("subscribing to NATS queries")?;
+    let wait_sub = nats
+        .queue_subscribe(subjects.api_wait(), format!("gossamer-{}-wait", cfg.cluster))
+        .await
+        .context("subscribing to read-your-writes waits")?;
     nats.flush().await.context("registering the query subscription")?;
     let (server, addr) = crate::rest::server::bind(handle.clone(), listener)?;
     let server_handle = server.handle();
@@ -215,6 +219,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     let retention = actix_rt::spawn(crate::service::commands::retention_loop(handle.clone()));
     let measuring = actix_rt::spawn(measure_pressure(handle.clone(), pressure));
     let nats_queries = actix_rt::spawn(crate::nats_api::serve_queries(handle.clone(), query_sub));
+    let nats_waits = actix_rt::spawn(crate::nats_api::serve_waits(handle.clone(), wait_sub));
     let node_queries = actix_rt::spawn(crate::service::root::serve_node_queries(handle.clone(), node_sub));
 
     shutdown.await;
@@ -228,6 +233,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     retention.abort();
     measuring.abort();
     nats_queries.abort();
+    nats_waits.abort();
     server_handle.stop(true).await;
     let _ = serving.await;
     // Acks sent but not yet written would be lost with the connection. Bounded: with

@@ -29,6 +29,11 @@ pub struct PublishCmd {
     /// Do not draw the progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Read-your-writes: once everything is stored, wait (up to DURATION, 10s by
+    /// default) until every event is queryable on every replica, and say so; exits with
+    /// status 3 when the wait runs out (the events are stored all the same).
+    #[arg(long, value_name = "DURATION", num_args = 0..=1, default_missing_value = "10s", conflicts_with = "jetstream")]
+    pub wait: Option<String>,
     /// NDJSON or plain-text file; `-` or nothing reads stdin.
     pub file: Option<PathBuf>,
 }
@@ -45,6 +50,7 @@ pub fn publish(a: PublishCmd) -> Result<()> {
         input: a.file,
         batch: a.batch.max(1),
         progress: !a.quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        wait: crate::service::ingest::wait_asked(a.wait.as_deref()).map_err(anyhow::Error::msg)?,
     };
     let rt = tokio::runtime::Runtime::new()?;
     let report = rt.block_on(crate::client::publish::publish(args))?;
@@ -67,6 +73,14 @@ pub fn publish(a: PublishCmd) -> Result<()> {
             "{} lines were not valid JSON: each was sent alone and lands in the dead-letter stream with its reason",
             report.invalid_lines
         );
+    }
+    if let Some(waited) = &report.waited {
+        if waited["queryable"] == true {
+            eprintln!("queryable on every replica after {} ms", waited["waited_ms"]);
+        } else {
+            eprintln!("stored, but not yet queryable on every replica when the wait ran out: {waited}");
+            std::process::exit(3);
+        }
     }
     Ok(())
 }

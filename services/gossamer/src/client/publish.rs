@@ -30,6 +30,9 @@ pub struct PublishArgs {
     pub input: Option<PathBuf>,
     pub batch: usize,
     pub progress: bool,
+    /// Read-your-writes: after the last answer, wait up to this long until every event
+    /// is queryable on every replica (request path only).
+    pub wait: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Default)]
@@ -42,6 +45,10 @@ pub struct PublishReport {
     /// Messages Gossamer answered with an error (request path): dead-lettered.
     pub rejected: Vec<String>,
     pub seconds: f64,
+    /// Where the stored events sit in the shard log (request path).
+    pub positions: gossamer_ingest::Positions,
+    /// The read-your-writes wait's answer, when one was asked for.
+    pub waited: Option<Value>,
 }
 
 /// Publishes the lines of a file (or stdin): JSON lines as they are, other lines as
@@ -163,13 +170,14 @@ pub async fn publish(args: PublishArgs) -> Result<PublishReport> {
         }
     }
     while let Some(r) = acks.next().await {
-        if let Some(rejected) = r? {
-            report.rejected.push(rejected);
-        }
+        take(r?, &mut report);
     }
     client.flush().await?;
     bar.finish_and_clear();
     report.seconds = start.elapsed().as_secs_f64();
+    if let Some(timeout) = args.wait {
+        report.waited = Some(gossamer_ingest::wait_queryable(&client, &subjects, &report.positions, timeout).await);
+    }
     if let Some(why) = stopped {
         bail!("{why} ({} events before it were published)", report.events);
     }
@@ -187,7 +195,21 @@ const REQUEST_ATTEMPTS: usize = 5;
 /// Busy answers (the node catching up) waited out, 200 ms apart, before giving up.
 const BUSY_ATTEMPTS: usize = 600;
 
-type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<String>>> + Send>>;
+/// A message's answer: why Gossamer refused it, or where its events were stored.
+type Answered = Result<gossamer_ingest::Positions, String>;
+type Pending = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Answered>> + Send>>;
+
+fn take(answered: Answered, report: &mut PublishReport) {
+    match answered {
+        Ok(at) => {
+            for (shard, seq) in at {
+                let p = report.positions.entry(shard).or_insert(0);
+                *p = (*p).max(seq);
+            }
+        }
+        Err(rejected) => report.rejected.push(rejected),
+    }
+}
 
 /// The JSON of `o`, with a fresh UUIDv7 `id` when it has none.
 fn with_id(mut o: serde_json::Map<String, Value>) -> String {
@@ -208,9 +230,7 @@ async fn send(
 ) -> Result<()> {
     while acks.len() >= IN_FLIGHT {
         if let Some(r) = acks.next().await {
-            if let Some(rejected) = r? {
-                report.rejected.push(rejected);
-            }
+            take(r?, report);
         }
     }
     let body = Bytes::from(body);
@@ -219,7 +239,7 @@ async fn send(
             let ack = js.publish(subject.to_string(), body).await.context("publishing")?;
             Box::pin(async move {
                 ack.await.context("the bus refused a message")?;
-                Ok(None)
+                Ok(Ok(Default::default()))
             })
         }
         Sink::Request(client) => {
@@ -243,7 +263,14 @@ async fn send(
                                 attempt -= 1;
                                 continue;
                             }
-                            return Ok(v["error"].as_str().map(String::from));
+                            if let Some(e) = v["error"].as_str() {
+                                return Ok(Err(e.to_string()));
+                            }
+                            let at = v["positions"]
+                                .as_object()
+                                .map(|p| p.iter().filter_map(|(s, q)| Some((s.parse().ok()?, q.as_u64()?))).collect())
+                                .unwrap_or_default();
+                            return Ok(Ok(at));
                         }
                         Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
                             bail!("no Gossamer ingest actor answers on {subject}: is a node running against this NATS?")

@@ -99,14 +99,21 @@ pub async fn cat_health(node: Node, params: web::Query<CatParams>) -> HttpRespon
     ))
 }
 
+/// `?refresh=wait_for` (or `true`, or a duration): answer once every event is
+/// queryable on its replicas.
+#[derive(serde::Deserialize)]
+pub struct BulkParams {
+    refresh: Option<String>,
+}
+
 /// `POST /_bulk` (Elastic's client sends `PUT`).
-pub async fn bulk(node: Node, body: web::Bytes) -> HttpResponse {
-    run_bulk(&node, None, &body).await
+pub async fn bulk(node: Node, params: web::Query<BulkParams>, body: web::Bytes) -> HttpResponse {
+    run_bulk(&node, None, params.refresh.as_deref(), &body).await
 }
 
 /// `POST /{index}/_bulk`: the index for actions that name none.
-pub async fn bulk_into(node: Node, index: web::Path<String>, body: web::Bytes) -> HttpResponse {
-    run_bulk(&node, Some(index.as_str()), &body).await
+pub async fn bulk_into(node: Node, index: web::Path<String>, params: web::Query<BulkParams>, body: web::Bytes) -> HttpResponse {
+    run_bulk(&node, Some(index.as_str()), params.refresh.as_deref(), &body).await
 }
 
 /// One item of the answer, in order.
@@ -143,8 +150,12 @@ fn event_id(index: &str, given: Option<&str>) -> uuid::Uuid {
     }
 }
 
-async fn run_bulk(node: &crate::handle::NodeHandle, default_index: Option<&str>, body: &[u8]) -> HttpResponse {
+async fn run_bulk(node: &crate::handle::NodeHandle, default_index: Option<&str>, refresh: Option<&str>, body: &[u8]) -> HttpResponse {
     let started = Instant::now();
+    let wait = match crate::service::ingest::wait_asked(refresh) {
+        Ok(w) => w,
+        Err(e) => return error_response(400, "illegal_argument_exception", &format!("refresh: {e}")),
+    };
     let Ok(text) = std::str::from_utf8(body) else {
         return error_response(400, "illegal_argument_exception", "the bulk body is not UTF-8");
     };
@@ -182,16 +193,31 @@ async fn run_bulk(node: &crate::handle::NodeHandle, default_index: Option<&str>,
         return error_response(400, "action_request_validation_exception", "Validation Failed: 1: no requests added;");
     }
     let sends = batches.into_iter().map(|(stream, docs)| send(node, stream, docs));
+    let mut stored_at = crate::service::ingest::Positions::new();
     for (positions, outcome) in futures::future::join_all(sends).await.into_iter().flatten() {
+        if let Ok(at) = &outcome {
+            crate::service::ingest::merge_positions(&mut stored_at, at);
+        }
         for p in positions {
-            items[p].outcome = outcome.clone();
+            items[p].outcome = outcome.clone().map(|_| ());
         }
     }
     let errors = items.iter().any(|i| i.outcome.is_err());
     let answer: Vec<Value> = items.iter().enumerate().map(|(i, item)| item.to_json(i)).collect();
-    HttpResponse::Ok()
-        .insert_header(PRODUCT)
-        .json(json!({ "took": started.elapsed().as_millis() as u64, "errors": errors, "items": answer }))
+    let mut body = json!({ "took": started.elapsed().as_millis() as u64, "errors": errors, "items": answer });
+    let mut reply = HttpResponse::Ok();
+    reply.insert_header(PRODUCT);
+    if let Some(timeout) = wait {
+        // Elasticsearch's clients ignore a key they do not know; the header says it too.
+        let waited = crate::service::query::wait_queryable(node, &stored_at, timeout).await;
+        if !waited.queryable {
+            tracing::warn!(reason = %waited.explain(), "bulk-wait-timed-out");
+            reply.insert_header(("X-Gossamer-Wait", waited.explain()));
+        }
+        body["forced_refresh"] = json!(waited.queryable);
+        body["gossamer_wait"] = serde_json::to_value(&waited).unwrap_or_default();
+    }
+    reply.json(body)
 }
 
 /// A document ready to send (with its event id), or why it is refused.
@@ -223,7 +249,7 @@ fn prepare(node: &crate::handle::NodeHandle, index: &str, id: uuid::Uuid, doc: &
     Ok(text)
 }
 
-type Outcome = Result<(), (u16, &'static str, String)>;
+type Outcome = Result<crate::service::ingest::Positions, (u16, &'static str, String)>;
 
 /// Sends one stream's documents through the ingest path; each item's outcome in
 /// Elasticsearch's terms.

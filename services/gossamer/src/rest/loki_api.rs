@@ -9,6 +9,10 @@
 //! entry, else the one the line says it has; structured metadata become fields. Each
 //! line's id is a hash of its labels, time and text, so a retried push stores nothing
 //! twice (Loki too keeps one of two identical lines at one time in one stream).
+//!
+//! Read-your-writes: with `X-Gossamer-Wait: queryable` (or a duration), or `?wait=`,
+//! the 204 comes once every line is queryable on its replicas; a 202 with the reason
+//! when that took longer than the wait.
 
 use std::collections::BTreeMap;
 
@@ -201,6 +205,10 @@ pub async fn push(node: Node, req: HttpRequest, body: web::Bytes) -> HttpRespons
         Ok(s) => s,
         Err(e) => return bad(e),
     };
+    let wait = match wait_of(&req) {
+        Ok(w) => w,
+        Err(e) => return bad(e),
+    };
     let mut by_stream: BTreeMap<String, Vec<(usize, String)>> = BTreeMap::new();
     let mut n = 0;
     for s in streams {
@@ -236,16 +244,34 @@ pub async fn push(node: Node, req: HttpRequest, body: web::Bytes) -> HttpRespons
         }
     }
     let sends = by_stream.iter().map(|(stream, docs)| crate::service::ingest::send_docs(&node, stream, docs.clone()));
+    let mut stored_at = crate::service::ingest::Positions::new();
     for (_, outcome) in futures::future::join_all(sends).await.into_iter().flatten() {
         use crate::service::ingest::Refusal;
         match outcome {
-            Ok(()) => {}
+            Ok(at) => crate::service::ingest::merge_positions(&mut stored_at, &at),
             Err(Refusal::Busy(why)) => return HttpResponse::TooManyRequests().content_type("text/plain; charset=utf-8").body(format!("{why}\n")),
             Err(Refusal::Refused(why)) => return bad(why),
             Err(Refusal::Unavailable(why)) => return HttpResponse::ServiceUnavailable().content_type("text/plain; charset=utf-8").body(format!("{why}\n")),
         }
     }
+    if let Some(timeout) = wait {
+        let waited = crate::service::query::wait_queryable(&node, &stored_at, timeout).await;
+        if !waited.queryable {
+            // Stored (a retry stores nothing twice), but the wait is over: say so.
+            tracing::warn!(reason = %waited.explain(), "loki-push-wait-timed-out");
+            return HttpResponse::Accepted().content_type("text/plain; charset=utf-8").body(format!("{}\n", waited.explain()));
+        }
+    }
     HttpResponse::NoContent().finish()
+}
+
+/// Read-your-writes on a push: the `X-Gossamer-Wait` header or the `wait` parameter.
+fn wait_of(req: &HttpRequest) -> Result<Option<std::time::Duration>, String> {
+    let header = req.headers().get("X-Gossamer-Wait").and_then(|v| v.to_str().ok()).map(String::from);
+    let param: Option<String> = serde_urlencoded::from_str::<Vec<(String, String)>>(req.query_string())
+        .ok()
+        .and_then(|pairs| pairs.into_iter().find(|(k, _)| k == "wait").map(|(_, v)| v));
+    crate::service::ingest::wait_asked(header.or(param).as_deref())
 }
 
 #[cfg(test)]

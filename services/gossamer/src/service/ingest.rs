@@ -22,9 +22,40 @@ pub enum Refusal {
     Unavailable(String),
 }
 
+/// Where stored events sit in the shard log, by shard (what a read-your-writes wait
+/// waits for).
+pub type Positions = gossamer_ingest::Positions;
+
+/// Adds `more` to `into`, keeping the later position of each shard.
+pub fn merge_positions(into: &mut Positions, more: &Positions) {
+    for (shard, seq) in more {
+        let at = into.entry(*shard).or_insert(0);
+        *at = (*at).max(*seq);
+    }
+}
+
+/// A read-your-writes request as a door spells it (`queryable`, `true`, `wait_for`, or
+/// a duration like `5s`, `500ms`): how long to wait at most. `None`: do not wait.
+pub fn wait_asked(value: Option<&str>) -> Result<Option<Duration>, String> {
+    let Some(v) = value.map(|v| v.trim().to_ascii_lowercase()) else { return Ok(None) };
+    let d = match v.as_str() {
+        "false" | "0" | "no" => return Ok(None),
+        "" | "queryable" | "true" | "1" | "wait_for" => gossamer_ingest::DEFAULT_WAIT,
+        other => {
+            let parsed = match other.strip_suffix("ms") {
+                Some(ms) => ms.parse::<u64>().ok().map(Duration::from_millis),
+                None => other.trim_end_matches('s').parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64),
+            };
+            parsed.ok_or_else(|| format!("a wait of {other:?}: use queryable, true, or a duration such as 5s or 500ms"))?
+        }
+    };
+    Ok(Some(d.min(Duration::from_secs(120))))
+}
+
 /// Sends one stream's documents (event JSON, each with its caller's position), in
-/// messages within the limits; the outcome of each message for the positions it held.
-pub async fn send_docs(node: &NodeHandle, stream: &str, docs: Vec<(usize, String)>) -> Vec<(Vec<usize>, Result<(), Refusal>)> {
+/// messages within the limits; the outcome of each message for the positions it held
+/// (where it sits in the shard log once stored).
+pub async fn send_docs(node: &NodeHandle, stream: &str, docs: Vec<(usize, String)>) -> Vec<(Vec<usize>, Result<Positions, Refusal>)> {
     let subject = gossamer_schemas::subjects::Subjects::new(&node.cfg.cluster).ingest(stream);
     let max_bytes = node.cfg.limits.max_payload_bytes.min(node.nats.server_info().max_payload.saturating_sub(4096)).max(1);
     let max_events = node.cfg.limits.max_batch_events.max(1);
@@ -46,7 +77,10 @@ pub async fn send_docs(node: &NodeHandle, stream: &str, docs: Vec<(usize, String
             let request = async_nats::Request::new().payload(body.into()).timeout(Some(INGEST_WAIT));
             let outcome = match node.nats.send_request(subject, request).await {
                 Ok(reply) => match serde_json::from_slice::<serde_json::Value>(&reply.payload) {
-                    Ok(v) if v["accepted"].is_u64() => Ok(()),
+                    Ok(v) if v["accepted"].is_u64() => Ok(v["positions"]
+                        .as_object()
+                        .map(|p| p.iter().filter_map(|(s, q)| Some((s.parse().ok()?, q.as_u64()?))).collect())
+                        .unwrap_or_default()),
                     Ok(v) if v["busy"] == true => Err(Refusal::Busy(v["error"].as_str().unwrap_or("busy").to_string())),
                     Ok(v) => Err(Refusal::Refused(v["error"].as_str().unwrap_or("refused").to_string())),
                     Err(e) => Err(Refusal::Unavailable(format!("an unreadable ingest answer: {e}"))),

@@ -203,6 +203,57 @@ pub async fn aggregate_parts(node: &NodeHandle, q: &str, range: TimeRange, spec:
     .await
 }
 
+/// The outcome of a read-your-writes wait.
+#[derive(Debug, serde::Serialize)]
+pub struct Waited {
+    /// Every replica of every shard applied its position within the timeout.
+    pub queryable: bool,
+    pub waited_ms: u64,
+    /// The replicas that had not (or could not say), by shard.
+    pub late: Vec<Late>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Late {
+    pub shard: u32,
+    pub replica: String,
+}
+
+impl Waited {
+    /// What a door says when the wait timed out.
+    pub fn explain(&self) -> String {
+        let late: Vec<String> = self.late.iter().map(|l| format!("shard {} on {}", l.shard, l.replica)).collect();
+        format!("stored durably, but not yet queryable on every replica after {} ms: {}", self.waited_ms, late.join(", "))
+    }
+}
+
+/// Waits until every replica of each shard has applied the shard log up to its
+/// position (what an ingest answer gives), so what was written can be read from any
+/// node; bounded by `timeout`, and saying which replicas were late.
+pub async fn wait_queryable(node: &NodeHandle, positions: &BTreeMap<u32, u64>, timeout: Duration) -> Waited {
+    let started = Instant::now();
+    let map = node.cluster.map();
+    let asks: Vec<(u32, u64, String)> = positions
+        .iter()
+        .flat_map(|(shard, seq)| map.replicas.get(*shard as usize).cloned().unwrap_or_default().into_iter().map(move |r| (*shard, *seq, r)))
+        .collect();
+    let waits = asks.into_iter().map(|(shard, seq, replica)| async move {
+        let req = crate::service::wire::NodeRequest { shards: vec![shard], ask: Ask::Applied { seq } };
+        let applied = matches!(
+            tokio::time::timeout(timeout, crate::service::root::ask_one(node, &replica, req, timeout)).await,
+            Ok(Ok(reply)) if reply.refused.is_empty() && reply.answer.is_ok()
+        );
+        (shard, replica, applied)
+    });
+    let late: Vec<Late> = futures::future::join_all(waits)
+        .await
+        .into_iter()
+        .filter(|(_, _, applied)| !applied)
+        .map(|(shard, replica, _)| Late { shard, replica })
+        .collect();
+    Waited { queryable: late.is_empty(), waited_ms: started.elapsed().as_millis() as u64, late }
+}
+
 /// The event with this id: `NotFound` when no shard holds it, `ShardsMissing` when the
 /// shards that answered do not and some did not answer.
 pub async fn get(node: &NodeHandle, id: uuid::Uuid) -> Result<Event, ServiceError> {

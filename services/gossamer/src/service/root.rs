@@ -106,6 +106,15 @@ pub async fn gather(node: &NodeHandle, shards: &[u32], ask: Ask) -> Result<Gathe
 
 /// [`ask_node`], given up early when gossip suspects the node meanwhile (a request sent
 /// just as a node died may otherwise wait for the whole timeout).
+/// Asks one node (this one in process) for its replicas of `req.shards`.
+pub async fn ask_one(node: &NodeHandle, target: &str, req: NodeRequest, timeout: Duration) -> Result<NodeReply, String> {
+    if target == node.cluster.me {
+        Ok(serve(node, req).await)
+    } else {
+        ask_watching(node, target, Subjects::new(&node.cfg.cluster).node_query(target), req, timeout).await
+    }
+}
+
 async fn ask_watching(node: &NodeHandle, target: &str, subject: String, req: NodeRequest, timeout: Duration) -> Result<NodeReply, String> {
     let asked = ask_node(node, subject, req, timeout);
     tokio::pin!(asked);

@@ -270,3 +270,50 @@ fn grafana_and_loki_readers_get_what_was_pushed() {
     let (status, body) = loki_get(&node, "/loki/api/v1/query", &[("query", "{app=\"apache\"}")], &[]);
     assert_eq!((status, body.contains("range query")), (400, true));
 }
+
+#[test]
+fn live_tail_over_a_websocket_sends_the_stored_lines_then_each_new_one() {
+    use std::io::BufRead;
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats, data.path(), &[]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    let push = |from: i64, n: i64, word: &str| {
+        let values: Vec<serde_json::Value> = (from..from + n).map(|i| serde_json::json!([(now + i).to_string(), format!("{word} line {i}")])).collect();
+        let body = serde_json::json!({"streams": [{"stream": {"app": "tail", "env": "test"}, "values": values}]}).to_string();
+        let r = ureq::post(&format!("{}/loki/api/v1/push", node.http)).set("Content-Type", "application/json").set("X-Gossamer-Wait", "queryable").send_bytes(body.as_bytes()).unwrap();
+        assert_eq!(r.status(), 204);
+    };
+    // Five lines stored before the tail starts, and one it must filter out.
+    push(0, 5, "before");
+    push(100, 1, "skip");
+
+    let python = std::env::var("GOSSAMER_TEST_PYTHON").unwrap_or_else(|_| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyvenv/bin/python").to_string_lossy().into_owned()
+    });
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/loki_tail.py");
+    let mut child = Command::new(python)
+        .arg(script)
+        .args(["--url", &node.http, "--query", "{app=\"tail\"} != \"skip\"", "--start", &(now - 1_000_000_000).to_string(), "--want", "12"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(out.next().unwrap().unwrap(), "ready", "the stored lines came first");
+    push(200, 7, "after");
+    let got: serde_json::Value = serde_json::from_str(&out.next().expect("the tail's lines").unwrap()).unwrap();
+    assert!(child.wait().unwrap().success());
+    let mut lines: Vec<&str> = got["lines"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    let want: Vec<String> = (0..5).map(|i| format!("before line {i}")).collect();
+    assert_eq!(lines[..5], want, "the stored lines first, oldest first");
+    // New lines come as each shard applies them: in time order within a frame only.
+    lines[5..].sort_by_key(|l| l.rsplit(' ').next().unwrap().parse::<u32>().unwrap());
+    let want: Vec<String> = (200..207).map(|i| format!("after line {i}")).collect();
+    assert_eq!(lines[5..], want, "then every new line once, the filtered one left out");
+    for l in got["labels"].as_array().unwrap() {
+        assert_eq!((l["app"].as_str(), l["stream"].as_str()), (Some("tail"), Some("tail")));
+    }
+    // A metric query is refused before the upgrade.
+    let refused = ureq::get(&format!("{}/loki/api/v1/tail", node.http)).query("query", "count_over_time({app=\"tail\"}[1m])").call();
+    assert!(matches!(refused, Err(ureq::Error::Status(400, _))));
+}

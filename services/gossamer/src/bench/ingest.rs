@@ -29,6 +29,13 @@ pub struct IngestBench {
     /// The loghub samples: a directory of `<Name>/<Name>_2k.log_structured.csv`.
     #[arg(long, default_value = "integration/testdata/loghub")]
     pub dataset: PathBuf,
+    /// Also measure the HTTP doors with the same events: Loki pushes (protobuf +
+    /// snappy) and Elasticsearch `_bulk` requests of 1,000 lines each.
+    #[arg(long)]
+    pub doors: bool,
+    /// HTTP requests in flight at once for the doors.
+    #[arg(long, default_value_t = 8)]
+    pub http_in_flight: usize,
     /// Write the figures as JSON here too.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -61,6 +68,10 @@ pub struct IngestFigures {
     pub raw_jetstream_single_events_per_s: f64,
     pub request_reply: PathFigures,
     pub logs: PathFigures,
+    /// Loki pushes of 1,000 lines, protobuf + snappy (with `--doors`).
+    pub loki_push: Option<PathFigures>,
+    /// `_bulk` requests of 1,000 documents (with `--doors`).
+    pub bulk: Option<PathFigures>,
     /// The node's peak resident memory over the run.
     pub node_peak_rss_kb: u64,
     /// Blocks sealed by ingest that the shards wrote as they came, and opened.
@@ -118,12 +129,36 @@ pub fn ingest(a: IngestBench) -> Result<()> {
         let mut logs = measure(start.elapsed().as_secs_f64(), cpu0);
         logs.indexed_s = wait_indexed(&node, start).await?;
 
+        let (mut loki_push, mut bulk) = (None, None);
+        if a.doors {
+            let doors = [
+                ("Loki push", "lk.", "/loki/api/v1/push", "application/x-protobuf", crate::bench::doors::loki_bodies(&datasets, a.events, 1000, "lk.").0),
+                ("_bulk", "es.", "/_bulk", "application/x-ndjson", crate::bench::doors::bulk_bodies(&datasets, a.events, 1000, "es.").0),
+            ];
+            for (name, prefix, path, content_type, bodies) in doors {
+                eprintln!("{name}: {} requests to {path}, {} at once ...", bodies.len(), a.http_in_flight);
+                let cpu0 = (cpu_seconds(node_pid), cpu_seconds(nats_pid));
+                let start = Instant::now();
+                let url = format!("{}{path}", node.http);
+                let in_flight = a.http_in_flight;
+                tokio::task::block_in_place(|| crate::bench::doors::post_all(&url, content_type, &bodies, in_flight))?;
+                wait_stored(&node, prefix, a.events as u64, start).await?;
+                let mut p = measure(start.elapsed().as_secs_f64(), cpu0);
+                p.indexed_s = wait_indexed(&node, start).await?;
+                if prefix == "lk." {
+                    loki_push = Some(p);
+                } else {
+                    bulk = Some(p);
+                }
+            }
+        }
+
         let node_peak_rss_kb = peak_rss_kb(node_pid);
         let sealed_blocks_kept = node.counter("gossamer_shard_sealed_blocks_kept_total")?;
         let sealed_blocks_opened = node.counter("gossamer_shard_sealed_blocks_opened_total")?;
         node.stop()?;
         let sled_bytes = dir_size(&tmp.path().join("node").join("sled"));
-        let stored = 2 * a.events;
+        let stored = if a.doors { 4 } else { 2 } * a.events;
         Ok::<_, anyhow::Error>(IngestFigures {
             events: a.events,
             messages: msgs.len(),
@@ -133,6 +168,8 @@ pub fn ingest(a: IngestBench) -> Result<()> {
             raw_jetstream_single_events_per_s: raw_single,
             request_reply,
             logs,
+            loki_push,
+            bulk,
             node_peak_rss_kb,
             sealed_blocks_kept,
             sealed_blocks_opened,
@@ -146,11 +183,23 @@ pub fn ingest(a: IngestBench) -> Result<()> {
     println!("events {}, {} messages of {} events", f.events, f.messages, f.events_per_message);
     println!("raw JetStream publish, same messages      {:>10.0} events/s", f.raw_jetstream_events_per_s);
     println!("raw JetStream publish, one per message    {:>10.0} events/s", f.raw_jetstream_single_events_per_s);
-    for (name, p) in [("request/reply -> queryable", &f.request_reply), ("logs.> -> queryable       ", &f.logs)] {
+    let mut paths = vec![("request/reply -> queryable", &f.request_reply), ("logs.> -> queryable       ", &f.logs)];
+    if let Some(p) = &f.loki_push {
+        paths.push(("Loki push -> queryable    ", p));
+    }
+    if let Some(p) = &f.bulk {
+        paths.push(("_bulk -> queryable        ", p));
+    }
+    for (name, p) in paths {
         println!(
             "{name}                {:>10.0} events/s  {:.2} x raw  (node {:.1} CPU-s, nats-server {:.1} CPU-s in {:.1} s; indexed after {:.1} s)",
             p.events_per_s, p.ratio_to_raw_single, p.node_cpu_s, p.nats_server_cpu_s, p.seconds, p.indexed_s
         );
+    }
+    for (name, p) in [("Loki push", &f.loki_push), ("_bulk", &f.bulk)] {
+        if let Some(p) = p {
+            println!("{name} / request/reply  {:.2} x", p.events_per_s / f.request_reply.events_per_s);
+        }
     }
     println!("node peak RSS {:.0} MiB", f.node_peak_rss_kb as f64 / 1024.0);
     println!("sealed blocks written as they came {}, opened {}", f.sealed_blocks_kept, f.sealed_blocks_opened);

@@ -8,6 +8,7 @@ pub mod chart;
 pub mod cluster;
 pub mod plot;
 pub mod common;
+pub mod doors;
 pub mod ingest;
 pub mod query;
 pub mod soak;

@@ -10,6 +10,9 @@ use serde::Serialize;
 
 use crate::bench::common::*;
 
+/// The first event's time in the generated events (`payloads`), in ns; event i is i ms later.
+const T0_NS: i64 = 1_780_000_000_000_000_000;
+
 #[derive(Args)]
 pub struct QueryBench {
     #[arg(long, default_value_t = 1_000_000)]
@@ -129,10 +132,25 @@ pub fn query(a: QueryBench) -> Result<()> {
         ),
         ("Q3 count by level", String::new(), "aggregate?fn=count&by=level&q=".into(), None),
         ("Q4 p95 latency by dataset x minute", String::new(), "aggregate?fn=p95&field=latency_ms&by=dataset&bucket=1m&q=".into(), None),
+        // The Loki door's LogQL beside the same questions in Gossamer's own syntax.
+        (
+            "L1 LogQL line filter, newest 100",
+            "{stream=\"loghub.hdfs\"} |= \"Exception\"".into(),
+            format!("/loki/api/v1/query_range?limit=100&start={T0_NS}&end={}&query=", T0_NS + a.events as i64 * 1_000_000),
+            None,
+        ),
+        ("L1 native, newest 100", "stream:loghub.hdfs message:~Exception".into(), "search?limit=100&q=".into(), None),
+        (
+            "L2 LogQL count by level x 10m, filtered",
+            "sum by (level) (count_over_time({stream=~\"loghub\\\\..*\"} |= \"error\" [10m]))".into(),
+            format!("/loki/api/v1/query_range?step=600&start={}&end={}&query=", T0_NS + 600_000_000_000, T0_NS + a.events as i64 * 1_000_000 + 600_000_000_000),
+            None,
+        ),
+        ("L2 native, same", "stream:loghub.* message:~error".into(), "aggregate?fn=count&by=level&bucket=10m&q=".into(), None),
     ];
     let mut figures = Vec::new();
     for (name, q, path, rg_cmd) in mix {
-        let url = format!("{base}/{path}{}", urlencode(&q));
+        let url = if path.starts_with('/') { format!("{}{path}{}", node.http, urlencode(&q)) } else { format!("{base}/{path}{}", urlencode(&q)) };
         let mut times = Vec::new();
         let mut answer = serde_json::Value::Null;
         for run in 0..=a.runs {
@@ -144,6 +162,10 @@ pub fn query(a: QueryBench) -> Result<()> {
             }
             answer = match (&v["count"], &v["events"], &v["groups"]) {
                 (c, _, _) if !c.is_null() => c.clone(),
+                // Loki's shapes: lines of the streams, or samples of the series.
+                _ if v["data"]["result"].is_array() => serde_json::json!(v["data"]["result"]
+                    .as_array()
+                    .map(|r| r.iter().map(|s| s["values"].as_array().map_or(0, |x| x.len())).sum::<usize>())),
                 (_, e, _) if e.is_array() => serde_json::json!(e.as_array().map(|e| e.len())),
                 (_, _, g) => serde_json::json!(g.as_array().map(|g| g.len())),
             };

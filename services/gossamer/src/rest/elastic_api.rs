@@ -126,6 +126,24 @@ struct Item {
 }
 
 impl Item {
+    /// Appends the item's answer to `out`: written directly for a stored document (most
+    /// of a large answer), through a JSON value for a refused one.
+    fn write_json(&self, seq: usize, out: &mut String) {
+        use std::fmt::Write;
+        if self.outcome.is_ok() {
+            let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+            let _ = write!(
+                out,
+                r#"{{{}:{{"_index":{},"_id":{},"_version":1,"result":"created","status":201,"_shards":{{"total":1,"successful":1,"failed":0}},"_seq_no":{seq},"_primary_term":1}}}}"#,
+                q(&self.action),
+                q(&self.index),
+                q(&self.id)
+            );
+        } else {
+            out.push_str(&self.to_json(seq).to_string());
+        }
+    }
+
     fn to_json(&self, seq: usize) -> Value {
         let body = match &self.outcome {
             Ok(()) => json!({
@@ -203,10 +221,9 @@ async fn run_bulk(node: &crate::handle::NodeHandle, default_index: Option<&str>,
         }
     }
     let errors = items.iter().any(|i| i.outcome.is_err());
-    let answer: Vec<Value> = items.iter().enumerate().map(|(i, item)| item.to_json(i)).collect();
-    let mut body = json!({ "took": started.elapsed().as_millis() as u64, "errors": errors, "items": answer });
     let mut reply = HttpResponse::Ok();
     reply.insert_header(PRODUCT);
+    let mut extra = String::new();
     if let Some(timeout) = wait {
         // Elasticsearch's clients ignore a key they do not know; the header says it too.
         let waited = crate::service::query::wait_queryable(node, &stored_at, timeout).await;
@@ -214,10 +231,19 @@ async fn run_bulk(node: &crate::handle::NodeHandle, default_index: Option<&str>,
             tracing::warn!(reason = %waited.explain(), "bulk-wait-timed-out");
             reply.insert_header(("X-Gossamer-Wait", waited.explain()));
         }
-        body["forced_refresh"] = json!(waited.queryable);
-        body["gossamer_wait"] = serde_json::to_value(&waited).unwrap_or_default();
+        extra = format!(r#","forced_refresh":{},"gossamer_wait":{}"#, waited.queryable, serde_json::to_string(&waited).unwrap_or_default());
     }
-    reply.json(body)
+    // Elasticsearch's order: took, errors, items.
+    let mut body = String::with_capacity(64 + items.len() * 200);
+    body.push_str(&format!(r#"{{"took":{},"errors":{errors}{extra},"items":["#, started.elapsed().as_millis()));
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        item.write_json(i, &mut body);
+    }
+    body.push_str("]}");
+    reply.content_type("application/json").body(body)
 }
 
 /// A document ready to send (with its event id), or why it is refused.

@@ -26,7 +26,7 @@ const STREAM_LABELS: [&str; 3] = ["service_name", "job", "app"];
 const LEVEL_KEYS: [&str; 3] = ["level", "detected_level", "severity"];
 
 /// Loki's push message (`pkg/push/push.proto`), the fields a client sends.
-mod proto {
+pub(crate) mod proto {
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct PushRequest {
         #[prost(message, repeated, tag = "1")]

@@ -15,6 +15,7 @@ pub mod events_api;
 pub mod export_api;
 pub mod loki_api;
 pub mod loki_query;
+pub mod loki_tail;
 pub mod metrics;
 pub mod openapi;
 pub mod queues_api;

@@ -12,7 +12,7 @@ use crate::handle::NodeHandle;
 use crate::rest::error::ApiError;
 use crate::rest::rejections::JsonRejections;
 use crate::rest::{
-    admin_api, auth, backups_api, cluster_api, console, elastic_api, events_api, export_api, loki_api, loki_query, metrics, openapi, queues_api, search_api,
+    admin_api, auth, backups_api, cluster_api, console, elastic_api, events_api, export_api, loki_api, loki_query, loki_tail, metrics, openapi, queues_api, search_api,
     streams_api, tail, tls,
 };
 
@@ -119,6 +119,7 @@ fn app(
                 .route(web::post().to(loki_query::label_values)),
         )
         .service(web::resource("/loki/api/v1/series").route(web::get().to(loki_query::series)).route(web::post().to(loki_query::series)))
+        .route("/loki/api/v1/tail", web::get().to(loki_tail::tail))
         .service(web::resource("/loki/api/v1/index/stats").route(web::get().to(loki_query::index_stats)).route(web::post().to(loki_query::index_stats)))
         // The Elasticsearch door (its API is Elasticsearch's, so not in the OpenAPI document).
         .route("/", web::head().to(elastic_api::ping))

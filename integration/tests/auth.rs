@@ -63,6 +63,25 @@ fn tokens_guard_every_route_and_bodies_are_limited() {
         let (status, answer) = call(&node, method, path, Some(ADMIN), body);
         assert!(status == 200 || status == 202 || status == 404, "{method} {path} with the admin token: {status} {answer}");
     }
+    // The Loki door as Grafana's data source calls it: basic auth, the read token as
+    // the password; its queries may be POST forms; a push needs the admin token.
+    use base64::Engine;
+    let basic = |t: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("grafana:{t}")));
+    let health = format!("{}/loki/api/v1/query?query=vector(1)%2Bvector(1)&time=4000000000", node.http);
+    assert_eq!(ureq::get(&health).call().unwrap_err().into_response().unwrap().status(), 401);
+    let answer: Value = ureq::get(&health).set("Authorization", &basic(READ)).call().unwrap().into_json().unwrap();
+    assert_eq!(answer["data"]["result"][0]["value"][1], "2");
+    let form = ureq::post(&format!("{}/loki/api/v1/query_range", node.http))
+        .set("Authorization", &basic(READ))
+        .send_form(&[("query", "sum(count_over_time({app=\"x\"}[1m]))"), ("step", "60")])
+        .unwrap();
+    assert_eq!(form.status(), 200);
+    let push = r#"{"streams":[{"stream":{"app":"x"},"values":[["1780000000000000000","a line"]]}]}"#;
+    let refused = ureq::post(&format!("{}/loki/api/v1/push", node.http)).set("Authorization", &basic(READ)).set("Content-Type", "application/json").send_string(push);
+    assert_eq!(refused.unwrap_err().into_response().unwrap().status(), 403);
+    let pushed = ureq::post(&format!("{}/loki/api/v1/push", node.http)).set("Authorization", &basic(ADMIN)).set("Content-Type", "application/json").send_string(push);
+    assert_eq!(pushed.unwrap().status(), 204);
+
     // /metrics is a read; the console page itself is open (it asks for a token).
     assert_eq!(ureq::get(&format!("{}/metrics", node.http)).call().unwrap_err().into_response().unwrap().status(), 401);
     let metrics = ureq::get(&format!("{}/metrics", node.http)).set("Authorization", &format!("Bearer {READ}")).call().unwrap();
@@ -89,7 +108,7 @@ fn tokens_guard_every_route_and_bodies_are_limited() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("401"), "{out:?}");
     let out = cli(Some(READ));
     assert!(out.status.success(), "{out:?}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "the one line the admin token pushed");
 
     let log = node.log();
     assert!(!log.contains(ADMIN) && !log.contains(READ), "a token reached the log");

@@ -73,7 +73,8 @@ impl Limits {
         Ok(())
     }
 
-    fn check_event(&self, e: &Event) -> Result<(), DecodeError> {
+    /// An event's own limits: message, labels, field nesting.
+    pub fn check_event(&self, e: &Event) -> Result<(), DecodeError> {
         Self::check(e.message.len(), self.max_message_bytes, "message bytes", "max_message_bytes")?;
         Self::check(e.labels.len(), self.max_labels, "labels", "max_labels")?;
         for (k, v) in &e.labels {
@@ -143,6 +144,53 @@ pub fn decode_payload(
             Ok(e)
         })
         .collect()
+}
+
+/// The checks of [`decode_payload`] on a stream name alone.
+pub fn check_stream(stream: &str, limits: &Limits) -> Result<(), DecodeError> {
+    Limits::check(stream.len(), limits.max_stream_bytes, "stream name bytes", "max_stream_bytes")?;
+    if !crate::event::is_valid_stream(stream) {
+        return Err(DecodeError::Stream(stream.to_string()));
+    }
+    Ok(())
+}
+
+/// One event object, read as [`decode_payload`] reads each of a payload's (a shipper's
+/// shape reshaped, the keys' aliases, the limits), for a door that checks documents one
+/// by one: its [`to_ingest_json`] is then read back by ingest to the same event.
+pub fn decode_object(stream: &str, v: Value, seed: IdSeed, limits: &Limits) -> Result<Event, DecodeError> {
+    check_stream(stream, limits)?;
+    let mut values = crate::shippers::reshape_all(vec![v]);
+    if values.len() != 1 {
+        return Err(DecodeError::Event { index: 0, reason: format!("a document must be one event, not {}", values.len()) });
+    }
+    let e = event_from_value(stream, values.remove(0), seed, 0).map_err(|reason| DecodeError::Event { index: 0, reason })?;
+    limits.check_event(&e).map_err(|err| DecodeError::Event { index: 0, reason: err.to_string() })?;
+    Ok(e)
+}
+
+/// An event as JSON that ingest reads back to the same event: its id, the time in RFC
+/// 3339 with nanoseconds (a Unix number would be read by its size), level, message,
+/// labels and fields.
+pub fn to_ingest_json(e: &Event) -> String {
+    #[derive(serde::Serialize)]
+    struct Out<'a> {
+        id: Uuid,
+        ts: String,
+        level: &'a str,
+        message: &'a str,
+        labels: &'a BTreeMap<String, String>,
+        fields: &'a Map<String, Value>,
+    }
+    serde_json::to_string(&Out {
+        id: e.id,
+        ts: crate::time::format_rfc3339(e.ts),
+        level: &e.level,
+        message: &e.message,
+        labels: &e.labels,
+        fields: &e.fields,
+    })
+    .unwrap_or_default()
 }
 
 fn is_msgpack_content_type(ct: &str) -> bool {
@@ -324,6 +372,21 @@ mod tests {
         let mut v = decode_payload("app.api", payload, None, SEED, &Limits::default()).unwrap();
         assert_eq!(v.len(), 1);
         v.remove(0)
+    }
+
+    #[test]
+    fn an_event_written_for_ingest_reads_back_the_same() {
+        let raw = br#"{"@timestamp":"2026-12-01T10:00:00.123456789Z","severity":"WARNING","msg":"disk low","labels":{"host":"a"},"free_mb":12,"nested":{"x":[1,2]}}"#;
+        let e = one(raw);
+        let v: Value = serde_json::from_slice(raw).unwrap();
+        let once = decode_object("app.api", v, SEED, &Limits::default()).unwrap();
+        let again = one(to_ingest_json(&once).as_bytes());
+        assert_eq!(again, once);
+        assert_eq!((e.ts, e.level.as_str(), e.labels.clone(), e.fields.clone()), (again.ts, again.level.as_str(), again.labels, again.fields));
+        // An early time, which a Unix number of that size would misread, survives too.
+        let early = Event { ts: 1_500, ..once.clone() };
+        assert_eq!(one(to_ingest_json(&early).as_bytes()).ts, 1_500);
+        assert!(decode_object("bad stream", Value::Null, SEED, &Limits::default()).is_err());
     }
 
     #[test]

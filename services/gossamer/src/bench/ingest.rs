@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 use serde::Serialize;
 
@@ -29,8 +29,9 @@ pub struct IngestBench {
     /// The loghub samples: a directory of `<Name>/<Name>_2k.log_structured.csv`.
     #[arg(long, default_value = "integration/testdata/loghub")]
     pub dataset: PathBuf,
-    /// Also measure the HTTP doors with the same events: Loki pushes (protobuf +
-    /// snappy) and Elasticsearch `_bulk` requests of 1,000 lines each.
+    /// Also measure the other ways in with the same events: Loki pushes (protobuf +
+    /// snappy) and Elasticsearch `_bulk` requests of 1,000 lines each, and one
+    /// `gossamer publish` process feeding an NDJSON file.
     #[arg(long)]
     pub doors: bool,
     /// HTTP requests in flight at once for the doors.
@@ -72,6 +73,8 @@ pub struct IngestFigures {
     pub loki_push: Option<PathFigures>,
     /// `_bulk` requests of 1,000 documents (with `--doors`).
     pub bulk: Option<PathFigures>,
+    /// One `gossamer publish` process feeding an NDJSON file (with `--doors`).
+    pub publish_cli: Option<PathFigures>,
     /// The node's peak resident memory over the run.
     pub node_peak_rss_kb: u64,
     /// Blocks sealed by ingest that the shards wrote as they came, and opened.
@@ -129,28 +132,84 @@ pub fn ingest(a: IngestBench) -> Result<()> {
         let mut logs = measure(start.elapsed().as_secs_f64(), cpu0);
         logs.indexed_s = wait_indexed(&node, start).await?;
 
-        let (mut loki_push, mut bulk) = (None, None);
+        let (mut loki_push, mut bulk, mut publish_cli) = (None, None, None);
         if a.doors {
             let doors = [
                 ("Loki push", "lk.", "/loki/api/v1/push", "application/x-protobuf", crate::bench::doors::loki_bodies(&datasets, a.events, 1000, "lk.").0),
                 ("_bulk", "es.", "/_bulk", "application/x-ndjson", crate::bench::doors::bulk_bodies(&datasets, a.events, 1000, "es.").0),
             ];
+            // Each door on a node of its own, empty as the request/reply path's was (the
+            // first node, quiet by now, stays up for its figures below).
             for (name, prefix, path, content_type, bodies) in doors {
-                eprintln!("{name}: {} requests to {path}, {} at once ...", bodies.len(), a.http_in_flight);
-                let cpu0 = (cpu_seconds(node_pid), cpu_seconds(nats_pid));
+                eprintln!("{name}: {} requests to {path}, {} at once, on a new node ...", bodies.len(), a.http_in_flight);
+                // A cluster of its own: the shard log it replays holds its events alone.
+                let cluster = format!("bench-{}", prefix.trim_end_matches('.'));
+                let door_node = NodeProcess::start_with(&url, &tmp.path().join(format!("node-{prefix}")), a.shards, &["--cluster", &cluster])?;
+                let door_pid = door_node.child.id();
+                let cpu0 = (cpu_seconds(door_pid), cpu_seconds(nats_pid));
                 let start = Instant::now();
-                let url = format!("{}{path}", node.http);
+                let post = format!("{}{path}", door_node.http);
                 let in_flight = a.http_in_flight;
-                tokio::task::block_in_place(|| crate::bench::doors::post_all(&url, content_type, &bodies, in_flight))?;
-                wait_stored(&node, prefix, a.events as u64, start).await?;
-                let mut p = measure(start.elapsed().as_secs_f64(), cpu0);
-                p.indexed_s = wait_indexed(&node, start).await?;
+                tokio::task::block_in_place(|| crate::bench::doors::post_all(&post, content_type, &bodies, in_flight))?;
+                wait_stored(&door_node, prefix, a.events as u64, start).await?;
+                let seconds = start.elapsed().as_secs_f64();
+                let mut p = PathFigures {
+                    events_per_s: a.events as f64 / seconds,
+                    ratio_to_raw_single: a.events as f64 / seconds / raw_single,
+                    seconds,
+                    node_cpu_s: cpu_seconds(door_pid) - cpu0.0,
+                    nats_server_cpu_s: cpu_seconds(nats_pid) - cpu0.1,
+                    indexed_s: 0.0,
+                };
+                p.indexed_s = wait_indexed(&door_node, start).await?;
+                door_node.stop()?;
                 if prefix == "lk." {
                     loki_push = Some(p);
                 } else {
                     bulk = Some(p);
                 }
             }
+            // One `gossamer publish` process feeding a file of the same events, each
+            // line routed by its `stream` key, as a new user would.
+            let file = tmp.path().join("publish.ndjson");
+            {
+                use std::io::Write;
+                let (msgs, _) = payloads(&datasets, a.events, a.batch, "pub.");
+                let mut f = std::io::BufWriter::new(std::fs::File::create(&file)?);
+                for (stream, body) in &msgs {
+                    for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                        let mut v: serde_json::Value = serde_json::from_slice(line)?;
+                        v["stream"] = serde_json::Value::String(stream.clone());
+                        writeln!(f, "{v}")?;
+                    }
+                }
+            }
+            eprintln!("one gossamer publish process feeding {}, on a new node ...", file.display());
+            let pub_node = NodeProcess::start_with(&url, &tmp.path().join("node-pub"), a.shards, &["--cluster", "bench-pub"])?;
+            let pub_pid = pub_node.child.id();
+            let cpu0 = (cpu_seconds(pub_pid), cpu_seconds(nats_pid));
+            let start = Instant::now();
+            let out = std::process::Command::new(std::env::current_exe()?)
+                .args(["publish", "--quiet", "--cluster", "bench-pub", "--nats", &url])
+                .arg(&file)
+                .output()
+                .context("running gossamer publish")?;
+            if !out.status.success() {
+                anyhow::bail!("gossamer publish failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            wait_stored(&pub_node, "pub.", a.events as u64, start).await?;
+            let seconds = start.elapsed().as_secs_f64();
+            let mut p = PathFigures {
+                events_per_s: a.events as f64 / seconds,
+                ratio_to_raw_single: a.events as f64 / seconds / raw_single,
+                seconds,
+                node_cpu_s: cpu_seconds(pub_pid) - cpu0.0,
+                nats_server_cpu_s: cpu_seconds(nats_pid) - cpu0.1,
+                indexed_s: 0.0,
+            };
+            p.indexed_s = wait_indexed(&pub_node, start).await?;
+            pub_node.stop()?;
+            publish_cli = Some(p);
         }
 
         let node_peak_rss_kb = peak_rss_kb(node_pid);
@@ -158,7 +217,7 @@ pub fn ingest(a: IngestBench) -> Result<()> {
         let sealed_blocks_opened = node.counter("gossamer_shard_sealed_blocks_opened_total")?;
         node.stop()?;
         let sled_bytes = dir_size(&tmp.path().join("node").join("sled"));
-        let stored = if a.doors { 4 } else { 2 } * a.events;
+        let stored = if a.doors { 3 } else { 2 } * a.events;
         Ok::<_, anyhow::Error>(IngestFigures {
             events: a.events,
             messages: msgs.len(),
@@ -170,6 +229,7 @@ pub fn ingest(a: IngestBench) -> Result<()> {
             logs,
             loki_push,
             bulk,
+            publish_cli,
             node_peak_rss_kb,
             sealed_blocks_kept,
             sealed_blocks_opened,
@@ -190,13 +250,16 @@ pub fn ingest(a: IngestBench) -> Result<()> {
     if let Some(p) = &f.bulk {
         paths.push(("_bulk -> queryable        ", p));
     }
+    if let Some(p) = &f.publish_cli {
+        paths.push(("gossamer publish -> queryable", p));
+    }
     for (name, p) in paths {
         println!(
             "{name}                {:>10.0} events/s  {:.2} x raw  (node {:.1} CPU-s, nats-server {:.1} CPU-s in {:.1} s; indexed after {:.1} s)",
             p.events_per_s, p.ratio_to_raw_single, p.node_cpu_s, p.nats_server_cpu_s, p.seconds, p.indexed_s
         );
     }
-    for (name, p) in [("Loki push", &f.loki_push), ("_bulk", &f.bulk)] {
+    for (name, p) in [("Loki push", &f.loki_push), ("_bulk", &f.bulk), ("gossamer publish", &f.publish_cli)] {
         if let Some(p) = p {
             println!("{name} / request/reply  {:.2} x", p.events_per_s / f.request_reply.events_per_s);
         }

@@ -135,11 +135,11 @@ pub fn query(a: QueryBench) -> Result<()> {
         // The Loki door's LogQL beside the same questions in Gossamer's own syntax.
         (
             "L1 LogQL line filter, newest 100",
-            "{stream=\"loghub.hdfs\"} |= \"Exception\"".into(),
+            "{stream=\"loghub.hdfs\"} |= \"exception\"".into(),
             format!("/loki/api/v1/query_range?limit=100&start={T0_NS}&end={}&query=", T0_NS + a.events as i64 * 1_000_000),
             None,
         ),
-        ("L1 native, newest 100", "stream:loghub.hdfs message:~Exception".into(), "search?limit=100&q=".into(), None),
+        ("L1 native, newest 100", "stream:loghub.hdfs message:~exception".into(), "search?limit=100&q=".into(), None),
         (
             "L2 LogQL count by level x 10m, filtered",
             "sum by (level) (count_over_time({stream=~\"loghub\\\\..*\"} |= \"error\" [10m]))".into(),

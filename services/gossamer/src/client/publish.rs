@@ -114,8 +114,20 @@ pub async fn publish(args: PublishArgs) -> Result<PublishReport> {
         if text.trim().is_empty() {
             continue;
         }
-        let parsed = if text.trim_start().starts_with('{') {
-            serde_json::from_str::<serde_json::Map<String, Value>>(text).map_err(|_| ())
+        // A JSON line is read for its `stream` and `id` keys alone and sent as it is
+        // (ingest takes the `stream` key out); one without an id gets one spliced in.
+        let parsed: Result<(Option<String>, String), ()> = if text.trim_start().starts_with('{') {
+            match serde_json::from_str::<Peek>(text) {
+                Ok(peek) => {
+                    let stream = match peek.stream {
+                        None => None,
+                        Some(Value::String(s)) => Some(s),
+                        Some(other) => Some(other.to_string()),
+                    };
+                    Ok((stream, if peek.id.is_some() { text.to_string() } else { splice_id(text) }))
+                }
+                Err(_) => Err(()),
+            }
         } else {
             // A plain line: with the level it says it has, as Gossamer reads a text line.
             let mut o = serde_json::Map::new();
@@ -123,33 +135,30 @@ pub async fn publish(args: PublishArgs) -> Result<PublishReport> {
                 o.insert("level".into(), Value::String(level));
             }
             o.insert("message".into(), Value::String(text.to_string()));
-            Ok(o)
+            Ok((None, with_id(o)))
         };
-        let (stream, object) = match (&args.stream, parsed) {
-            (Some(stream), Ok(o)) => (stream.clone(), o),
+        let (stream, event) = match (&args.stream, parsed) {
+            (Some(stream), Ok((_, event))) => (stream.clone(), event),
             (Some(stream), Err(())) => {
                 // Alone, so the dead letter holds just this line.
                 report.invalid_lines += 1;
                 send(&sink, &subject_of(stream), text.to_string(), &mut acks, &mut report, 1).await?;
                 continue;
             }
-            (None, Ok(mut o)) => match o.remove("stream") {
-                Some(Value::String(s)) if gossamer_schemas::event::is_valid_stream(&s) => (s, o),
-                Some(other) => {
-                    stopped = Some(format!("line {number}: {other} is not a stream name (dot-separated tokens of [A-Za-z0-9_-])"));
-                    break;
-                }
-                None => {
-                    stopped = Some(format!("line {number} has no `stream` key: give --stream for lines without one"));
-                    break;
-                }
-            },
+            (None, Ok((Some(s), event))) if gossamer_schemas::event::is_valid_stream(&s) => (s, event),
+            (None, Ok((Some(other), _))) => {
+                stopped = Some(format!("line {number}: {other:?} is not a stream name (dot-separated tokens of [A-Za-z0-9_-])"));
+                break;
+            }
+            (None, Ok((None, _))) => {
+                stopped = Some(format!("line {number} has no `stream` key: give --stream for lines without one"));
+                break;
+            }
             (None, Err(())) => {
                 stopped = Some(format!("line {number} is not valid JSON, so it names no stream: give --stream to publish it"));
                 break;
             }
         };
-        let event = with_id(object);
         let (subject, buf, in_buf) = batches.entry(stream.clone()).or_insert_with(|| (subject_of(&stream), String::new(), 0));
         if !buf.is_empty() && buf.len() + event.len() + 1 > MAX_MESSAGE_BYTES {
             send(&sink, subject, std::mem::take(buf), &mut acks, &mut report, *in_buf).await?;
@@ -208,6 +217,28 @@ fn take(answered: Answered, report: &mut PublishReport) {
             }
         }
         Err(rejected) => report.rejected.push(rejected),
+    }
+}
+
+/// What `publish` reads of a JSON line: its stream and whether it has an id (the rest
+/// is skipped over, not built).
+#[derive(serde::Deserialize)]
+struct Peek {
+    #[serde(default)]
+    stream: Option<Value>,
+    #[serde(default)]
+    id: Option<serde::de::IgnoredAny>,
+}
+
+/// A JSON object's text with `"id":"<fresh UUIDv7>"` as its first key.
+fn splice_id(object: &str) -> String {
+    let object = object.trim();
+    let rest = object[1..].trim_start();
+    let id = uuid::Uuid::now_v7();
+    if rest.starts_with('}') {
+        format!("{{\"id\":\"{id}\"}}")
+    } else {
+        format!("{{\"id\":\"{id}\",{rest}")
     }
 }
 
@@ -288,4 +319,23 @@ async fn send(
     report.messages += 1;
     report.events += events;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_is_spliced_into_a_line_without_one() {
+        for line in [r#"{"message":"a","stream":"x"}"#, "  { \"message\" : \"b\" }  ", "{}"] {
+            let v: serde_json::Map<String, Value> = serde_json::from_str(&splice_id(line)).unwrap();
+            assert!(uuid::Uuid::parse_str(v["id"].as_str().unwrap()).is_ok(), "{line}");
+            let before: serde_json::Map<String, Value> = serde_json::from_str(line).unwrap();
+            assert_eq!(v.len(), before.len() + 1);
+        }
+        let peek: Peek = serde_json::from_str(r#"{"id":"x","stream":"a.b","nested":{"stream":"no"}}"#).unwrap();
+        assert_eq!((peek.id.is_some(), peek.stream), (true, Some(Value::String("a.b".into()))));
+        let peek: Peek = serde_json::from_str(r#"{"message":"m"}"#).unwrap();
+        assert!(peek.id.is_none() && peek.stream.is_none());
+    }
 }

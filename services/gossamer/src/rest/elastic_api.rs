@@ -269,9 +269,9 @@ fn prepare(node: &crate::handle::NodeHandle, index: &str, id: uuid::Uuid, doc: &
         }
     }
     obj.insert("id".into(), Value::String(id.to_string()));
-    let text = Value::Object(obj).to_string();
-    // The ingest limits and decoding, one document at a time: a bad one is refused alone.
-    crate::service::ingest::check(node, index, &text).map_err(|e| (400, "document_parsing_exception", e.to_string()))?;
+    // The ingest limits and decoding, one document at a time: a bad one is refused alone;
+    // the event goes on in the form ingest reads straight back.
+    let text = crate::service::ingest::check_object(node, index, Value::Object(obj)).map_err(|e| (400, "document_parsing_exception", e.to_string()))?;
     Ok(text)
 }
 

@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 use crate::rest::common::Node;
 
@@ -183,9 +183,10 @@ fn stream_name(labels: &BTreeMap<String, String>) -> String {
     }
 }
 
-/// The id of a line: a hash of its stream's labels, its time and its text.
-fn line_id(labels: &BTreeMap<String, String>, ts: i64, line: &str) -> uuid::Uuid {
-    let mut key = serde_json::to_string(labels).unwrap_or_default();
+/// The id of a line: a hash of its stream's labels (as JSON), its time and its text.
+fn line_id(labels_key: &str, ts: i64, line: &str) -> uuid::Uuid {
+    let mut key = String::with_capacity(labels_key.len() + line.len() + 24);
+    key.push_str(labels_key);
     key.push('\u{0}');
     key.push_str(&ts.to_string());
     key.push('\u{0}');
@@ -216,30 +217,31 @@ pub async fn push(node: Node, req: HttpRequest, body: web::Bytes) -> HttpRespons
             return bad("error at least one label pair is required per stream");
         }
         let stream = stream_name(&s.labels);
+        if let Err(e) = gossamer_schemas::decode::check_stream(&stream, &node.cfg.limits) {
+            return bad(format!("stream {stream}: {e}"));
+        }
+        // The labels' text, hashed into every line's id.
+        let labels_key = serde_json::to_string(&s.labels).unwrap_or_default();
         for (ts, line, meta) in s.entries {
             let level = LEVEL_KEYS
                 .iter()
                 .find_map(|k| s.labels.get(*k).or_else(|| meta.get(*k)))
                 .cloned()
                 .or_else(|| gossamer_schemas::levels::detect_level(&line));
-            let labels: Map<String, Value> = s.labels.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-            let fields: Map<String, Value> = meta.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
-            let mut event = json!({
-                "id": line_id(&s.labels, ts, &line).to_string(),
-                "ts": ts,
-                "message": line,
-                "labels": labels,
-                "fields": fields,
-            });
-            if let Some(level) = level {
-                event["level"] = Value::String(level);
-            }
+            let event = gossamer_schemas::Event {
+                id: line_id(&labels_key, ts, &line),
+                ts,
+                stream: stream.clone(),
+                level: gossamer_schemas::normalize_level(level.as_deref().unwrap_or("info")),
+                labels: s.labels.clone(),
+                fields: meta.into_iter().map(|(k, v)| (k, Value::String(v))).collect(),
+                message: line,
+            };
             // Checked alone, so the error names the line that is wrong.
-            let text = event.to_string();
-            if let Err(e) = crate::service::ingest::check(&node, &stream, &text) {
-                return bad(format!("stream {stream}, line {n}: {e}"));
+            match crate::service::ingest::checked_json(&node, &event) {
+                Ok(text) => by_stream.entry(stream.clone()).or_default().push((n, text)),
+                Err(e) => return bad(format!("stream {stream}, line {n}: {e}")),
             }
-            by_stream.entry(stream.clone()).or_default().push((n, text));
             n += 1;
         }
     }

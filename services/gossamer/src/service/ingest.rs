@@ -59,12 +59,16 @@ pub async fn send_docs(node: &NodeHandle, stream: &str, docs: Vec<(usize, String
     let subject = gossamer_schemas::subjects::Subjects::new(&node.cfg.cluster).ingest(stream);
     let max_bytes = node.cfg.limits.max_payload_bytes.min(node.nats.server_info().max_payload.saturating_sub(4096)).max(1);
     let max_events = node.cfg.limits.max_batch_events.max(1);
-    let mut chunks: Vec<(Vec<usize>, String)> = vec![(Vec::new(), String::new())];
+    // Each message's text sized once: growing a quarter-megabyte string step by step
+    // costs fresh pages at every step.
+    let mut left: usize = docs.iter().map(|(_, d)| d.len() + 1).sum();
+    let mut chunks: Vec<(Vec<usize>, String)> = vec![(Vec::new(), String::with_capacity(left.min(max_bytes)))];
     for (pos, doc) in docs {
         let (ps, body) = chunks.last_mut().expect("one chunk");
         if !ps.is_empty() && (body.len() + doc.len() + 1 > max_bytes || ps.len() >= max_events) {
-            chunks.push((Vec::new(), String::new()));
+            chunks.push((Vec::new(), String::with_capacity(left.min(max_bytes))));
         }
+        left -= doc.len() + 1;
         let (ps, body) = chunks.last_mut().expect("one chunk");
         ps.push(pos);
         body.push_str(&doc);
@@ -99,6 +103,27 @@ pub fn stable_id(key: &str) -> uuid::Uuid {
     let hi = xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), 1);
     let lo = xxhash_rust::xxh3::xxh3_64_with_seed(key.as_bytes(), 2);
     uuid::Builder::from_random_bytes((u128::from(hi) << 64 | u128::from(lo)).to_be_bytes()).into_uuid()
+}
+
+/// Reads one event object as ingest would and checks it within the node's limits, so a
+/// door can refuse that one alone; the event's JSON in the form ingest reads straight
+/// back.
+pub fn check_object(node: &NodeHandle, stream: &str, v: serde_json::Value) -> Result<String, gossamer_schemas::DecodeError> {
+    let seed = gossamer_schemas::IdSeed { received_ns: gossamer_schemas::time::now_ns(), seq: 0 };
+    let e = gossamer_schemas::decode::decode_object(stream, v, seed, &node.cfg.limits)?;
+    checked_json(node, &e)
+}
+
+/// `e` (made by a door and checked within the event limits) as ingest reads it, if it
+/// fits in a message.
+pub fn checked_json(node: &NodeHandle, e: &gossamer_schemas::Event) -> Result<String, gossamer_schemas::DecodeError> {
+    node.cfg.limits.check_event(e)?;
+    let text = gossamer_schemas::decode::to_ingest_json(e);
+    let most = node.cfg.limits.max_payload_bytes;
+    if text.len() > most {
+        return Err(gossamer_schemas::DecodeError::Limit { what: "payload bytes", value: text.len(), limit: most, name: "max_payload_bytes" });
+    }
+    Ok(text)
 }
 
 /// Checks one event's JSON against the node's ingest limits and decoding, as ingest will

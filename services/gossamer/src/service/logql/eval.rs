@@ -317,12 +317,19 @@ async fn range_fn(
     Ok(out)
 }
 
-/// The labels a series is grouped under.
+/// The labels a series is grouped under (`detected_level` is the `level` label).
 fn grouped(labels: &Labels, grouping: Option<&Grouping>) -> Labels {
     match grouping {
         None => Labels::new(),
         Some(g) if g.without => labels.iter().filter(|(k, _)| !g.labels.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect(),
-        Some(g) => labels.iter().filter(|(k, _)| g.labels.contains(k)).map(|(k, v)| (k.clone(), v.clone())).collect(),
+        Some(g) => g
+            .labels
+            .iter()
+            .filter_map(|name| {
+                let value = labels.get(name).or_else(|| if name == "detected_level" { labels.get("level") } else { None })?;
+                Some((name.clone(), value.clone()))
+            })
+            .collect(),
     }
 }
 

@@ -93,3 +93,23 @@ fn elasticsearch_and_opensearch_clients_bulk_index_into_gossamer() {
     let health = ureq::get(&format!("{}/_cat/health", node.http)).set("Authorization", &format!("Bearer {ADMIN}")).call().unwrap();
     assert!(health.into_string().unwrap().contains(" green "));
 }
+
+/// A node without the ingest role sends a door's events over NATS to a node that has it
+/// (a node with it hands them to its own ingest actor in process).
+#[test]
+fn a_node_without_ingest_sends_bulk_documents_over_nats() {
+    let nats = Nats::start();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let gossip = ["--gossip-probe-ms", "200", "--gossip-suspect-ms", "1000"];
+    let ingesting = Node::start(&nats, a.path(), &[&["--node-id", "with-ingest"][..], &gossip].concat());
+    let door = Node::start(&nats, b.path(), &[&["--node-id", "door", "--roles", "shard,index,admin"][..], &gossip].concat());
+    for n in [&ingesting, &door] {
+        n.wait_members(&["with-ingest", "door"], Duration::from_secs(30));
+    }
+    let body: String = (0..300).map(|i| format!("{{\"index\":{{}}}}\n{{\"message\":\"over nats {i}\"}}\n")).collect();
+    let (status, answer) = gossamer_integration::http_post(&format!("{}/via.nats/_bulk?refresh=wait_for", door.http), "application/x-ndjson", body.as_bytes());
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!((answer["errors"].as_bool(), answer["forced_refresh"].as_bool()), (Some(false), Some(true)), "{answer}");
+    assert_eq!(door.count("stream:via.nats"), 300);
+    assert_eq!(ingesting.count("stream:via.nats"), 300);
+}

@@ -34,6 +34,40 @@ const PURGE_EVERY: Duration = Duration::from_secs(5);
 /// would never come.
 const PULL_BYTES: usize = 64 << 20;
 
+/// Events a door of this node has read and checked (the Loki and Elasticsearch doors),
+/// handed to ingest in process instead of as JSON over NATS: they join the request
+/// path's rounds, so shard batches stay as large, and are answered as a request is.
+pub struct LocalBatch {
+    pub events: Vec<Event>,
+    pub reply: tokio::sync::oneshot::Sender<LocalOutcome>,
+}
+
+#[derive(Debug, Clone)]
+pub enum LocalOutcome {
+    /// In the shard log, at these positions.
+    Accepted { events: usize, positions: Positions },
+    /// The node is catching up: nothing was taken.
+    Busy(String),
+}
+
+/// The sending side of the in-process way in.
+#[derive(Clone)]
+pub struct LocalIngest {
+    tx: tokio::sync::mpsc::Sender<LocalBatch>,
+}
+
+impl LocalIngest {
+    /// Hands `events` to ingest; `Err` when ingest is gone or failed the round (the
+    /// events carry ids, so sending them again is safe).
+    pub async fn send(&self, events: Vec<Event>) -> std::result::Result<LocalOutcome, String> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.tx.send(LocalBatch { events, reply }).await.map_err(|_| "the ingest actor has stopped".to_string())?;
+        answer.await.map_err(|_| "the ingest round failed before storing the events".to_string())
+    }
+}
+
+type LocalReceiver = Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<LocalBatch>>>;
+
 /// Counters an operator (and a test) reads.
 #[derive(Debug, Default)]
 struct Counters {
@@ -82,6 +116,8 @@ pub struct IngestActor {
     counters: Arc<Counters>,
     last_error: Arc<Mutex<Option<String>>>,
     pressure: Arc<gossamer_bus::Pressure>,
+    local_tx: tokio::sync::mpsc::Sender<LocalBatch>,
+    local_rx: LocalReceiver,
 }
 
 /// The actor's two ways in.
@@ -97,7 +133,14 @@ impl IngestActor {
     /// `pressure` says when the node's writers are too far behind to take more.
     pub fn new(client: async_nats::Client, cfg: Config, names: StreamNames, pressure: Arc<gossamer_bus::Pressure>) -> Self {
         let js = jetstream::new(client.clone());
-        Self { client, js, cfg, names, counters: Arc::default(), last_error: Arc::default(), pressure }
+        let (local_tx, local_rx) = tokio::sync::mpsc::channel(64);
+        let local_rx = Arc::new(tokio::sync::Mutex::new(local_rx));
+        Self { client, js, cfg, names, counters: Arc::default(), last_error: Arc::default(), pressure, local_tx, local_rx }
+    }
+
+    /// The in-process way in, for this node's HTTP doors.
+    pub fn local(&self) -> LocalIngest {
+        LocalIngest { tx: self.local_tx.clone() }
     }
 
     fn start_loop(&self, ctx: &mut Context<Self>, path: Path) {
@@ -110,6 +153,7 @@ impl IngestActor {
             names: self.names.clone(),
             counters: self.counters.clone(),
             pressure: self.pressure.clone(),
+            local: self.local_rx.clone(),
         });
         let client = self.client.clone();
         let last_error = self.last_error.clone();
@@ -173,6 +217,7 @@ struct Runner {
     names: StreamNames,
     counters: Arc<Counters>,
     pressure: Arc<gossamer_bus::Pressure>,
+    local: LocalReceiver,
 }
 
 /// Rounds of requests in progress at once: while one waits for the bus's acks, the
@@ -254,6 +299,7 @@ impl Runner {
                 content_type: content_type(m.headers.as_ref()),
                 seed: IdSeed { received_ns: info.published.unix_timestamp_nanos() as i64, seq: info.stream_sequence },
                 dead_letter_id: format!("dl-{}", info.stream_sequence),
+                events: None,
             });
         }
         let _ = self.ingest(inputs).await?;
@@ -324,18 +370,24 @@ impl Runner {
     async fn serve_requests(self: Arc<Self>, client: async_nats::Client) -> Result<()> {
         let subject = self.subjects.ingest_wildcard();
         let prefix_len = subject.len() - 1;
-        let mut sub = client
+        let nats = client
             .queue_subscribe(subject.clone(), self.subjects.ingest_queue_group())
             .await
             .context("subscribing to ingest requests")?
-            .ready_chunks(self.batch);
+            .map(Request::Nats);
+        // This node's doors' events join the same rounds.
+        let local = Box::pin(futures::stream::unfold(self.local.clone(), |rx| async move {
+            let batch = rx.lock().await.recv().await?;
+            Some((Request::Local(batch), rx))
+        }));
+        let mut sub = futures::stream::select(nats, local).ready_chunks(self.batch);
         // The subscription is registered once the server has seen it.
         client.flush().await.context("registering the ingest subscription")?;
         self.counters.serving_requests.store(true, Ordering::SeqCst);
         info!(subject = %subject, "ingest-requests-served");
         let rounds = Arc::new(tokio::sync::Semaphore::new(ROUNDS_AT_ONCE));
         while let Some(msgs) = sub.next().await {
-            let msgs = linger(&mut sub, msgs, |m| m.payload.len()).await;
+            let msgs = linger(&mut sub, msgs, Request::bytes).await;
             let permit = rounds.clone().acquire_owned().await.context("the round limiter closed")?;
             let (me, client) = (self.clone(), client.clone());
             tokio::spawn(async move {
@@ -350,11 +402,29 @@ impl Runner {
     }
 
     /// One round of requests: stored, then each answered.
-    async fn request_round(&self, client: &async_nats::Client, msgs: Vec<async_nats::Message>, prefix_len: usize) -> Result<()> {
+    async fn request_round(&self, client: &async_nats::Client, msgs: Vec<Request>, prefix_len: usize) -> Result<()> {
         let mut inputs = Vec::with_capacity(msgs.len());
         let mut replies = Vec::with_capacity(msgs.len());
         let mut waits = Vec::with_capacity(msgs.len());
+        let mut locals: Vec<(usize, tokio::sync::oneshot::Sender<LocalOutcome>)> = Vec::new();
+        let mut local_inputs = Vec::new();
         for m in msgs {
+            let m = match m {
+                Request::Nats(m) => m,
+                Request::Local(batch) => {
+                    locals.push((batch.events.len(), batch.reply));
+                    local_inputs.push(Input {
+                        subject: String::new(),
+                        stream_offset: 0,
+                        payload: bytes::Bytes::new(),
+                        content_type: None,
+                        seed: IdSeed { received_ns: 0, seq: 0 },
+                        dead_letter_id: String::new(),
+                        events: Some(batch.events),
+                    });
+                    continue;
+                }
+            };
             let Some(reply) = m.reply.clone() else {
                 // Without a reply subject the producer cannot learn the outcome, and
                 // would not retry: refuse rather than guess.
@@ -370,23 +440,35 @@ impl Runner {
                 content_type: content_type(m.headers.as_ref()),
                 seed: IdSeed { received_ns: gossamer_schemas::time::now_ns(), seq },
                 dead_letter_id: format!("dl-req-{seq:016x}"),
+                events: None,
             });
             replies.push(reply);
         }
-        if inputs.is_empty() {
+        if inputs.is_empty() && local_inputs.is_empty() {
             return Ok(());
         }
         if let Err(reason) = self.pressure.wait(Some(REQUEST_PATIENCE), || {}).await {
             // Nothing taken: the producer retries after a pause.
-            let body = serde_json::json!({ "error": format!("busy, retry later: {reason}"), "busy": true }).to_string();
+            let why = format!("busy, retry later: {reason}");
+            let body = serde_json::json!({ "error": why, "busy": true }).to_string();
             for reply in replies {
                 client.publish(reply, body.clone().into()).await.context("replying to an ingest request")?;
+            }
+            for (_, reply) in locals {
+                let _ = reply.send(LocalOutcome::Busy(why.clone()));
             }
             return Ok(());
         }
         let n = inputs.len() as u64;
-        // On an error nothing is answered: each producer times out and retries.
-        let (outcomes, positions) = self.ingest(inputs).await?;
+        let nats_inputs = inputs.len();
+        inputs.extend(local_inputs);
+        // On an error nothing is answered: each producer times out and retries (a door
+        // sees its answer dropped).
+        let (mut outcomes, positions) = self.ingest(inputs).await?;
+        for (events, reply) in locals {
+            let _ = reply.send(LocalOutcome::Accepted { events, positions: positions.clone() });
+        }
+        outcomes.truncate(nats_inputs);
         // Those who asked to read their writes are answered after the others, once the
         // round's events are queryable on every replica (or the wait timed out).
         let mut waiting = Vec::new();
@@ -507,6 +589,24 @@ struct Input {
     content_type: Option<String>,
     seed: IdSeed,
     dead_letter_id: String,
+    /// Events a door of this node has read and checked already.
+    events: Option<Vec<Event>>,
+}
+
+/// A request for the request path's rounds: over NATS, or from this node's doors.
+enum Request {
+    Nats(async_nats::Message),
+    Local(LocalBatch),
+}
+
+impl Request {
+    /// About how many bytes it brings, for the round's size.
+    fn bytes(&self) -> usize {
+        match self {
+            Request::Nats(m) => m.payload.len(),
+            Request::Local(b) => b.events.iter().map(|e| 128 + e.message.len()).sum(),
+        }
+    }
 }
 
 /// What became of one input.
@@ -586,9 +686,14 @@ struct Decoded {
 
 fn decode_part(inputs: Vec<Input>, shards: u32, limits: &gossamer_schemas::decode::Limits) -> Decoded {
     let mut d = Decoded { outcomes: Vec::with_capacity(inputs.len()), dead: Vec::new(), per_shard: HashMap::new(), events: 0, inputs: Vec::new() };
-    for (i, input) in inputs.iter().enumerate() {
+    let mut inputs = inputs;
+    for (i, input) in inputs.iter_mut().enumerate() {
         let stream = input.subject.get(input.stream_offset..).unwrap_or_default();
-        match decode_payload(stream, &input.payload, input.content_type.as_deref(), input.seed, limits) {
+        let decoded = match input.events.take() {
+            Some(evs) => Ok(evs),
+            None => decode_payload(stream, &input.payload, input.content_type.as_deref(), input.seed, limits),
+        };
+        match decoded {
             Ok(evs) => {
                 d.outcomes.push(Outcome::Accepted(evs.len()));
                 d.events += evs.len() as u64;

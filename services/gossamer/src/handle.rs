@@ -17,6 +17,8 @@ pub struct NodeHandle {
     /// Membership, the shard map and the shard actors this node runs.
     pub cluster: Arc<crate::cluster::state::Cluster>,
     pub ingest: Option<Addr<IngestActor>>,
+    /// The ingest actor's in-process way in, for the HTTP doors' events.
+    pub local_ingest: Option<gossamer_ingest::LocalIngest>,
     pub index: Option<Addr<IndexActor>>,
     pub backups: Option<Arc<gossamer_backup::Backups>>,
     pub queues: Option<Arc<gossamer_queue::Queues>>,

@@ -111,9 +111,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     )
     .start();
     let index = cfg.has_role("index").then(|| IndexActor::new(shards.clone()).start());
-    let ingest = cfg
-        .has_role("ingest")
-        .then(|| IngestActor::new(nats.clone(), cfg.clone(), names.clone(), pressure.clone()).start());
+    let ingest_actor = cfg.has_role("ingest").then(|| IngestActor::new(nats.clone(), cfg.clone(), names.clone(), pressure.clone()));
+    let local_ingest = ingest_actor.as_ref().map(IngestActor::local);
+    let ingest = ingest_actor.map(Actor::start);
     let mut backup_actor = None;
     let backups = if cfg.has_role("backup") {
         let location = cfg.backup_store();
@@ -161,6 +161,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         cluster: cluster.clone(),
         ownership,
         ingest,
+        local_ingest,
         index,
         backups,
         queues,

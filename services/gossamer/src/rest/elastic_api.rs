@@ -180,7 +180,7 @@ async fn run_bulk(node: &crate::handle::NodeHandle, default_index: Option<&str>,
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
     let mut items: Vec<Item> = Vec::new();
     // Per stream: the documents to send, with their item's position.
-    let mut batches: BTreeMap<String, Vec<(usize, String)>> = BTreeMap::new();
+    let mut batches: BTreeMap<String, Vec<(usize, gossamer_schemas::Event)>> = BTreeMap::new();
     while let Some(line) = lines.next() {
         let action: Map<String, Value> = match serde_json::from_str(line) {
             Ok(a) => a,
@@ -246,8 +246,12 @@ async fn run_bulk(node: &crate::handle::NodeHandle, default_index: Option<&str>,
     reply.content_type("application/json").body(body)
 }
 
-/// A document ready to send (with its event id), or why it is refused.
-fn prepare(node: &crate::handle::NodeHandle, index: &str, id: uuid::Uuid, doc: &str) -> Result<String, (u16, &'static str, String)> {
+/// A document read into its event (with its event id), or why it is refused.
+fn prepare(node: &crate::handle::NodeHandle, index: &str, id: uuid::Uuid, doc: &str) -> Result<gossamer_schemas::Event, (u16, &'static str, String)> {
+    let most = node.cfg.limits.max_payload_bytes;
+    if doc.len() > most {
+        return Err((413, "document_parsing_exception", format!("the document is {} bytes, over the {most}-byte limit (limits.max_payload_bytes)", doc.len())));
+    }
     if index.is_empty() {
         return Err((400, "action_request_validation_exception", "index is missing".into()));
     }
@@ -269,19 +273,17 @@ fn prepare(node: &crate::handle::NodeHandle, index: &str, id: uuid::Uuid, doc: &
         }
     }
     obj.insert("id".into(), Value::String(id.to_string()));
-    // The ingest limits and decoding, one document at a time: a bad one is refused alone;
-    // the event goes on in the form ingest reads straight back.
-    let text = crate::service::ingest::check_object(node, index, Value::Object(obj)).map_err(|e| (400, "document_parsing_exception", e.to_string()))?;
-    Ok(text)
+    // The ingest limits and decoding, one document at a time: a bad one is refused alone.
+    crate::service::ingest::check_object(node, index, Value::Object(obj)).map_err(|e| (400, "document_parsing_exception", e.to_string()))
 }
 
 type Outcome = Result<crate::service::ingest::Positions, (u16, &'static str, String)>;
 
 /// Sends one stream's documents through the ingest path; each item's outcome in
 /// Elasticsearch's terms.
-async fn send(node: &crate::handle::NodeHandle, stream: String, docs: Vec<(usize, String)>) -> Vec<(Vec<usize>, Outcome)> {
+async fn send(node: &crate::handle::NodeHandle, stream: String, docs: Vec<(usize, gossamer_schemas::Event)>) -> Vec<(Vec<usize>, Outcome)> {
     use crate::service::ingest::Refusal;
-    crate::service::ingest::send_docs(node, &stream, docs)
+    crate::service::ingest::send_events(node, &stream, docs)
         .await
         .into_iter()
         .map(|(positions, sent)| {

@@ -210,7 +210,7 @@ pub async fn push(node: Node, req: HttpRequest, body: web::Bytes) -> HttpRespons
         Ok(w) => w,
         Err(e) => return bad(e),
     };
-    let mut by_stream: BTreeMap<String, Vec<(usize, String)>> = BTreeMap::new();
+    let mut by_stream: BTreeMap<String, Vec<(usize, gossamer_schemas::Event)>> = BTreeMap::new();
     let mut n = 0;
     for s in streams {
         if s.labels.is_empty() {
@@ -238,14 +238,17 @@ pub async fn push(node: Node, req: HttpRequest, body: web::Bytes) -> HttpRespons
                 message: line,
             };
             // Checked alone, so the error names the line that is wrong.
-            match crate::service::ingest::checked_json(&node, &event) {
-                Ok(text) => by_stream.entry(stream.clone()).or_default().push((n, text)),
+            match node.cfg.limits.check_event(&event) {
+                Ok(()) => by_stream.entry(stream.clone()).or_default().push((n, event)),
                 Err(e) => return bad(format!("stream {stream}, line {n}: {e}")),
             }
             n += 1;
         }
     }
-    let sends = by_stream.iter().map(|(stream, docs)| crate::service::ingest::send_docs(&node, stream, docs.clone()));
+    let sends = by_stream.into_iter().map(|(stream, events)| {
+        let node = &node;
+        async move { crate::service::ingest::send_events(node, &stream, events).await }
+    });
     let mut stored_at = crate::service::ingest::Positions::new();
     for (_, outcome) in futures::future::join_all(sends).await.into_iter().flatten() {
         use crate::service::ingest::Refusal;

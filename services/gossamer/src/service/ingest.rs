@@ -1,10 +1,14 @@
 //! Sending events into the cluster from a door that is not NATS (the Elasticsearch and
-//! Loki doors, syslog): NDJSON through the request/reply ingest path, in messages within
-//! the ingest limits and the bus's payload limit. A message is answered once its events
-//! are in the shard log, so what a door acknowledges is as durable as a NATS ingest
-//! request; the events carry ids, so a retry stores nothing twice.
+//! Loki doors, syslog): checked events to this node's ingest actor in process when it
+//! runs one (they join its request rounds), else NDJSON through the request/reply
+//! ingest path, in messages within the ingest limits and the bus's payload limit.
+//! Either way they are answered once in the shard log, so what a door acknowledges is
+//! as durable as a NATS ingest request; the events carry ids, so a retry stores nothing
+//! twice.
 
 use std::time::Duration;
+
+use gossamer_schemas::Event;
 
 use crate::handle::NodeHandle;
 
@@ -106,24 +110,42 @@ pub fn stable_id(key: &str) -> uuid::Uuid {
 }
 
 /// Reads one event object as ingest would and checks it within the node's limits, so a
-/// door can refuse that one alone; the event's JSON in the form ingest reads straight
-/// back.
-pub fn check_object(node: &NodeHandle, stream: &str, v: serde_json::Value) -> Result<String, gossamer_schemas::DecodeError> {
+/// door can refuse that one alone.
+pub fn check_object(node: &NodeHandle, stream: &str, v: serde_json::Value) -> Result<Event, gossamer_schemas::DecodeError> {
     let seed = gossamer_schemas::IdSeed { received_ns: gossamer_schemas::time::now_ns(), seq: 0 };
-    let e = gossamer_schemas::decode::decode_object(stream, v, seed, &node.cfg.limits)?;
-    checked_json(node, &e)
+    gossamer_schemas::decode::decode_object(stream, v, seed, &node.cfg.limits)
 }
 
-/// `e` (made by a door and checked within the event limits) as ingest reads it, if it
-/// fits in a message.
-pub fn checked_json(node: &NodeHandle, e: &gossamer_schemas::Event) -> Result<String, gossamer_schemas::DecodeError> {
-    node.cfg.limits.check_event(e)?;
-    let text = gossamer_schemas::decode::to_ingest_json(e);
-    let most = node.cfg.limits.max_payload_bytes;
-    if text.len() > most {
-        return Err(gossamer_schemas::DecodeError::Limit { what: "payload bytes", value: text.len(), limit: most, name: "max_payload_bytes" });
+/// Sends one stream's events (each made or read by a door and checked within the
+/// limits, with its caller's position): to this node's ingest actor in process when
+/// it runs one (they join its request rounds), else as JSON through the request/reply
+/// ingest path. The outcome for the positions each part held.
+pub async fn send_events(node: &NodeHandle, stream: &str, events: Vec<(usize, Event)>) -> Vec<(Vec<usize>, Result<Positions, Refusal>)> {
+    let Some(local) = &node.local_ingest else {
+        let docs = events.into_iter().map(|(p, e)| (p, gossamer_schemas::decode::to_ingest_json(&e))).collect();
+        return send_docs(node, stream, docs).await;
+    };
+    let per_part = node.cfg.limits.max_batch_events.max(1);
+    let mut parts: Vec<(Vec<usize>, Vec<Event>)> = Vec::new();
+    for (pos, e) in events {
+        match parts.last_mut() {
+            Some((ps, evs)) if evs.len() < per_part => {
+                ps.push(pos);
+                evs.push(e);
+            }
+            _ => parts.push((vec![pos], vec![e])),
+        }
     }
-    Ok(text)
+    let sends = parts.into_iter().map(|(positions, evs)| async move {
+        let outcome = match tokio::time::timeout(INGEST_WAIT, local.send(evs)).await {
+            Ok(Ok(gossamer_ingest::LocalOutcome::Accepted { positions, .. })) => Ok(positions),
+            Ok(Ok(gossamer_ingest::LocalOutcome::Busy(why))) => Err(Refusal::Busy(why)),
+            Ok(Err(why)) => Err(Refusal::Unavailable(why)),
+            Err(_) => Err(Refusal::Unavailable(format!("ingest did not store the events within {}s", INGEST_WAIT.as_secs()))),
+        };
+        (positions, outcome)
+    });
+    futures::future::join_all(sends).await
 }
 
 /// Checks one event's JSON against the node's ingest limits and decoding, as ingest will

@@ -79,9 +79,20 @@ fn write_config(dir: &Path, extra: &str) -> PathBuf {
 }
 
 impl Nats {
+    /// A nats-server on a free port; started again on another port when it exits at
+    /// start (the port taken by another test between choosing and binding it).
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        Self::start_in(dir)
+        for _ in 0..4 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let path = write_config(dir.path(), "");
+            let child = Self::spawn_server(dir.path(), port, &path);
+            let mut nats = Self { child, port, dir, config: path };
+            if nats.try_wait_listening().is_ok() {
+                return nats;
+            }
+        }
+        Self::start_in(tempfile::tempdir().unwrap())
     }
 
     fn start_in(dir: tempfile::TempDir) -> Self {
@@ -126,13 +137,27 @@ impl Nats {
     }
 
     fn wait_listening(&mut self) {
+        if let Err(e) = self.try_wait_listening() {
+            panic!("{e}");
+        }
+    }
+
+    /// Waits until the server listens; `Err` when it exits first (a port of its taken
+    /// meanwhile by another test's process, say).
+    fn try_wait_listening(&mut self) -> Result<(), String> {
         let port = self.port;
+        let mut exited = None;
         wait_for("nats-server to listen", Duration::from_secs(20), || {
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("nats-server exited: {status}");
+                exited = Some(status);
+                return Some(());
             }
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
         });
+        match exited {
+            Some(status) => Err(format!("nats-server exited: {status}")),
+            None => Ok(()),
+        }
     }
 
     /// Stops nats-server cleanly (SIGTERM, so JetStream writes out what it acked) and
@@ -172,7 +197,20 @@ pub struct NatsCluster {
 }
 
 impl NatsCluster {
+    /// Starts the servers; when one exits at start (a free port taken by another test
+    /// between choosing it and binding it), starts all of them again on new ports.
     pub fn start(n: usize) -> Self {
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Self::try_start(n) {
+                Ok(c) => return c,
+                Err(e) => last = e,
+            }
+        }
+        panic!("the NATS cluster did not start in 5 attempts: {last}");
+    }
+
+    fn try_start(n: usize) -> Result<Self, String> {
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let servers = (0..n)
             .map(|i| {
@@ -188,11 +226,11 @@ impl NatsCluster {
                 let path = write_config(dir.path(), &config);
                 let child = Nats::spawn_server(dir.path(), ports[i].0, &path);
                 let mut nats = Nats { child, port: ports[i].0, dir, config: path };
-                nats.wait_listening();
-                nats
+                nats.try_wait_listening()?;
+                Ok(nats)
             })
-            .collect();
-        Self { servers }
+            .collect::<Result<Vec<Nats>, String>>()?;
+        Ok(Self { servers })
     }
 
     /// Every server's URL, comma-separated (what a client is given).

@@ -317,3 +317,22 @@ fn live_tail_over_a_websocket_sends_the_stored_lines_then_each_new_one() {
     let refused = ureq::get(&format!("{}/loki/api/v1/tail", node.http)).query("query", "count_over_time({app=\"tail\"}[1m])").call();
     assert!(matches!(refused, Err(ureq::Error::Status(400, _))));
 }
+
+#[test]
+fn the_label_that_names_the_stream_is_the_nodes_to_choose() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats, data.path(), &["--loki-stream-label", "team,host"]);
+    let body = serde_json::json!({"streams": [
+        {"stream": {"host": "web-1", "team": "pay", "job": "ignored"}, "values": [["1780000000000000000", "from team pay"]]},
+        {"stream": {"host": "web-2", "job": "ignored"}, "values": [["1780000000000000001", "from host web-2"]]},
+        {"stream": {"job": "ignored"}, "values": [["1780000000000000002", "from neither"]]},
+    ]})
+    .to_string();
+    let r = ureq::post(&format!("{}/loki/api/v1/push", node.http)).set("Content-Type", "application/json").set("X-Gossamer-Wait", "queryable").send_bytes(body.as_bytes()).unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(node.count("stream:pay \"team pay\""), 1);
+    assert_eq!(node.count("stream:web-2 \"host web-2\""), 1);
+    assert_eq!(node.count("stream:loki neither"), 1);
+    assert_eq!(node.count("stream:ignored"), 0);
+}

@@ -46,6 +46,9 @@ pub struct Config {
     pub syslog_udp: Option<String>,
     /// Listen for syslog on this TCP address (LF framing or RFC 6587 octet counting).
     pub syslog_tcp: Option<String>,
+    /// The Loki push door takes a stream's Gossamer stream from the first of these
+    /// labels it has (else `loki`).
+    pub loki_stream_labels: Vec<String>,
     pub node_id: String,
     pub cluster: String,
     /// Number of logical shards, fixed when the cluster is created.
@@ -201,6 +204,7 @@ impl Default for Config {
             http_advertise: None,
             syslog_udp: None,
             syslog_tcp: None,
+            loki_stream_labels: vec!["service_name".into(), "job".into(), "app".into()],
             node_id: "node-1".into(),
             cluster: "default".into(),
             shards: 64,

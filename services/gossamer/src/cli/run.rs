@@ -80,6 +80,10 @@ pub struct NodeArgs {
     /// Take syslog on this TCP address: LF framing or RFC 6587 octet counting.
     #[arg(long)]
     pub syslog_tcp: Option<String>,
+    /// Labels a Loki push's stream name comes from, the first one present (comma
+    /// separated; default service_name,job,app, else `loki`).
+    #[arg(long, value_delimiter = ',')]
+    pub loki_stream_label: Option<Vec<String>>,
     /// Comma-separated roles: ingest,shard,index,backup,queue,admin (all by default).
     #[arg(long, value_delimiter = ',')]
     pub roles: Option<Vec<String>>,
@@ -192,6 +196,9 @@ pub fn node(a: NodeArgs) -> Result<()> {
     }
     if a.syslog_tcp.is_some() {
         cfg.syslog_tcp = a.syslog_tcp;
+    }
+    if let Some(labels) = a.loki_stream_label {
+        cfg.loki_stream_labels = labels.into_iter().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
     }
     a.caps.apply(&mut cfg);
     if let Some(v) = a.retention_every_secs {

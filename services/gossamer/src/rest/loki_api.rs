@@ -4,7 +4,8 @@
 //! a NATS ingest request); 400 with a text error for a body it cannot read.
 //!
 //! A stream's labels become the events' labels. The Gossamer stream is the value of the
-//! first of `service_name`, `job`, `app` (made into a valid stream name), else `loki`.
+//! first of the node's `loki_stream_labels` (`service_name`, `job`, `app` unless set;
+//! made into a valid stream name), else `loki`.
 //! The level is a `level`, `detected_level` or `severity` label or structured-metadata
 //! entry, else the one the line says it has; structured metadata become fields. Each
 //! line's id is a hash of its labels, time and text, so a retried push stores nothing
@@ -21,8 +22,6 @@ use serde_json::Value;
 
 use crate::rest::common::Node;
 
-/// The stream comes from the first of these labels.
-const STREAM_LABELS: [&str; 3] = ["service_name", "job", "app"];
 const LEVEL_KEYS: [&str; 3] = ["level", "detected_level", "severity"];
 
 /// Loki's push message (`pkg/push/push.proto`), the fields a client sends.
@@ -169,9 +168,10 @@ fn from_protobuf(body: &[u8]) -> Result<Vec<PushStream>, String> {
         .collect()
 }
 
-/// A label value as a stream name: tokens of `[A-Za-z0-9_-]`, dots kept.
-fn stream_name(labels: &BTreeMap<String, String>) -> String {
-    let Some(value) = STREAM_LABELS.iter().find_map(|k| labels.get(*k)).filter(|v| !v.is_empty()) else {
+/// The value of the first of `from` (the node's `loki_stream_labels`) a stream has, as
+/// a stream name: tokens of `[A-Za-z0-9_-]`, dots kept; `loki` without one.
+fn stream_name(labels: &BTreeMap<String, String>, from: &[String]) -> String {
+    let Some(value) = from.iter().find_map(|k| labels.get(k)).filter(|v| !v.is_empty()) else {
         return "loki".into();
     };
     let cleaned: String = value.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.' { c } else { '_' }).collect();
@@ -216,7 +216,7 @@ pub async fn push(node: Node, req: HttpRequest, body: web::Bytes) -> HttpRespons
         if s.labels.is_empty() {
             return bad("error at least one label pair is required per stream");
         }
-        let stream = stream_name(&s.labels);
+        let stream = stream_name(&s.labels, &node.cfg.loki_stream_labels);
         if let Err(e) = gossamer_schemas::decode::check_stream(&stream, &node.cfg.limits) {
             return bad(format!("stream {stream}: {e}"));
         }
@@ -288,9 +288,11 @@ mod tests {
         let l = parse_labels(r#"{app="web", level="error", path="a \"b\" c"}"#).unwrap();
         assert_eq!((l["app"].as_str(), l["level"].as_str(), l["path"].as_str()), ("web", "error", "a \"b\" c"));
         assert!(parse_labels("app=web").is_err());
-        assert_eq!(stream_name(&l), "web");
+        let from = gossamer_config::Config::default().loki_stream_labels;
+        assert_eq!(stream_name(&l, &from), "web");
         let l = parse_labels(r#"{service_name="payments/api", job="x"}"#).unwrap();
-        assert_eq!(stream_name(&l), "payments_api");
-        assert_eq!(stream_name(&parse_labels(r#"{host="h"}"#).unwrap()), "loki");
+        assert_eq!(stream_name(&l, &from), "payments_api");
+        assert_eq!(stream_name(&parse_labels(r#"{host="h"}"#).unwrap(), &from), "loki");
+        assert_eq!(stream_name(&parse_labels(r#"{host="h.1", app="a"}"#).unwrap(), &["host".to_string()]), "h.1");
     }
 }

@@ -114,9 +114,10 @@ pub fn tokens(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// §9 level names, written here apart from Gossamer's table.
-pub fn level(raw: Option<&str>) -> String {
-    let Some(raw) = raw else { return "info".into() };
+/// §9 level names, written here apart from Gossamer's table; none for a row without a
+/// level (such an event keeps none).
+pub fn level(raw: Option<&str>) -> Option<String> {
+    let raw = raw?;
     let l = raw.trim().to_lowercase();
     let table: [(&str, &[&str]); 6] = [
         ("trace", &["trace", "verbose", "v"]),
@@ -126,7 +127,7 @@ pub fn level(raw: Option<&str>) -> String {
         ("error", &["error", "err", "severe", "e", "3"]),
         ("fatal", &["fatal", "critical", "crit", "alert", "emerg", "panic", "f", "0", "1", "2"]),
     ];
-    table.iter().find(|(_, names)| names.contains(&l.as_str())).map(|(n, _)| n.to_string()).unwrap_or(l)
+    Some(table.iter().find(|(_, names)| names.contains(&l.as_str())).map(|(n, _)| n.to_string()).unwrap_or(l))
 }
 
 /// Quotes a value for the text syntax.
@@ -148,12 +149,16 @@ pub fn count_cases(ds: &Dataset) -> Vec<(String, u64)> {
     let s = format!("stream:{}", ds.stream());
     let mut out = vec![(s.clone(), ds.rows.len() as u64)];
 
-    let mut levels: BTreeMap<String, u64> = BTreeMap::new();
+    let mut levels: BTreeMap<Option<String>, u64> = BTreeMap::new();
     for r in &ds.rows {
         *levels.entry(level(r.level.as_deref())).or_default() += 1;
     }
     for (l, n) in levels {
-        out.push((format!("{s} level:{}", quote(&l)), n));
+        match l {
+            Some(l) => out.push((format!("{s} level:{}", quote(&l)), n)),
+            // The events that came without a level keep none.
+            None => out.push((format!("{s} -level:*"), n)),
+        }
     }
 
     // The most common token that not every message has.

@@ -118,7 +118,7 @@ fn publish_and_query_from_the_command_line() {
     assert_eq!(code, Some(0));
     let mut groups: Vec<&str> = stdout.lines().collect();
     groups.sort();
-    assert_eq!(groups, vec!["level=error\t1", "level=info\t2"]);
+    assert_eq!(groups, vec!["level=-\t2", "level=error\t1"], "plain lines that say no level keep none");
     let (code, _, stderr) = query(&["--agg", "p95", "stream:cli.file"]);
     assert_eq!(code, Some(2));
     assert!(stderr.contains("`field` is required"), "{stderr}");

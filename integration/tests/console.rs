@@ -75,7 +75,7 @@ async fn the_console_searches_shows_a_histogram_and_reports_errors() {
         let body: String = chunk.iter().map(|r| format!("{}\n", event_json(hdfs, r))).collect();
         gossamer_integration::js_publish(&js, "logs.loghub.hdfs", body.into_bytes()).await;
     }
-    let want_warn = hdfs.rows.iter().filter(|r| loghub::level(r.level.as_deref()) == "warn").count();
+    let want_warn = hdfs.rows.iter().filter(|r| loghub::level(r.level.as_deref()).as_deref() == Some("warn")).count();
     let total = hdfs.rows.len();
     tokio::task::spawn_blocking(move || {
         node.wait_count("", total as u64, Duration::from_secs(60));

@@ -134,7 +134,7 @@ fn an_operator_searches_opens_an_event_defines_a_queue_and_takes_a_backup_in_the
         }
     });
     node.wait_count("", hdfs.rows.len() as u64, Duration::from_secs(60));
-    let warn = hdfs.rows.iter().filter(|r| loghub::level(r.level.as_deref()) == "warn").count();
+    let warn = hdfs.rows.iter().filter(|r| loghub::level(r.level.as_deref()).as_deref() == Some("warn")).count();
 
     let b = Browser::start();
     // Search: the count the CSV gives, a histogram, and an event that opens.

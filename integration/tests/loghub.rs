@@ -2,6 +2,7 @@
 //! CSVs: stored events, levels, tokens, phrases, prefixes, labels, NOT and OR, globs,
 //! time ranges, paging and get by id.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
@@ -46,12 +47,15 @@ async fn loghub_samples_are_stored_and_every_count_matches_the_csv() {
     assert!(failures.is_empty(), "{} of {checked} counts differ from the CSV:\n{}", failures.len(), failures.join("\n"));
 
     // `key:*` is "the key exists": rows with a Component column have the label, the
-    // others not; every event has a level (one is assigned when the row has none).
+    // others not; an event has a level when its row has one (none is assigned).
     let with_component = datasets.iter().flat_map(|d| &d.rows).filter(|r| r.component.is_some()).count() as u64;
     assert!(with_component > 0 && with_component < total as u64);
     assert_eq!(node.count("component:*"), with_component);
     assert_eq!(node.count("-labels.component:*"), total as u64 - with_component);
-    assert_eq!(node.count("level:*"), total as u64);
+    let with_level = datasets.iter().flat_map(|d| &d.rows).filter(|r| r.level.is_some()).count() as u64;
+    assert!(with_level > 0 && with_level < total as u64);
+    assert_eq!(node.count("level:*"), with_level);
+    assert_eq!(node.count("-level:*"), total as u64 - with_level);
     assert_eq!(node.count("dataset:* -event_id:*"), 0);
 
     // Globs across streams.
@@ -115,12 +119,73 @@ async fn loghub_samples_are_stored_and_every_count_matches_the_csv() {
         assert_eq!(status, 200);
         assert_eq!(e["message"], r.content);
         assert_eq!(e["stream"], ds.stream());
-        assert_eq!(e["level"], level(r.level.as_deref()));
+        assert_eq!(e["level"], serde_json::json!(level(r.level.as_deref())), "no level is null");
         assert_eq!(e["ts"], gossamer_integration_time(r.ts_ms));
         assert_eq!(e["labels"]["dataset"], ds.name);
     }
 
     check_aggregations(&node, &datasets);
+    check_sorts(&node, &datasets);
+}
+
+/// Searches ordered by fields and levels page through every event once, in the order
+/// the CSVs give: a number field descending (rows without it last), then time; a level
+/// ascending (events without one last), then time descending.
+fn check_sorts(node: &Node, datasets: &[Dataset]) {
+    let pages = |q: &str, sort: &str, limit: usize| {
+        let mut ids = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let (status, body) = node.get(&format!("/api/v1/search?q={}&sort={}&limit={limit}&cursor={}", enc(q), enc(sort), enc(&cursor)));
+            assert_eq!(status, 200, "{q} sorted by {sort}: {body}");
+            ids.extend(body["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_string()));
+            match body["next_cursor"].as_str() {
+                Some(c) => cursor = c.to_string(),
+                None => return ids,
+            }
+        }
+    };
+    // The pid, where a row has one: largest first, ties oldest first, then by id.
+    let with_pid = datasets.iter().find(|d| d.rows.iter().any(|r| r.other.keys().any(|k| k.eq_ignore_ascii_case("pid")))).unwrap();
+    // Numbers first, then text, then rows without one.
+    let pid = |r: &loghub::Row| match r.other.iter().find(|(k, _)| k.eq_ignore_ascii_case("pid")).map(|(_, v)| v) {
+        None => (2, Reverse(0), Reverse(String::new())),
+        Some(v) => match v.parse::<i64>() {
+            Ok(n) => (0, Reverse(n), Reverse(String::new())),
+            Err(_) => (1, Reverse(0), Reverse(v.clone())),
+        },
+    };
+    let mut rows: Vec<&loghub::Row> = with_pid.rows.iter().collect();
+    rows.sort_by_key(|r| (pid(r), r.ts_ms, r.id));
+    let want: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
+    assert_eq!(pages(&format!("stream:{}", with_pid.stream()), "fields.pid:desc,ts", 700), want, "{}: by pid", with_pid.name);
+
+    // A level (none last), then the newest first, over a sample with levels and one
+    // without.
+    let without = datasets.iter().find(|d| d.rows.iter().all(|r| r.level.is_none())).unwrap();
+    let mut rows: Vec<&loghub::Row> = with_pid.rows.iter().chain(&without.rows).collect();
+    rows.sort_by_key(|r| (level(r.level.as_deref()).is_none(), level(r.level.as_deref()), Reverse((r.ts_ms, r.id))));
+    let want: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
+    let q = format!("stream:{} OR stream:{}", with_pid.stream(), without.stream());
+    assert_eq!(pages(&q, "level,ts:desc", 1500), want, "by level");
+
+    // The same first page through POST /api/v1/query.
+    let body = serde_json::json!({"q": q, "sort": "level,ts:desc", "limit": 5}).to_string();
+    let (status, body) = gossamer_integration::http_post(&format!("{}/api/v1/query", node.http), "application/json", body.as_bytes());
+    assert_eq!(status, 200, "{body}");
+    let first: Vec<&str> = body["events"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(first, want[..5].iter().map(String::as_str).collect::<Vec<_>>());
+
+    // Bad sorts and cursors are named.
+    for (params, text) in [
+        ("sort=ts:sideways", "is not a direction"),
+        ("sort=level&order=asc", "not both"),
+        ("sort=level&cursor=12_0", "invalid cursor"),
+    ] {
+        let (status, body) = node.get(&format!("/api/v1/search?{params}"));
+        assert_eq!(status, 400, "{params}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(text), "{params}: {body}");
+    }
 }
 
 /// Aggregations over the loghub events equal what the CSVs give: counts by level and
@@ -135,13 +200,14 @@ fn check_aggregations(node: &Node, datasets: &[Dataset]) {
     for ds in datasets {
         let q = enc(&format!("stream:{}", ds.stream()));
         // Count by level.
-        let mut want: BTreeMap<String, u64> = BTreeMap::new();
+        // Count by level (null for the events that came without one).
+        let mut want: BTreeMap<Option<String>, u64> = BTreeMap::new();
         for r in &ds.rows {
             *want.entry(level(r.level.as_deref())).or_default() += 1;
         }
-        let got: BTreeMap<String, u64> = agg(&format!("q={q}&fn=count&by=level"))
+        let got: BTreeMap<Option<String>, u64> = agg(&format!("q={q}&fn=count&by=level"))
             .iter()
-            .map(|g| (g["key"]["level"].as_str().unwrap().to_string(), g["value"].as_u64().unwrap()))
+            .map(|g| (g["key"]["level"].as_str().map(String::from), g["value"].as_u64().unwrap()))
             .collect();
         assert_eq!(got, want, "{}: count by level", ds.name);
 
@@ -241,8 +307,8 @@ fn the_level_found_in_a_raw_line_is_the_one_its_csv_row_gives() {
         for (line, row) in lines.iter().zip(&ds.rows) {
             let want = level(row.level.as_deref());
             let found = gossamer_schemas::levels::detect_level(line);
-            if found.as_deref() != Some(want.as_str()) {
-                wrong.push(format!("{found:?} for {want}: {line}"));
+            if found != want {
+                wrong.push(format!("{found:?} for {want:?}: {line}"));
             }
         }
         let share = 1.0 - wrong.len() as f64 / lines.len() as f64;

@@ -77,6 +77,10 @@ async fn every_payload_kind_round_trips_and_bad_ones_are_dead_lettered() {
     assert_eq!(e["ts"], "2026-11-25T10:00:00.500000000Z");
     assert_eq!((e["labels"]["host"].as_str(), e["fields"]["n"].as_i64()), (Some("a"), Some(1)));
     assert_eq!((get(2)["message"].as_str(), get(3)["level"].as_str()), (Some("array one"), Some("error")));
+    // An event that came without a level keeps none: null, found by `-level:*`.
+    assert_eq!(get(2)["level"], Value::Null);
+    assert_eq!(node.count("stream:kinds.array -level:*"), 1);
+    assert_eq!(node.count("stream:kinds.array level:*"), 1);
     assert_eq!((get(4)["message"].as_str(), get(5)["ts"].as_str()), (Some("nd one"), Some("2026-05-28T20:26:40.123000000Z")));
     let m = get(6);
     assert_eq!((m["message"].as_str(), m["level"].as_str(), m["labels"]["k"].as_str()), (Some("msgpack map"), Some("fatal"), Some("v")));
@@ -147,6 +151,26 @@ async fn every_payload_kind_round_trips_and_bad_ones_are_dead_lettered() {
     .unwrap();
     assert_eq!(node.count("stream:kinds.*"), 9);
     assert_eq!(node.count(&format!("id:{}", id(2))), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_given_a_default_level_gives_it_to_events_without_one() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats, data.path(), &["--default-level", "Notice"]);
+    let js = jetstream::new(nats.client().await);
+    js_publish(&js, "logs.defaults", json!([{"id": id(1), "message": "no level"}, {"id": id(2), "message": "warned", "level": "warn"}]).to_string().into_bytes()).await;
+    js_publish(&js, "logs.defaults", b"a plain line that says nothing of its level\n".to_vec()).await;
+    let node = tokio::task::spawn_blocking(move || {
+        node.wait_count("stream:defaults", 3, Duration::from_secs(60));
+        node
+    })
+    .await
+    .unwrap();
+    assert_eq!(node.get(&format!("/api/v1/events/{}", id(1))).1["level"], "info", "the default, normalised");
+    assert_eq!(node.get(&format!("/api/v1/events/{}", id(2))).1["level"], "warn", "a level given is kept");
+    assert_eq!(node.count("stream:defaults level:info"), 2);
+    assert_eq!(node.count("stream:defaults -level:*"), 0);
 }
 
 #[test]

@@ -23,6 +23,9 @@ pub struct QueryRequest {
     pub limit: Option<usize>,
     pub order: Option<Order>,
     pub cursor: Option<String>,
+    /// Keys to order by instead of time: `fields.latency_ms:desc,ts:asc` (ties broken
+    /// by id).
+    pub sort: Option<String>,
 }
 
 /// The parameters of `GET /api/v1/aggregate` (and of `POST /api/v1/query` with `fn`).

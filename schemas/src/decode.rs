@@ -326,7 +326,8 @@ fn event_from_value(stream: &str, v: Value, seed: IdSeed, index: usize) -> Resul
         Some((k, other)) => return Err(format!("`{k}` must be a string or a number, found {}", kind(&other))),
     };
     let level = match take_first(&mut obj, &LEVEL_KEYS) {
-        None | Some((_, Value::Null)) => "info".to_string(),
+        // No level is kept as none (the empty string), shown as null.
+        None | Some((_, Value::Null)) => String::new(),
         Some((_, Value::String(s))) => normalize_level(&s),
         Some((_, Value::Number(n))) => normalize_level(&n.to_string()),
         Some((k, other)) => return Err(format!("`{k}` must be a string or a number, found {}", kind(&other))),
@@ -410,7 +411,9 @@ mod tests {
         assert_eq!(a.id.get_version_num(), 7);
         assert_eq!(a.ts, SEED.received_ns);
         assert_eq!(a.message, "plain text line");
-        assert_eq!(a.level, "info");
+        assert_eq!(a.level, "", "a line without a level keeps none");
+        assert_eq!(a.to_json()["level"], Value::Null);
+        assert_eq!(one(br#"{"message":"m","level":null}"#).level, "");
     }
 
     #[test]

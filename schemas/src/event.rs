@@ -18,7 +18,8 @@ pub struct Event {
     pub ts: i64,
     /// From the subject: `logs.payments.api` gives `payments.api`.
     pub stream: String,
-    /// Normalised by [`normalize_level`].
+    /// Normalised by [`normalize_level`]; empty when the event came without a level
+    /// (null in JSON, found by `-level:*`).
     pub level: String,
     pub message: String,
     pub labels: BTreeMap<String, String>,
@@ -27,13 +28,13 @@ pub struct Event {
 
 impl Event {
     /// The §9 output form: `{"id","ts","stream","level","message","labels","fields"}`
-    /// with `ts` as RFC 3339 in UTC with nanoseconds.
+    /// with `ts` as RFC 3339 in UTC with nanoseconds and `level` null when there is none.
     pub fn to_json(&self) -> Value {
         serde_json::json!({
             "id": self.id.to_string(),
             "ts": format_rfc3339(self.ts),
             "stream": self.stream,
-            "level": self.level,
+            "level": if self.level.is_empty() { Value::Null } else { Value::from(self.level.as_str()) },
             "message": self.message,
             "labels": self.labels,
             "fields": self.fields,

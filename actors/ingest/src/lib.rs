@@ -148,7 +148,10 @@ impl IngestActor {
             js: self.js.clone(),
             subjects: Subjects::new(&self.cfg.cluster),
             shards: self.cfg.shards,
-            limits: Arc::new(self.cfg.limits.clone()),
+            rules: Arc::new(Rules {
+                limits: self.cfg.limits.clone(),
+                default_level: self.cfg.default_level.as_deref().map(gossamer_schemas::normalize_level).filter(|l| !l.is_empty()),
+            }),
             batch: self.cfg.ingest_batch.max(1),
             names: self.names.clone(),
             counters: self.counters.clone(),
@@ -212,7 +215,7 @@ struct Runner {
     js: jetstream::Context,
     subjects: Subjects,
     shards: u32,
-    limits: Arc<gossamer_schemas::decode::Limits>,
+    rules: Arc<Rules>,
     batch: usize,
     names: StreamNames,
     counters: Arc<Counters>,
@@ -311,7 +314,7 @@ impl Runner {
     /// Decodes and routes `inputs` on the blocking pool, then publishes their shard
     /// batches and dead letters and waits for every ack. Returns each input's outcome.
     async fn ingest(&self, inputs: Vec<Input>) -> Result<(Vec<Outcome>, Positions)> {
-        let prepared = prepare(inputs, self.shards, &self.limits).await?;
+        let prepared = prepare(inputs, self.shards, &self.rules).await?;
         let mut pending = FuturesUnordered::new();
         let mut batch_acks = FuturesUnordered::new();
         for (i, reason) in prepared.dead.iter() {
@@ -526,15 +529,26 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 const MOST_WAIT: Duration = Duration::from_secs(120);
 
 fn wait_asked(headers: Option<&async_nats::HeaderMap>) -> Option<Duration> {
-    let v = headers?.get(HEADER_WAIT)?.as_str().trim().to_ascii_lowercase();
+    parse_wait(Some(headers?.get(HEADER_WAIT)?.as_str())).ok().flatten()
+}
+
+/// A read-your-writes request as a door spells it (`queryable`, `true`, `wait_for`, or
+/// a duration like `5s`, `500ms`): how long to wait at most, up to two minutes. `None`:
+/// no value, or `false`/`0`/`no`: do not wait.
+pub fn parse_wait(value: Option<&str>) -> std::result::Result<Option<Duration>, String> {
+    let Some(v) = value.map(|v| v.trim().to_ascii_lowercase()) else { return Ok(None) };
     let d = match v.as_str() {
-        "" | "queryable" | "true" | "1" => DEFAULT_WAIT,
-        other => match other.strip_suffix("ms") {
-            Some(ms) => Duration::from_millis(ms.parse().ok()?),
-            None => Duration::from_secs_f64(other.trim_end_matches('s').parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0)?),
-        },
+        "false" | "0" | "no" => return Ok(None),
+        "" | "queryable" | "true" | "1" | "wait_for" => DEFAULT_WAIT,
+        other => {
+            let parsed = match other.strip_suffix("ms") {
+                Some(ms) => ms.parse::<u64>().ok().map(Duration::from_millis),
+                None => other.trim_end_matches('s').parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64),
+            };
+            parsed.ok_or_else(|| format!("a wait of {other:?}: use queryable, true, or a duration such as 5s or 500ms"))?
+        }
     };
-    Some(d.min(MOST_WAIT))
+    Ok(Some(d.min(MOST_WAIT)))
 }
 
 pub fn positions_json(p: &Positions) -> serde_json::Value {
@@ -629,7 +643,13 @@ struct Prepared {
 
 /// Decodes `inputs` and seals their events into shard batches, on the blocking pool,
 /// split over as many tasks as the machine has cores.
-async fn prepare(inputs: Vec<Input>, shards: u32, limits: &Arc<gossamer_schemas::decode::Limits>) -> Result<Prepared> {
+/// How ingest reads events: the limits, and the level of an event that has none.
+struct Rules {
+    limits: gossamer_schemas::decode::Limits,
+    default_level: Option<String>,
+}
+
+async fn prepare(inputs: Vec<Input>, shards: u32, rules: &Arc<Rules>) -> Result<Prepared> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     // Decode: the inputs in contiguous parts, so outcomes keep their order.
     let per_task = inputs.len().div_ceil(cores).max(1);
@@ -638,8 +658,8 @@ async fn prepare(inputs: Vec<Input>, shards: u32, limits: &Arc<gossamer_schemas:
     while !rest.is_empty() {
         let tail = rest.split_off(per_task.min(rest.len()));
         let part = std::mem::replace(&mut rest, tail);
-        let limits = limits.clone();
-        parts.push(tokio::task::spawn_blocking(move || decode_part(part, shards, &limits)));
+        let rules = rules.clone();
+        parts.push(tokio::task::spawn_blocking(move || decode_part(part, shards, &rules)));
     }
     let mut prepared = Prepared { inputs: Vec::new(), outcomes: Vec::new(), dead: Vec::new(), batches: Vec::new(), events: 0 };
     let mut per_shard: HashMap<u32, Vec<Event>> = HashMap::new();
@@ -684,20 +704,23 @@ struct Decoded {
     events: u64,
 }
 
-fn decode_part(inputs: Vec<Input>, shards: u32, limits: &gossamer_schemas::decode::Limits) -> Decoded {
+fn decode_part(inputs: Vec<Input>, shards: u32, rules: &Rules) -> Decoded {
     let mut d = Decoded { outcomes: Vec::with_capacity(inputs.len()), dead: Vec::new(), per_shard: HashMap::new(), events: 0, inputs: Vec::new() };
     let mut inputs = inputs;
     for (i, input) in inputs.iter_mut().enumerate() {
         let stream = input.subject.get(input.stream_offset..).unwrap_or_default();
         let decoded = match input.events.take() {
             Some(evs) => Ok(evs),
-            None => decode_payload(stream, &input.payload, input.content_type.as_deref(), input.seed, limits),
+            None => decode_payload(stream, &input.payload, input.content_type.as_deref(), input.seed, &rules.limits),
         };
         match decoded {
             Ok(evs) => {
                 d.outcomes.push(Outcome::Accepted(evs.len()));
                 d.events += evs.len() as u64;
-                for e in evs {
+                for mut e in evs {
+                    if let (true, Some(level)) = (e.level.is_empty(), &rules.default_level) {
+                        e.level.clone_from(level);
+                    }
                     d.per_shard.entry(shard_for(&e.stream, &e.id, shards)).or_default().push(e);
                 }
             }

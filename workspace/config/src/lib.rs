@@ -72,6 +72,10 @@ pub struct Config {
     pub retention_every_secs: u64,
     /// What one payload and one event may hold.
     pub limits: gossamer_schemas::decode::Limits,
+    /// The level given to an event that arrives without one. None by default: such an
+    /// event keeps no level (null in answers, found by `-level:*`). A per-node setting,
+    /// applied by the nodes with the ingest role: set it the same on each of them.
+    pub default_level: Option<String>,
     /// What one query, one answer and one request body may hold.
     pub query_limits: QueryLimits,
     /// sled's page cache, in MiB. sled's resident memory runs several times this when
@@ -205,6 +209,7 @@ impl Default for Config {
             syslog_udp: None,
             syslog_tcp: None,
             loki_stream_labels: vec!["service_name".into(), "job".into(), "app".into()],
+            default_level: None,
             node_id: "node-1".into(),
             cluster: "default".into(),
             shards: 64,
@@ -351,6 +356,9 @@ impl Config {
         }
         if self.replicas == 0 {
             bail!("replicas must be at least 1");
+        }
+        if self.default_level.as_deref().is_some_and(|l| gossamer_schemas::normalize_level(l).is_empty()) {
+            bail!("default_level must be a level name such as info, or left unset so events without a level keep none");
         }
         if !(1..=5).contains(&self.stream_replicas) {
             bail!("stream_replicas must be between 1 and 5 (JetStream's limit), got {}", self.stream_replicas);

@@ -234,7 +234,7 @@ pub struct Aggregation {
 fn group_value(e: &Event, key: &str) -> Option<String> {
     match key {
         "stream" => Some(e.stream.clone()),
-        "level" => Some(e.level.clone()),
+        "level" => Some(e.level.clone()).filter(|l| !l.is_empty()),
         SERIES_KEY => serde_json::to_string(&series_labels(e)).ok(),
         _ => e.labels.get(key).cloned().or_else(|| match e.field(key)? {
             Value::String(s) => Some(s.clone()),
@@ -363,7 +363,8 @@ fn aggregate_some(shards: &[(usize, &ShardStore)], expr: &Expr, range: TimeRange
                     plan = ShardPlan::new(s, expr, range)?;
                 };
                 for (value, n) in counts {
-                    part.add_count(vec![Some(value)], n, spec.max_groups)?;
+                    // An event without a level is in the null group.
+                    part.add_count(vec![Some(value).filter(|v| !v.is_empty())], n, spec.max_groups)?;
                 }
                 rest
             }
@@ -475,7 +476,7 @@ fn lite_group_value<'a>(e: &LiteEvent<'a>, key: &str) -> Result<Option<std::borr
     use std::borrow::Cow;
     Ok(match key {
         "stream" => Some(Cow::Borrowed(e.stream)),
-        "level" => Some(Cow::Borrowed(e.level)),
+        "level" => Some(Cow::Borrowed(e.level)).filter(|l| !l.is_empty()),
         _ => match e.label(key) {
             Some(v) => Some(Cow::Borrowed(v)),
             None => match e.field(key) {

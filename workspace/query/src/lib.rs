@@ -1,5 +1,6 @@
 //! The query model: the §9 text syntax parsed into an expression, matched against
-//! events, and run over a node's shard stores (search with paging, count).
+//! events, and run over a node's shard stores (search with paging in time order or any
+//! keys' order, count, aggregations).
 
 pub mod agg;
 pub mod ast;
@@ -7,12 +8,14 @@ pub mod exec;
 pub mod fuzzing;
 pub mod parse;
 pub mod plan;
+pub mod sort;
 pub mod timerange;
 
 pub use agg::{aggregate, AggFn, AggSpec, Aggregation};
 pub use ast::{CmpOp, Expr, Term, ValueOp};
 pub use exec::{count, get_by_id, search, SearchPage, SearchParams};
 pub use parse::{parse, parse_within, ParseError};
+pub use sort::{search_sorted, Sort, SortCursor};
 pub use timerange::{parse_time, TimeRange};
 
 /// Errors a query can answer with; each maps to a 4xx or a 5xx at the REST boundary.

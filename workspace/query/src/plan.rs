@@ -487,7 +487,7 @@ mod tests {
     }
 
     const WORDS: [&str; 8] = ["alpha", "beta", "gamma", "delta", "Reset", "peer", "x1", "42"];
-    const QUERIES: [&str; 25] = [
+    const QUERIES: [&str; 27] = [
         "\"peer 42\"",
         "\"42 alpha beta\"",
         "42",
@@ -513,6 +513,8 @@ mod tests {
         "\"reset peer\" stream:s0",
         "x1 OR NOT level:info",
         "stream:s2 delta",
+        "-level:* alpha",
+        "level:* stream:s1",
     ];
 
     fn event(rng: &mut Rng, n: u128) -> Event {
@@ -526,7 +528,7 @@ mod tests {
             id: Uuid::from_u128(n),
             ts: rng.below(5_000) as i64,
             stream: format!("s{}", rng.below(3)),
-            level: ["info", "error", "warn"][rng.below(3) as usize].into(),
+            level: ["info", "error", "warn", ""][rng.below(4) as usize].into(),
             message: words.join(" "),
             labels,
             fields,
@@ -569,15 +571,15 @@ mod tests {
                 let ids = |v: &[Event]| v.iter().map(|e| (e.ts, e.id)).collect::<Vec<_>>();
                 assert_eq!(ids(&every_page(shards, &expr, range)), ids(&want), "search {q:?} {range:?} {when}");
                 assert_eq!(count(shards, &expr, range).unwrap(), want.len() as u64, "count {q:?} {range:?} {when}");
-                let mut levels: BTreeMap<String, u64> = BTreeMap::new();
+                let mut levels: BTreeMap<Option<String>, u64> = BTreeMap::new();
                 for e in &want {
-                    *levels.entry(e.level.clone()).or_default() += 1;
+                    *levels.entry(Some(e.level.clone()).filter(|l| !l.is_empty())).or_default() += 1;
                 }
-                let got: BTreeMap<String, u64> = aggregate(shards, &expr, range, &by_level)
+                let got: BTreeMap<Option<String>, u64> = aggregate(shards, &expr, range, &by_level)
                     .unwrap()
                     .finish(&by_level)
                     .iter()
-                    .map(|g| (g["key"]["level"].as_str().unwrap().to_string(), g["value"].as_u64().unwrap()))
+                    .map(|g| (g["key"]["level"].as_str().map(String::from), g["value"].as_u64().unwrap()))
                     .collect();
                 assert_eq!(got, levels, "count by level {q:?} {range:?} {when}");
                 // Other aggregations (read through lite events where they can be) equal

@@ -46,6 +46,22 @@ pub fn payloads(datasets: &[(String, Vec<Row>)], events: usize, batch: usize, pr
     (out, bytes)
 }
 
+/// The events of `msgs` as an NDJSON file, each line with its `stream` key (the
+/// message's, as Gossamer stores it): what `gossamer publish` and ripgrep read.
+pub fn write_ndjson(msgs: &[(String, Bytes)], path: &Path) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
+    for (stream, body) in msgs {
+        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let mut v: serde_json::Value = serde_json::from_slice(line)?;
+            v["stream"] = serde_json::Value::String(stream.clone());
+            writeln!(f, "{v}")?;
+        }
+    }
+    f.flush()?;
+    Ok(())
+}
+
 pub struct Row {
     pub level: String,
     pub component: String,

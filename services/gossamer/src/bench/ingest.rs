@@ -103,14 +103,17 @@ pub fn ingest(a: IngestBench) -> Result<()> {
 
         let node = NodeProcess::start(&url, &tmp.path().join("node"), a.shards)?;
         let node_pid = node.child.id();
-        let measure = |seconds: f64, cpu0: (f64, f64)| PathFigures {
+        // A path's figures: `pid` is the node it ran on, `cpu0` its and nats-server's CPU
+        // seconds when it began.
+        let figures_of = |pid: u32, seconds: f64, cpu0: (f64, f64)| PathFigures {
             events_per_s: a.events as f64 / seconds,
             ratio_to_raw_single: a.events as f64 / seconds / raw_single,
             seconds,
-            node_cpu_s: cpu_seconds(node_pid) - cpu0.0,
+            node_cpu_s: cpu_seconds(pid) - cpu0.0,
             nats_server_cpu_s: cpu_seconds(nats_pid) - cpu0.1,
             indexed_s: 0.0,
         };
+        let measure = |seconds: f64, cpu0: (f64, f64)| figures_of(node_pid, seconds, cpu0);
 
         eprintln!("request/reply path: {} requests to gossamer.default.ingest.rr.* ...", msgs.len());
         let (rr_msgs, _) = payloads(&datasets, a.events, a.batch, "rr.");
@@ -152,15 +155,7 @@ pub fn ingest(a: IngestBench) -> Result<()> {
                 let in_flight = a.http_in_flight;
                 tokio::task::block_in_place(|| crate::bench::doors::post_all(&post, content_type, &bodies, in_flight))?;
                 wait_stored(&door_node, prefix, a.events as u64, start).await?;
-                let seconds = start.elapsed().as_secs_f64();
-                let mut p = PathFigures {
-                    events_per_s: a.events as f64 / seconds,
-                    ratio_to_raw_single: a.events as f64 / seconds / raw_single,
-                    seconds,
-                    node_cpu_s: cpu_seconds(door_pid) - cpu0.0,
-                    nats_server_cpu_s: cpu_seconds(nats_pid) - cpu0.1,
-                    indexed_s: 0.0,
-                };
+                let mut p = figures_of(door_pid, start.elapsed().as_secs_f64(), cpu0);
                 p.indexed_s = wait_indexed(&door_node, start).await?;
                 door_node.stop()?;
                 if prefix == "lk." {
@@ -172,18 +167,7 @@ pub fn ingest(a: IngestBench) -> Result<()> {
             // One `gossamer publish` process feeding a file of the same events, each
             // line routed by its `stream` key, as a new user would.
             let file = tmp.path().join("publish.ndjson");
-            {
-                use std::io::Write;
-                let (msgs, _) = payloads(&datasets, a.events, a.batch, "pub.");
-                let mut f = std::io::BufWriter::new(std::fs::File::create(&file)?);
-                for (stream, body) in &msgs {
-                    for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                        let mut v: serde_json::Value = serde_json::from_slice(line)?;
-                        v["stream"] = serde_json::Value::String(stream.clone());
-                        writeln!(f, "{v}")?;
-                    }
-                }
-            }
+            write_ndjson(&payloads(&datasets, a.events, a.batch, "pub.").0, &file)?;
             eprintln!("one gossamer publish process feeding {}, on a new node ...", file.display());
             let pub_node = NodeProcess::start_with(&url, &tmp.path().join("node-pub"), a.shards, &["--cluster", "bench-pub"])?;
             let pub_pid = pub_node.child.id();
@@ -198,15 +182,7 @@ pub fn ingest(a: IngestBench) -> Result<()> {
                 anyhow::bail!("gossamer publish failed: {}", String::from_utf8_lossy(&out.stderr));
             }
             wait_stored(&pub_node, "pub.", a.events as u64, start).await?;
-            let seconds = start.elapsed().as_secs_f64();
-            let mut p = PathFigures {
-                events_per_s: a.events as f64 / seconds,
-                ratio_to_raw_single: a.events as f64 / seconds / raw_single,
-                seconds,
-                node_cpu_s: cpu_seconds(pub_pid) - cpu0.0,
-                nats_server_cpu_s: cpu_seconds(nats_pid) - cpu0.1,
-                indexed_s: 0.0,
-            };
+            let mut p = figures_of(pub_pid, start.elapsed().as_secs_f64(), cpu0);
             p.indexed_s = wait_indexed(&pub_node, start).await?;
             pub_node.stop()?;
             publish_cli = Some(p);

@@ -56,18 +56,7 @@ pub fn query(a: QueryBench) -> Result<()> {
     eprintln!("generating {} events ...", a.events);
     let (msgs, ndjson_bytes) = payloads(&datasets, a.events, 500, "");
     let ndjson = tmp.path().join("events.ndjson");
-    {
-        use std::io::Write;
-        let mut f = std::io::BufWriter::new(std::fs::File::create(&ndjson)?);
-        for (stream, body) in &msgs {
-            // The stream is the subject's, as Gossamer stores it.
-            for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                let mut v: serde_json::Value = serde_json::from_slice(line)?;
-                v["stream"] = serde_json::Value::String(stream.clone());
-                writeln!(f, "{v}")?;
-            }
-        }
-    }
+    write_ndjson(&msgs, &ndjson)?;
     let node_dir = a.keep.clone().unwrap_or_else(|| tmp.path().join("node"));
     if node_dir.join("sled").exists() {
         anyhow::bail!("{} already holds a node's data: give an empty directory", node_dir.display());

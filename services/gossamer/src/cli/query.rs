@@ -19,6 +19,10 @@ pub struct QueryCmd {
     /// desc (newest first) or asc.
     #[arg(long, default_value = "desc")]
     pub order: String,
+    /// Order by keys instead of time: key[:asc|:desc],... (ts, id, stream, level,
+    /// message, labels.NAME, fields.PATH or a name); missing values last, ties by id.
+    #[arg(long, conflicts_with = "order")]
+    pub sort: Option<String>,
     /// Print only the number of matching events.
     #[arg(long)]
     pub count: bool,
@@ -51,6 +55,7 @@ pub fn run(a: QueryCmd) -> Result<()> {
         to: a.to,
         limit: a.limit,
         order: a.order,
+        sort: a.sort,
         count: a.count,
         json: a.json,
         agg: a.agg,

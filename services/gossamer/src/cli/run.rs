@@ -84,6 +84,9 @@ pub struct NodeArgs {
     /// separated; default service_name,job,app, else `loki`).
     #[arg(long, value_delimiter = ',')]
     pub loki_stream_label: Option<Vec<String>>,
+    /// The level given to events that arrive without one (by default they keep none).
+    #[arg(long)]
+    pub default_level: Option<String>,
     /// Comma-separated roles: ingest,shard,index,backup,queue,admin (all by default).
     #[arg(long, value_delimiter = ',')]
     pub roles: Option<Vec<String>>,
@@ -199,6 +202,9 @@ pub fn node(a: NodeArgs) -> Result<()> {
     }
     if let Some(labels) = a.loki_stream_label {
         cfg.loki_stream_labels = labels.into_iter().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
+    }
+    if let Some(level) = a.default_level {
+        cfg.default_level = Some(level);
     }
     a.caps.apply(&mut cfg);
     if let Some(v) = a.retention_every_secs {

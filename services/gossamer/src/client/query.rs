@@ -13,6 +13,8 @@ pub struct QueryArgs {
     pub to: Option<String>,
     pub limit: usize,
     pub order: String,
+    /// Keys to order by instead of time (`fields.latency_ms:desc,ts`).
+    pub sort: Option<String>,
     pub count: bool,
     pub json: bool,
     /// An aggregation function (count, sum, avg, min, max, pNN) instead of events.
@@ -58,7 +60,11 @@ pub fn query(args: QueryArgs, out: &mut impl std::io::Write) -> Result<()> {
         req = req.query("to", t);
     }
     if !args.count && args.agg.is_none() {
-        req = req.query("limit", &args.limit.to_string()).query("order", &args.order);
+        req = req.query("limit", &args.limit.to_string());
+        req = match &args.sort {
+            Some(sort) => req.query("sort", sort),
+            None => req.query("order", &args.order),
+        };
     }
     let body: Value = match req.call() {
         Ok(r) => r.into_json().context("reading the answer")?,

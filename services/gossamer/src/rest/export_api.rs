@@ -152,6 +152,7 @@ pub async fn export(node: Node, params: web::Query<ExportParams>) -> Result<Http
         limit: Some(PAGE.min(node.cfg.query_limits.max_page).min(MAX_LIMIT).max(1)),
         order: Some(Order::Asc),
         cursor: None,
+        sort: None,
     };
     let node: Arc<NodeHandle> = node.get_ref().clone();
     let first = whole(queries::search(&node, req.clone()).await?)?;

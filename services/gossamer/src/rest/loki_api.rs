@@ -232,7 +232,7 @@ pub async fn push(node: Node, req: HttpRequest, body: web::Bytes) -> HttpRespons
                 id: line_id(&labels_key, ts, &line),
                 ts,
                 stream: stream.clone(),
-                level: gossamer_schemas::normalize_level(level.as_deref().unwrap_or("info")),
+                level: level.as_deref().map(gossamer_schemas::normalize_level).unwrap_or_default(),
                 labels: s.labels.clone(),
                 fields: meta.into_iter().map(|(k, v)| (k, Value::String(v))).collect(),
                 message: line,

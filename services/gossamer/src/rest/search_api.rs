@@ -25,6 +25,7 @@ pub struct Api;
         ("limit" = Option<usize>, Query, description = "Events per page (100 by default, at most query_limits.max_page)"),
         ("cursor" = Option<String>, Query, description = "The next_cursor of the page before"),
         ("order" = Option<String>, Query, description = "desc (newest first, the default) or asc"),
+        ("sort" = Option<String>, Query, description = "Order by keys instead of time: key[:asc|:desc],... (ts, id, stream, level, message, labels.NAME, fields.PATH or a name); missing values last, ties broken by id"),
     ),
     responses(
         (status = 200, description = "A page of events and the cursor of the next", body = serde_json::Value),
@@ -88,7 +89,7 @@ pub async fn aggregate(node: Node, req: web::Query<AggregateRequest>) -> Result<
     path = "/api/v1/query",
     tag = "query",
     summary = "Search, count or aggregate with a JSON body",
-    request_body(content = serde_json::Value, content_type = "application/json", description = "{\"q\", \"from\", \"to\", \"limit\", \"cursor\", \"order\"} for a search; add \"count\": true, or \"fn\" with \"field\", \"by\", \"bucket\""),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{\"q\", \"from\", \"to\", \"limit\", \"cursor\", \"order\" or \"sort\"} for a search; add \"count\": true, or \"fn\" with \"field\", \"by\", \"bucket\""),
     responses(
         (status = 200, description = "As GET /search, /count or /aggregate", body = serde_json::Value),
         (status = 400, description = "Bad input: the error names it", body = ErrorBody),

@@ -38,23 +38,8 @@ pub fn merge_positions(into: &mut Positions, more: &Positions) {
     }
 }
 
-/// A read-your-writes request as a door spells it (`queryable`, `true`, `wait_for`, or
-/// a duration like `5s`, `500ms`): how long to wait at most. `None`: do not wait.
-pub fn wait_asked(value: Option<&str>) -> Result<Option<Duration>, String> {
-    let Some(v) = value.map(|v| v.trim().to_ascii_lowercase()) else { return Ok(None) };
-    let d = match v.as_str() {
-        "false" | "0" | "no" => return Ok(None),
-        "" | "queryable" | "true" | "1" | "wait_for" => gossamer_ingest::DEFAULT_WAIT,
-        other => {
-            let parsed = match other.strip_suffix("ms") {
-                Some(ms) => ms.parse::<u64>().ok().map(Duration::from_millis),
-                None => other.trim_end_matches('s').parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64),
-            };
-            parsed.ok_or_else(|| format!("a wait of {other:?}: use queryable, true, or a duration such as 5s or 500ms"))?
-        }
-    };
-    Ok(Some(d.min(Duration::from_secs(120))))
-}
+/// A read-your-writes request as a door spells it: how long to wait at most, or not.
+pub use gossamer_ingest::parse_wait as wait_asked;
 
 /// Sends one stream's documents (event JSON, each with its caller's position), in
 /// messages within the limits; the outcome of each message for the positions it held

@@ -54,6 +54,13 @@ pub async fn answer_here(node: &NodeHandle, shards: &[u32], ask: Ask) -> Result<
                     let page = gossamer_query::search(&stores, &params)?;
                     Answer::Search { more: page.next_cursor.is_some(), events: page.events }
                 }
+                Ask::SearchSorted { q, range, sort, limit, cursor } => {
+                    let sort = gossamer_query::Sort::parse(&sort)?;
+                    let after = cursor.as_deref().map(|c| gossamer_query::SortCursor::decode(c, &sort)).transpose()?;
+                    let range = TimeRange { from: range.0, to: range.1 };
+                    let page = gossamer_query::search_sorted(&stores, &parse(&q)?, range, &sort, after.as_ref(), limit)?;
+                    Answer::Search { more: page.next_cursor.is_some(), events: page.events }
+                }
                 Ask::Count { q, range } => {
                     Answer::Count(gossamer_query::count(&stores, &parse(&q)?, TimeRange { from: range.0, to: range.1 })?)
                 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use gossamer_query::exec::{Cursor, DEFAULT_LIMIT, MAX_LIMIT};
 use gossamer_query::agg::{AggFn, Aggregation};
-use gossamer_query::{AggSpec, SearchParams, TimeRange};
+use gossamer_query::{AggSpec, SearchParams, Sort, SortCursor, TimeRange};
 use gossamer_schemas::api::{AggregateRequest, AggregateResponse, CountResponse, Order, QueryRequest, SearchResponse};
 use gossamer_schemas::Event;
 
@@ -19,7 +19,7 @@ use crate::error::ServiceError;
 use crate::handle::NodeHandle;
 use crate::service::latency::latency;
 use crate::service::leaf::parse_query;
-use crate::service::merge::{merge_aggregates, merge_search};
+use crate::service::merge::{merge_aggregates, merge_search, PageOrder};
 use crate::service::root::{all_shards, gather};
 use crate::service::wire::{Answer, Ask};
 
@@ -73,9 +73,16 @@ impl From<Aggregated> for AggregateResponse {
     }
 }
 
+/// A checked search request: its parameters, and the sort's keys when it is ordered by
+/// anything but time (its cursor then is `after`).
+pub struct Checked {
+    pub params: SearchParams,
+    pub sort: Option<(Sort, Option<SortCursor>)>,
+}
+
 /// Checks a search request within the node's limits: the query parses, the range and
-/// the limit are valid, the cursor decodes.
-pub fn parse_search(limits: &gossamer_config::QueryLimits, req: &QueryRequest) -> Result<SearchParams, ServiceError> {
+/// the limit are valid, the sort reads, the cursor decodes.
+pub fn parse_search(limits: &gossamer_config::QueryLimits, req: &QueryRequest) -> Result<Checked, ServiceError> {
     let expr = parse_query(limits, &req.q)?;
     let range = TimeRange::parse(req.from.as_deref(), req.to.as_deref(), TimeRange::now()).map_err(ServiceError::BadRequest)?;
     let limit = req.limit.unwrap_or(DEFAULT_LIMIT.min(limits.max_page));
@@ -83,8 +90,23 @@ pub fn parse_search(limits: &gossamer_config::QueryLimits, req: &QueryRequest) -
     if limit == 0 || limit > most {
         return Err(ServiceError::BadRequest(format!("`limit` must be between 1 and {most} (query_limits.max_page), got {limit}")));
     }
-    let cursor = req.cursor.as_deref().filter(|c| !c.is_empty()).map(Cursor::decode).transpose()?;
-    Ok(SearchParams { expr, range, order: req.order.unwrap_or(Order::Desc), limit, cursor })
+    let sort = req.sort.as_deref().map(Sort::parse).transpose()?;
+    if sort.is_some() && req.order.is_some() {
+        return Err(ServiceError::BadRequest("give `sort` or `order`, not both (`sort=ts:asc` is `order=asc`)".into()));
+    }
+    let cursor = req.cursor.as_deref().filter(|c| !c.is_empty());
+    match sort {
+        Some(sort) if sort.as_time_order().is_none() => {
+            let after = cursor.map(|c| SortCursor::decode(c, &sort)).transpose()?;
+            let params = SearchParams { expr, range, order: Order::Asc, limit, cursor: None };
+            Ok(Checked { params, sort: Some((sort, after)) })
+        }
+        sort => {
+            let order = sort.and_then(|s| s.as_time_order()).or(req.order).unwrap_or(Order::Desc);
+            let cursor = cursor.map(Cursor::decode).transpose()?;
+            Ok(Checked { params: SearchParams { expr, range, order, limit, cursor }, sort: None })
+        }
+    }
 }
 
 /// Records how long `kind` took, whatever the outcome.
@@ -100,8 +122,23 @@ pub async fn search(node: &NodeHandle, req: QueryRequest) -> Result<Searched, Se
     let started = Instant::now();
     timed("search", async {
         // Checked here, so a bad query fails before any node is asked.
-        let params = parse_search(&node.cfg.query_limits, &req)?;
-        search_page(node, &req.q, &params, started).await
+        let checked = parse_search(&node.cfg.query_limits, &req)?;
+        match &checked.sort {
+            None => search_page(node, &req.q, &checked.params, started).await,
+            Some((sort, after)) => {
+                let p = &checked.params;
+                let ask = Ask::SearchSorted {
+                    q: req.q.clone(),
+                    range: (p.range.from, p.range.to),
+                    sort: req.sort.clone().unwrap_or_default(),
+                    limit: p.limit,
+                    cursor: after.as_ref().map(SortCursor::encode),
+                };
+                let got = gather(node, &all_shards(node), ask).await?;
+                let (events, next_cursor) = merge_search(got.answers, PageOrder::Keys(sort), p.limit);
+                Ok(Searched { events, next_cursor, missing: got.missing, took: started.elapsed() })
+            }
+        }
     })
     .await
 }
@@ -129,7 +166,7 @@ async fn search_page(node: &NodeHandle, q: &str, params: &SearchParams, started:
         cursor: params.cursor.as_ref().map(|c| c.encode()),
     };
     let got = gather(node, &all_shards(node), ask).await?;
-    let (events, next_cursor) = merge_search(got.answers, params.order, params.limit);
+    let (events, next_cursor) = merge_search(got.answers, PageOrder::Time(params.order), params.limit);
     Ok(Searched { events, next_cursor, missing: got.missing, took: started.elapsed() })
 }
 
@@ -137,7 +174,7 @@ async fn search_page(node: &NodeHandle, q: &str, params: &SearchParams, started:
 pub async fn count(node: &NodeHandle, req: QueryRequest) -> Result<Counted, ServiceError> {
     let started = Instant::now();
     timed("count", async {
-        let params = parse_search(&node.cfg.query_limits, &req)?;
+        let params = parse_search(&node.cfg.query_limits, &req)?.params;
         let ask = Ask::Count { q: req.q.clone(), range: (params.range.from, params.range.to) };
         let got = gather(node, &all_shards(node), ask).await?;
         let count = got.answers.iter().map(|a| if let Answer::Count(n) = a { *n } else { 0 }).sum();

@@ -14,6 +14,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Ask {
     Search { q: String, range: (i64, i64), order: Order, limit: usize, cursor: Option<String> },
+    /// A page in the order of `sort`'s keys (`gossamer_query::Sort`), after `cursor`.
+    SearchSorted { q: String, range: (i64, i64), sort: String, limit: usize, cursor: Option<String> },
     Count { q: String, range: (i64, i64) },
     Aggregate {
         q: String,

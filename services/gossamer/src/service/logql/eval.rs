@@ -282,32 +282,20 @@ async fn range_fn(
             if w.events == 0 {
                 continue;
             }
+            // An unwrapped function reads the window's partial; no number, no point.
+            let of_field = |f: AggFn| w.number(f);
             let v = match func {
-                RangeFn::CountOverTime => w.events as f64,
-                RangeFn::Rate => w.events as f64 / secs,
-                RangeFn::BytesOverTime => w.sum,
-                RangeFn::BytesRate => w.sum / secs,
-                RangeFn::SumOverTime => match w.number(AggFn::Sum) {
-                    Some(v) => v,
-                    None => continue,
-                },
-                RangeFn::AvgOverTime => match w.number(AggFn::Avg) {
-                    Some(v) => v,
-                    None => continue,
-                },
-                RangeFn::MinOverTime => match w.number(AggFn::Min) {
-                    Some(v) => v,
-                    None => continue,
-                },
-                RangeFn::MaxOverTime => match w.number(AggFn::Max) {
-                    Some(v) => v,
-                    None => continue,
-                },
-                RangeFn::QuantileOverTime => match w.number(native_fn) {
-                    Some(v) => v,
-                    None => continue,
-                },
+                RangeFn::CountOverTime => Some(w.events as f64),
+                RangeFn::Rate => Some(w.events as f64 / secs),
+                RangeFn::BytesOverTime => Some(w.sum),
+                RangeFn::BytesRate => Some(w.sum / secs),
+                RangeFn::SumOverTime => of_field(AggFn::Sum),
+                RangeFn::AvgOverTime => of_field(AggFn::Avg),
+                RangeFn::MinOverTime => of_field(AggFn::Min),
+                RangeFn::MaxOverTime => of_field(AggFn::Max),
+                RangeFn::QuantileOverTime => of_field(native_fn),
             };
+            let Some(v) = v else { continue };
             points.insert(t, v);
         }
         if !points.is_empty() {

@@ -281,7 +281,32 @@ pub struct Node {
     args: Vec<String>,
 }
 
+/// Fast gossip for cluster tests, so failures are seen within a second or two.
+pub const PROBE_MS: &str = "200";
+pub const SUSPECT_MS: &str = "1000";
+
+/// Starts one node per name against `url` (fast gossip, then `extra`) and waits until
+/// each sees all of them.
+pub fn start_cluster(url: &str, dirs: &[tempfile::TempDir], names: &[&str], extra: &[&str]) -> Vec<Node> {
+    let nodes: Vec<Node> = names.iter().zip(dirs).map(|(id, d)| Node::start_member(url, d.path(), id, extra)).collect();
+    for n in &nodes {
+        n.wait_members(names, Duration::from_secs(30));
+    }
+    nodes
+}
+
 impl Node {
+    /// Starts the cluster member `id` with fast gossip (`extra` may set its own
+    /// `--gossip-suspect-ms`).
+    pub fn start_member(url: &str, dir: &Path, id: &str, extra: &[&str]) -> Self {
+        let mut args = vec!["--node-id", id, "--gossip-probe-ms", PROBE_MS];
+        if !extra.contains(&"--gossip-suspect-ms") {
+            args.extend(["--gossip-suspect-ms", SUSPECT_MS]);
+        }
+        args.extend_from_slice(extra);
+        Node::start_with_url(url, dir, &args)
+    }
+
     /// Starts a node with `data` as its data directory and waits until its API listens.
     pub fn start(nats: &Nats, data: &Path, args: &[&str]) -> Self {
         Self::start_with_url(&nats.url(), data, args)

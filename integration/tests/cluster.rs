@@ -6,30 +6,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gossamer_integration::{enc, wait_for, Nats, NatsCluster, Node};
+use gossamer_integration::{enc, start_cluster, wait_for, Nats, NatsCluster, Node, PROBE_MS};
 use gossamer_schemas::placement::ShardMap;
 use serde_json::json;
 
-/// Fast gossip, so failures are seen within a second or two.
-const PROBE_MS: &str = "200";
-const SUSPECT_MS: &str = "1000";
-
 fn start_node(url: &str, dir: &std::path::Path, id: &str, extra: &[&str]) -> Node {
-    let mut args = vec!["--node-id", id, "--gossip-probe-ms", PROBE_MS];
-    if !extra.contains(&"--gossip-suspect-ms") {
-        args.extend(["--gossip-suspect-ms", SUSPECT_MS]);
-    }
-    args.extend_from_slice(extra);
-    Node::start_with_url(url, dir, &args)
-}
-
-/// Starts one node per name against `url` and waits until each sees all of them.
-fn start_cluster(url: &str, dirs: &[tempfile::TempDir], names: &[&str], extra: &[&str]) -> Vec<Node> {
-    let nodes: Vec<Node> = names.iter().zip(dirs).map(|(id, d)| start_node(url, d.path(), id, extra)).collect();
-    for n in &nodes {
-        n.wait_members(names, Duration::from_secs(30));
-    }
-    nodes
+    Node::start_member(url, dir, id, extra)
 }
 
 /// Counts through a node over and over on a thread of its own, keeping every answer

@@ -108,6 +108,15 @@ impl Subjects {
         format!("gossamer.{}.notify.*", self.cluster)
     }
 
+    /// The key-value bucket of settings shared by the cluster (streams' retention).
+    pub fn settings_bucket(&self) -> String {
+        if self.cluster == "default" {
+            "gossamer-settings".to_string()
+        } else {
+            format!("gossamer-settings-{}", self.cluster)
+        }
+    }
+
     /// The key-value bucket of queue definitions.
     pub fn queues_bucket(&self) -> String {
         if self.cluster == "default" {

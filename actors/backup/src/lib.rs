@@ -123,6 +123,8 @@ pub struct Summary {
 
 pub struct Backups {
     settings: Settings,
+    /// The cluster's shared settings, where a restore puts the retentions it brings.
+    shared: gossamer_bus::SharedSettings,
     store: Store,
     shards: Vec<ShardStore>,
     js: jetstream::Context,
@@ -183,8 +185,15 @@ impl<R: Read> Read for Counted<R> {
 }
 
 impl Backups {
-    pub fn new(settings: Settings, store: Store, shards: Vec<ShardStore>, js: jetstream::Context, backups: BackupStore) -> Self {
-        Self { settings, store, shards, js, backups, jobs: Arc::default(), busy: Arc::default() }
+    pub fn new(
+        settings: Settings,
+        shared: gossamer_bus::SharedSettings,
+        store: Store,
+        shards: Vec<ShardStore>,
+        js: jetstream::Context,
+        backups: BackupStore,
+    ) -> Self {
+        Self { settings, shared, store, shards, js, backups, jobs: Arc::default(), busy: Arc::default() }
     }
 
     /// Where the backups are kept.
@@ -552,6 +561,10 @@ impl Backups {
                 Ok(())
             })
             .await??;
+        }
+        // The retentions it brings are the cluster's (every node mirrors them).
+        for (stream, ns) in &target.retention {
+            self.shared.set_retention(stream, Some(*ns)).await?;
         }
         let (store, retention, id) = (self.store.clone(), target.retention.clone(), target.id.clone());
         tokio::task::spawn_blocking(move || -> anyhow::Result<()> {

@@ -150,23 +150,7 @@ impl Queues {
             ..Default::default()
         };
         gossamer_bus::ensure_stream(&js, notify, "notify_max_bytes").await?;
-        // The client's create_key_value cannot read nats-server 2.9's answer
-        // (FIELD-NOTES): create the bucket's stream as it would, then open the bucket.
-        let bucket = subjects.queues_bucket();
-        let definitions = stream::Config {
-            name: format!("KV_{bucket}"),
-            subjects: vec![format!("$KV.{bucket}.>")],
-            max_messages_per_subject: 1,
-            discard: stream::DiscardPolicy::New,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            storage: stream::StorageType::File,
-            num_replicas: replicas,
-            ..Default::default()
-        };
-        gossamer_bus::ensure_stream(&js, definitions, "").await.with_context(|| format!("creating the key-value bucket {bucket}"))?;
-        let kv = js.get_key_value(&bucket).await.with_context(|| format!("opening the key-value bucket {bucket}"))?;
+        let kv = gossamer_bus::ensure_kv(&js, &subjects.queues_bucket(), replicas).await?;
         Ok(Arc::new(Self {
             js,
             nats,

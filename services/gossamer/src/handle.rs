@@ -32,4 +32,8 @@ pub struct NodeHandle {
     pub tail_nats: async_nats::Client,
     /// The syslog door's counters, when it listens.
     pub syslog: Option<Arc<crate::syslog::SyslogStats>>,
+    /// Settings shared by the cluster (streams' retention), mirrored into `store`'s meta.
+    pub shared: gossamer_bus::SharedSettings,
+    /// Events the retention timer deleted here (on the shards this node is primary of).
+    pub retention_deleted: std::sync::atomic::AtomicU64,
 }

@@ -114,6 +114,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     let ingest_actor = cfg.has_role("ingest").then(|| IngestActor::new(nats.clone(), cfg.clone(), names.clone(), pressure.clone()));
     let local_ingest = ingest_actor.as_ref().map(IngestActor::local);
     let ingest = ingest_actor.map(Actor::start);
+    // Settings shared by the cluster (retention), read and changed from every node.
+    let shared = gossamer_bus::SharedSettings::open(&js, &cfg.cluster, cfg.stream_replicas).await?;
     let mut backup_actor = None;
     let backups = if cfg.has_role("backup") {
         let location = cfg.backup_store();
@@ -126,7 +128,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
             shards_stream: names.shards.clone(),
             scratch: cfg.data.join("backup-scratch"),
         };
-        let backups = Arc::new(gossamer_backup::Backups::new(settings, store.clone(), shards.clone(), js.clone(), kept));
+        let backups = Arc::new(gossamer_backup::Backups::new(settings, shared.clone(), store.clone(), shards.clone(), js.clone(), kept));
         let every = (cfg.backup_every_secs > 0).then(|| Duration::from_secs(cfg.backup_every_secs));
         backup_actor = Some(gossamer_backup::BackupActor::new(backups.clone(), every).start());
         Some(backups)
@@ -170,6 +172,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         nats: nats.clone(),
         tail_nats,
         syslog,
+        shared,
+        retention_deleted: Default::default(),
     });
     handle_tx.send_replace(Some(Arc::downgrade(&handle)));
     // Ready means producers can be answered: wait for ingest to subscribe and pull.
@@ -198,6 +202,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
+    crate::service::commands::share_local_retentions(&handle).await.context("sharing this node's retentions with the cluster")?;
     let subjects = gossamer_schemas::subjects::Subjects::new(&cfg.cluster);
     let node_sub = nats.subscribe(subjects.node_query(&cfg.node_id)).await.context("subscribing to node queries")?;
     let query_sub = nats
@@ -218,6 +223,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     info!(node = %cfg.node_id, http = %addr, shards = cfg.shards, "node-ready");
     on_ready(addr);
     let retention = actix_rt::spawn(crate::service::commands::retention_loop(handle.clone()));
+    let mirror = actix_rt::spawn(crate::service::commands::mirror_settings(handle.clone()));
     let measuring = actix_rt::spawn(measure_pressure(handle.clone(), pressure));
     let nats_queries = actix_rt::spawn(crate::nats_api::serve_queries(handle.clone(), query_sub));
     let nats_waits = actix_rt::spawn(crate::nats_api::serve_waits(handle.clone(), wait_sub));
@@ -232,6 +238,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         t.abort();
     }
     retention.abort();
+    mirror.abort();
     measuring.abort();
     nats_queries.abort();
     nats_waits.abort();

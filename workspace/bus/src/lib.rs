@@ -3,6 +3,9 @@
 
 use std::time::Duration;
 
+pub mod settings;
+pub use settings::{ensure_kv, SharedSettings};
+
 use anyhow::{Context as _, Result};
 use async_nats::jetstream::{self, stream};
 use gossamer_config::{Config, NatsAuth};

@@ -154,6 +154,12 @@ pub async fn metrics(node: Node) -> Result<HttpResponse, ApiError> {
         metric("gossamer_syslog_stored_total", "counter", "syslog events stored", vec![(label.clone(), s.stored.load(Relaxed))]);
         metric("gossamer_syslog_failed_total", "counter", "syslog events ingest refused or that could not be sent", vec![(label, s.failed.load(Relaxed))]);
     }
+    metric(
+        "gossamer_retention_deleted_total",
+        "counter",
+        "events the retention timer deleted on the shards this node is the primary of",
+        vec![(format!("node=\"{n}\""), node.retention_deleted.load(std::sync::atomic::Ordering::Relaxed))],
+    );
     let store = node.store.clone();
     let sled = blocking(move || store.size_on_disk()).await?;
     metric("gossamer_sled_bytes", "gauge", "bytes sled uses on disk", vec![(format!("node=\"{n}\""), sled)]);

@@ -50,9 +50,19 @@ pub async fn run_everywhere(node: &NodeHandle, cmd: &ShardCommand) -> Result<u64
     Ok(total)
 }
 
-/// Applies every stream's retention on the shards holding that stream (as far as this
-/// node knows: shards it does not hold get the command anyway).
-pub async fn apply_retention(node: &NodeHandle) -> Result<u64, ServiceError> {
+/// Which shards [`apply_retention`] sends each stream's cut-off to.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Every shard that may hold the stream (a change of retention, applied at once).
+    Everywhere,
+    /// The shards this node is the primary of (the timer: every shard once a round,
+    /// whichever nodes there are).
+    MyPrimaries,
+}
+
+/// Applies every stream's retention (as mirrored here from the cluster's settings) on
+/// the shards `reach` names that may hold the stream; how many events it deleted.
+pub async fn apply_retention(node: &NodeHandle, reach: Reach) -> Result<u64, ServiceError> {
     let store = node.store.clone();
     let shards = node.shards.clone();
     let (retentions, holders) = blocking(move || -> Result<_, gossamer_storage::StorageError> {
@@ -64,31 +74,81 @@ pub async fn apply_retention(node: &NodeHandle) -> Result<u64, ServiceError> {
         Ok((retentions, holders))
     })
     .await??;
+    let map = node.cluster.map();
     let now = gossamer_schemas::time::now_ns();
     let mut deleted = 0;
     for (stream, max_age) in retentions {
         let cmd = ShardCommand::Retention { stream: stream.clone(), before: now.saturating_sub(max_age) };
         for (shard, streams) in holders.iter().enumerate() {
-            // A shard held elsewhere may hold the stream though this node's copy does not.
-            if streams.contains(&stream) || node.cluster.holds(shard as u32).is_none() {
-                deleted += run(node, shard as u32, &cmd).await?;
+            let shard = shard as u32;
+            let send = match reach {
+                // A shard held elsewhere may hold the stream though this node's copy does not.
+                Reach::Everywhere => streams.contains(&stream) || node.cluster.holds(shard).is_none(),
+                // The primary's copy is caught up enough to say whether it holds the stream.
+                Reach::MyPrimaries => map.primary(shard) == Some(node.cfg.node_id.as_str()) && streams.contains(&stream),
+            };
+            if send {
+                deleted += run(node, shard, &cmd).await?;
             }
         }
     }
     Ok(deleted)
 }
 
-/// Applies retention every `retention_every_secs`.
+/// Applies retention every `retention_every_secs`, each node on the shards it is the
+/// primary of.
 pub async fn retention_loop(node: Arc<NodeHandle>) {
     let every = Duration::from_secs(node.cfg.retention_every_secs.max(1));
     loop {
         tokio::time::sleep(every).await;
-        match apply_retention(&node).await {
+        match apply_retention(&node, Reach::MyPrimaries).await {
             Ok(0) => {}
-            Ok(n) => info!(deleted = n, "retention-applied"),
+            Ok(n) => {
+                node.retention_deleted.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                info!(deleted = n, "retention-applied");
+            }
             Err(e) => warn!(error = %e, "retention-failed"),
         }
     }
+}
+
+/// Moves a retention this node had before settings were shared, and that the
+/// cluster's bucket has never held (set or cleared), into the bucket. Run at start,
+/// before the node says it is ready.
+pub async fn share_local_retentions(node: &NodeHandle) -> anyhow::Result<()> {
+    let store = node.store.clone();
+    let local = blocking(move || store.retentions()).await??;
+    for (stream, ns) in local {
+        if !node.shared.knows_retention(&stream).await? {
+            node.shared.set_retention(&stream, Some(ns)).await?;
+            info!(stream = %stream, "retention-shared: a retention set on this node alone is now the cluster's");
+        }
+    }
+    Ok(())
+}
+
+/// Keeps this node's copy of the cluster's settings (the `meta` tree, which backups, the
+/// streams list and the retention timer read) equal to the shared bucket: every setting
+/// is read, then followed as it changes.
+pub async fn mirror_settings(node: Arc<NodeHandle>) {
+    loop {
+        if let Err(e) = mirror_once(&node).await {
+            warn!(error = %e, "settings-mirror-failed");
+        }
+        // The watch ended (the bus went away): read everything again shortly.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn mirror_once(node: &NodeHandle) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let mut changes = std::pin::pin!(node.shared.watch().await?);
+    while let Some(change) = changes.next().await {
+        let gossamer_bus::settings::Change::Retention { stream, max_age_ns } = change?;
+        let store = node.store.clone();
+        blocking(move || store.set_retention(&stream, max_age_ns)).await??;
+    }
+    Ok(())
 }
 
 /// Which shard this node holds the event with this id in, if any.
@@ -153,9 +213,11 @@ pub async fn set_retention(node: &NodeHandle, stream: &str, max_age: Option<&str
             ServiceError::BadRequest(format!("invalid `max_age` {s:?}: use a duration like 90m, 12h, 7d"))
         })?),
     };
+    // The cluster's setting first; this node's copy at once (the others follow it).
+    node.shared.set_retention(stream, max_age).await.map_err(|e| ServiceError::Unavailable(format!("{e:#}")))?;
     let store = node.store.clone();
     let name = stream.to_string();
     blocking(move || store.set_retention(&name, max_age)).await??;
-    let deleted = apply_retention(node).await?;
+    let deleted = apply_retention(node, Reach::Everywhere).await?;
     Ok((max_age, deleted))
 }

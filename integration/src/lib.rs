@@ -550,3 +550,36 @@ pub fn test_certificates(dir: &Path) -> (String, String, String) {
     };
     (write("ca.pem", ca.pem()), write("server.pem", cert.pem()), write("server-key.pem", key.serialize_pem()))
 }
+
+/// The Python of `target/pyvenv` (made by `./test.sh`, with nats-py and the protocol
+/// clients), or `$GOSSAMER_TEST_PYTHON`.
+pub fn python() -> String {
+    std::env::var("GOSSAMER_TEST_PYTHON").unwrap_or_else(|_| {
+        let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyvenv/bin/python");
+        assert!(venv.exists(), "no Python with nats-py: run the tests through ./test.sh (it makes target/pyvenv)");
+        venv.to_string_lossy().into_owned()
+    })
+}
+
+/// Starts the nats-py queue subscriber (`python/queue_subscriber.py`) on the durable
+/// consumer `consumer` of NOTIFY through the server at `url`; its JSON report comes
+/// from [`subscriber_report`].
+pub fn queue_subscriber(url: &str, consumer: &str, args: &[&str]) -> Child {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/queue_subscriber.py");
+    Command::new(python())
+        .arg(script)
+        .args(["--url", url, "--stream", "NOTIFY", "--consumer", consumer])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting the Python subscriber")
+}
+
+/// What the queue subscriber saw: `acked` (event id -> delivery count), `naked`,
+/// `repeats`, `deliveries`.
+pub fn subscriber_report(child: Child) -> Value {
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the subscriber failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}

@@ -1,10 +1,14 @@
 //! What one node promised, held by a cluster of real node processes: settings shared by
 //! every node (a stream's retention set on any node is the cluster's, applied on the
-//! shards other nodes hold, and found by a node that joins later).
+//! shards other nodes hold, and found by a node that joins later), and notification
+//! queues delivered by one live member at a time, taken over when it is killed.
 
 use std::time::Duration;
 
-use gossamer_integration::{enc, http_get, js_publish, start_cluster, wait_for, Nats, Node};
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use gossamer_integration::{enc, http_get, http_post, js_publish, queue_subscriber, start_cluster, subscriber_report, wait_for, Nats, NatsCluster, Node};
 use serde_json::{json, Value};
 
 /// A complete count through `node` (no shard missing), waited for.
@@ -144,4 +148,145 @@ async fn a_retention_one_node_kept_alone_becomes_the_clusters() {
     })
     .await
     .unwrap();
+}
+
+/// Who delivers `queue` as `node` sees it.
+fn deliverer(node: &Node, queue: &str) -> Option<String> {
+    let (status, q) = node.get(&format!("/api/v1/queues/{queue}"));
+    assert_eq!(status, 200, "{q}");
+    q["delivered_by"].as_str().map(String::from)
+}
+
+/// Publishes `n` events to `stream`, every other one an error; the errors' ids.
+async fn publish_mixed(js: &async_nats::jetstream::Context, stream: &str, n: usize) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut body = String::new();
+    for i in 0..n {
+        let id = uuid::Uuid::now_v7().to_string();
+        let level = if i % 2 == 0 { "error" } else { "info" };
+        if level == "error" {
+            errors.push(id.clone());
+        }
+        body.push_str(&format!("{}\n", json!({"id": id, "level": level, "message": format!("event {i}")})));
+    }
+    js_publish(js, &format!("logs.{stream}"), body.into_bytes()).await;
+    errors
+}
+
+/// Every member may deliver queues; each queue is delivered by one of them. A consumer
+/// (nats-py) reads the queue while the member delivering it is killed -9 again and
+/// again, then drained: another takes it over each time, and every matching event
+/// reaches the consumer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_is_delivered_by_one_live_member_and_taken_over_after_a_kill_9() {
+    const ROUNDS: usize = 3;
+    const PER_BATCH: usize = 400;
+    let nats = NatsCluster::start(3);
+    nats.wait_jetstream(3).await;
+    let urls = nats.urls();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let names = ["n1", "n2", "n3"];
+    let nodes = start_cluster(&urls, &dirs, &names, &["--stream-replicas", "3"]);
+    let js = async_nats::jetstream::new(nats.client().await);
+    let (status, q) = http_post(&format!("{}/api/v1/queues", nodes[0].http), "application/json", json!({"name": "errors", "filter": "level:error"}).to_string().as_bytes());
+    assert_eq!(status, 201, "{q}");
+    // Two batches a round (one while the deliverer is down) and one at the end.
+    let expect = (2 * ROUNDS + 1) * PER_BATCH / 2;
+    let first_server = urls.split(',').next().unwrap().to_string();
+    let consumer = queue_subscriber(&first_server, "errors", &["--expect", &expect.to_string(), "--timeout", "60"]);
+
+    let mut nodes = nodes;
+    let mut want: BTreeSet<String> = BTreeSet::new();
+    let mut takeovers_ms = Vec::new();
+    for round in 0..ROUNDS {
+        want.extend(publish_mixed(&js, "alerts", PER_BATCH).await);
+        // Every member names the same deliverer.
+        let (back, owner) = tokio::task::spawn_blocking(move || {
+            let owner = wait_for("the members to agree on the queue's deliverer", Duration::from_secs(30), || {
+                let seen: Vec<Option<String>> = nodes.iter().map(|n| deliverer(n, "errors")).collect();
+                (seen[0].is_some() && seen.iter().all(|s| *s == seen[0])).then(|| seen[0].clone().unwrap())
+            });
+            // Killed once it is delivering.
+            let at = names.iter().position(|n| *n == owner).unwrap();
+            wait_for("the deliverer to publish", Duration::from_secs(60), || {
+                let (_, q) = nodes[at].get("/api/v1/queues/errors");
+                (q["stats"]["published"].as_u64() > Some(0)).then_some(())
+            });
+            (nodes, owner)
+        })
+        .await
+        .unwrap();
+        nodes = back;
+        let victim = names.iter().position(|n| *n == owner).unwrap();
+        nodes[victim].kill9();
+        let killed_at = Instant::now();
+        // Matching events keep coming while it is down.
+        want.extend(publish_mixed(&js, "alerts", PER_BATCH).await);
+        let (back, took) = tokio::task::spawn_blocking(move || {
+            let other = (victim + 1) % 3;
+            let next = wait_for("another member to take the queue over", Duration::from_secs(30), || {
+                deliverer(&nodes[other], "errors").filter(|d| *d != owner)
+            });
+            let took = killed_at.elapsed();
+            eprintln!("round {round}: {owner} killed, {next} delivers after {} ms", took.as_millis());
+            nodes[victim].restart();
+            let all: Vec<&str> = names.to_vec();
+            for n in &nodes {
+                n.wait_members(&all, Duration::from_secs(30));
+            }
+            (nodes, took)
+        })
+        .await
+        .unwrap();
+        nodes = back;
+        takeovers_ms.push(took.as_millis());
+    }
+    // A drained member gives its queues up as it gives its shards up.
+    let nodes = tokio::task::spawn_blocking(move || {
+        let owner = deliverer(&nodes[0], "errors").unwrap();
+        let at = names.iter().position(|n| *n == owner).unwrap();
+        let (status, body) = http_post(&format!("{}/api/v1/admin/drain", nodes[at].http), "application/json", b"{}");
+        assert_eq!(status, 202, "{body}");
+        let other = (at + 1) % 3;
+        let next = wait_for("another member to take the drained member's queue", Duration::from_secs(30), || {
+            deliverer(&nodes[other], "errors").filter(|d| *d != owner)
+        });
+        eprintln!("{owner} drained, {next} delivers");
+        nodes
+    })
+    .await
+    .unwrap();
+    want.extend(publish_mixed(&js, "alerts", PER_BATCH).await);
+    assert_eq!(want.len(), expect);
+
+    let got = tokio::task::spawn_blocking(move || subscriber_report(consumer)).await.unwrap();
+    let acked: BTreeSet<String> = got["acked"].as_object().unwrap().keys().cloned().collect();
+    let missing: Vec<&String> = want.difference(&acked).collect();
+    if !missing.is_empty() {
+        let views: Vec<String> = nodes.iter().map(|n| n.get("/api/v1/queues/errors").1.to_string()).collect();
+        let logs: Vec<String> = nodes
+            .iter()
+            .map(|n| n.log().lines().filter(|l| l.contains("queue") || l.contains("WARN") || l.contains("ERROR")).collect::<Vec<_>>().join("\n"))
+            .collect();
+        panic!(
+            "{} of {} matching events never reached the consumer, e.g. {:?}\nthe queue as each node sees it:\n{}\nthe nodes' logs:\n{}",
+            missing.len(),
+            want.len(),
+            &missing[..missing.len().min(5)],
+            views.join("\n"),
+            logs.join("\n---\n")
+        );
+    }
+    assert!(acked.is_subset(&want), "only matching events are delivered");
+    let dropped: u64 = nodes.iter().map(|n| metric_sum(n, "gossamer_queue_duplicates_total")).sum();
+    eprintln!(
+        "takeovers after kill -9 (ms): {takeovers_ms:?}; deliveries the consumer saw twice: {}; repeats NOTIFY dropped (nodes alive at the end): {dropped}",
+        got["repeats"]
+    );
+}
+
+/// The sum of a metric's series on `node`.
+fn metric_sum(node: &Node, name: &str) -> u64 {
+    let text = ureq::get(&format!("{}/metrics", node.http)).call().unwrap().into_string().unwrap();
+    text.lines().filter(|l| l.starts_with(&format!("{name}{{"))).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum()
 }

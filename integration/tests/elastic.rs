@@ -6,17 +6,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use gossamer_integration::{wait_for, Nats, Node};
+use gossamer_integration::{python, wait_for, Nats, Node};
 use serde_json::Value;
 
 const ADMIN: &str = "admin-token-0123456789abcdef";
-
-fn python() -> String {
-    std::env::var("GOSSAMER_TEST_PYTHON").unwrap_or_else(|_| {
-        let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyvenv/bin/python");
-        venv.to_string_lossy().into_owned()
-    })
-}
 
 fn bulk(node: &Node, client: &str, index: &str, token: Option<&str>) -> Value {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/es_bulk.py");

@@ -9,34 +9,13 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use gossamer_integration::loghub::{self, event_json, level};
-use gossamer_integration::{enc, gossamer_binary, http_get, http_post, js_publish, wait_for, Nats, Node};
+use gossamer_integration::subscriber_report as report;
+use gossamer_integration::{enc, gossamer_binary, http_get, http_post, js_publish, queue_subscriber, wait_for, Nats, Node};
 use serde_json::{json, Value};
 
-fn python() -> String {
-    std::env::var("GOSSAMER_TEST_PYTHON").unwrap_or_else(|_| {
-        let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyvenv/bin/python");
-        assert!(venv.exists(), "no Python with nats-py: run the tests through ./test.sh (it makes target/pyvenv)");
-        venv.to_string_lossy().into_owned()
-    })
-}
-
-/// Starts the nats-py subscriber; its JSON report comes from [`report`].
+/// Starts the nats-py subscriber on `consumer`.
 fn subscriber(nats: &Nats, consumer: &str, args: &[&str]) -> std::process::Child {
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("python/queue_subscriber.py");
-    Command::new(python())
-        .arg(script)
-        .args(["--url", &nats.url(), "--stream", "NOTIFY", "--consumer", consumer])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the Python subscriber")
-}
-
-fn report(child: std::process::Child) -> Value {
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "the subscriber failed: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    queue_subscriber(&nats.url(), consumer, args)
 }
 
 fn post_json(url: &str, body: Value) -> (u16, Value) {

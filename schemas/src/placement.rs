@@ -17,6 +17,17 @@ pub fn ranked<'a>(shard: u32, nodes: &[&'a str]) -> Vec<&'a str> {
     v
 }
 
+/// The member that delivers the queue `name`: the heaviest of `nodes` for it (the same
+/// rendezvous hashing as shards, keyed by the name), so every node names the same one
+/// and a member coming or going moves only the queues it wins or held.
+pub fn queue_owner<'a>(name: &str, nodes: &[&'a str]) -> Option<&'a str> {
+    let key = xxhash_rust::xxh3::xxh3_64(name.as_bytes());
+    nodes.iter().copied().max_by(|a, b| {
+        let (wa, wb) = (xxh3_64_with_seed(a.as_bytes(), key), xxh3_64_with_seed(b.as_bytes(), key));
+        wa.cmp(&wb).then_with(|| b.cmp(a))
+    })
+}
+
 /// Which members hold each shard: for shard `n`, the `replicas` heaviest live members,
 /// the first of them its primary.
 #[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -52,6 +63,27 @@ impl ShardMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_node_names_the_same_queue_owner_and_a_leaver_moves_only_its_own() {
+        let all = ["a", "b", "c", "d"];
+        let names: Vec<String> = (0..200).map(|i| format!("queue-{i}")).collect();
+        let owner = |n: &str, nodes: &[&str]| queue_owner(n, nodes).unwrap().to_string();
+        let mut held = std::collections::BTreeMap::<String, usize>::new();
+        for n in &names {
+            let mut shuffled = all;
+            shuffled.reverse();
+            assert_eq!(owner(n, &all), owner(n, &shuffled), "the order of members does not matter");
+            *held.entry(owner(n, &all)).or_default() += 1;
+            // Without c, only c's queues move.
+            let without_c = ["a", "b", "d"];
+            if owner(n, &all) != "c" {
+                assert_eq!(owner(n, &all), owner(n, &without_c));
+            }
+        }
+        assert_eq!(held.len(), 4, "every member delivers some: {held:?}");
+        assert_eq!(queue_owner("q", &[]), None);
+    }
 
     #[test]
     fn every_shard_gets_distinct_replicas_and_a_primary() {

@@ -28,6 +28,8 @@ pub struct NodeId {
     pub http: String,
     /// It runs the shard role, so shards may be placed on it.
     pub shards: bool,
+    /// It runs the queue role, so queues may be delivered by it.
+    pub queues: bool,
 }
 
 impl Identity for NodeId {
@@ -61,6 +63,7 @@ pub struct MemberView {
     pub gen: u64,
     pub http: String,
     pub shards: bool,
+    pub queues: bool,
     pub state: MemberState,
     /// Raised by the member itself to refute a suspicion (unknown for this node).
     pub incarnation: Option<u16>,
@@ -76,6 +79,7 @@ impl MemberView {
             gen: id.gen,
             http: id.http.clone(),
             shards: id.shards,
+            queues: id.queues,
             state: MemberState::Alive,
             incarnation: None,
             me: true,
@@ -96,6 +100,15 @@ impl Membership {
         self.members
             .iter()
             .filter(|m| m.shards && m.state != MemberState::Dead)
+            .map(|m| m.node.as_str())
+            .collect()
+    }
+
+    /// Live members that deliver queues (not draining).
+    pub fn queue_nodes(&self) -> Vec<&str> {
+        self.members
+            .iter()
+            .filter(|m| m.queues && m.state != MemberState::Dead)
             .map(|m| m.node.as_str())
             .collect()
     }
@@ -240,6 +253,7 @@ impl GossipActor {
                 gen: id.gen,
                 http: id.http.clone(),
                 shards: id.shards,
+                queues: id.queues,
                 state,
                 incarnation: Some(m.incarnation()),
                 me: false,
@@ -357,9 +371,10 @@ impl Handler<GetMembership> for GossipActor {
     }
 }
 
-/// Whether this node takes shards: off to drain it (the others place its shards among
-/// themselves), on again to take its share back. The node becomes a new generation of
-/// itself with the flag changed, so every member learns it at once.
+/// Whether this node takes shards and delivers queues (when it has those roles): off to
+/// drain it (the others place its shards among themselves and take its queues over),
+/// on again to take its share back. The node becomes a new generation of itself with
+/// the flags changed, so every member learns it at once.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SetShards(pub bool);
@@ -372,7 +387,7 @@ impl Handler<SetShards> for GossipActor {
         if current.shards == on {
             return;
         }
-        let next = NodeId { gen: current.gen + 1, shards: on, ..current };
+        let next = NodeId { gen: current.gen + 1, shards: on, queues: on && self.settings.me.queues, ..current };
         info!(shards = on, gen = next.gen, "gossip-identity-changed");
         if let Err(e) = self.swim.change_identity(next, &mut self.runtime) {
             warn!(error = %e, "gossip-identity-change-failed");

@@ -5,6 +5,10 @@
 //!
 //! - Definitions live in a JetStream key-value bucket, so every node sees them and they
 //!   outlive restarts; each node with the `queue` role watches it.
+//! - Each queue is delivered by one live member with the `queue` role at a time: the one
+//!   rendezvous hashing of the queue's name over those members names (as shards are
+//!   placed). When it dies or drains, gossip tells the others and the next one takes
+//!   the queue over, from where delivery stopped.
 //! - Each queue reads the shard log through its own durable consumer (`notify-<queue>`
 //!   on `SHARDS`), so where delivery stands is kept by JetStream, not by a node: a node
 //!   that dies leaves its unacked shard-log messages to come again (after 10 s) to
@@ -106,6 +110,8 @@ pub struct QueueView {
     pub stream: String,
     /// The durable consumer on `stream` subscribers bind to.
     pub consumer: String,
+    /// The member delivering the queue, as the node answering sees the cluster.
+    pub delivered_by: Option<String>,
     pub stats: QueueStats,
 }
 
@@ -118,6 +124,17 @@ pub struct Queues {
     kv: kv::Store,
     counters: Mutex<HashMap<String, Counters>>,
     running: Mutex<HashMap<String, (QueueSpec, tokio::task::JoinHandle<()>)>>,
+    /// This node's name.
+    me: String,
+    /// The live members that deliver queues (with the `queue` role, not draining), as
+    /// gossip sees them: each queue is delivered by the one [`queue_owner`] names.
+    deliverers: tokio::sync::watch::Receiver<Vec<String>>,
+    /// The definitions in the bucket, as last read.
+    known: Mutex<HashMap<String, QueueSpec>>,
+    /// Queues this node took over from a member that died or drained.
+    takeovers: std::sync::atomic::AtomicU64,
+    /// Where each queue's reader stood when this node last read it.
+    resume: Mutex<HashMap<String, DeliverPolicy>>,
 }
 
 fn now() -> String {
@@ -129,12 +146,15 @@ fn now() -> String {
 impl Queues {
     /// Creates the NOTIFY stream (capped at `notify_max_bytes`) and the definitions
     /// bucket if they are missing, with `replicas` copies each (on a NATS cluster).
+    /// `me` is this node, `deliverers` the live members that deliver queues.
     pub async fn open(
         nats: async_nats::Client,
         cluster: &str,
         shards_stream: &str,
         replicas: usize,
         notify_max_bytes: i64,
+        me: String,
+        deliverers: tokio::sync::watch::Receiver<Vec<String>>,
     ) -> Result<Arc<Self>> {
         let js = jetstream::new(nats.clone());
         let subjects = Subjects::new(cluster);
@@ -160,6 +180,11 @@ impl Queues {
             kv,
             counters: Mutex::default(),
             running: Mutex::default(),
+            me,
+            deliverers,
+            known: Mutex::default(),
+            takeovers: Default::default(),
+            resume: Mutex::default(),
         }))
     }
 
@@ -192,8 +217,15 @@ impl Queues {
             return Err(QueueError::Conflict(format!("a queue named {} exists already", spec.name)));
         }
         let mut shards = self.js.get_stream(&self.shards_stream).await.context("opening the SHARDS stream")?;
+        spec.reader_start = None;
         let deliver_policy = match checked.since_ns {
-            None => DeliverPolicy::New,
+            None => {
+                // "Now" as a sequence, kept in the definition: a reader made again by
+                // another member starts there, never at a later "now".
+                let next = shards.info().await.context("reading the SHARDS stream")?.state.last_sequence + 1;
+                spec.reader_start = Some(next);
+                DeliverPolicy::ByStartSequence { start_sequence: next }
+            }
             Some(ns) => {
                 let state = shards.info().await.context("reading the SHARDS stream")?.state.clone();
                 let first_ns = state.first_timestamp.unix_timestamp_nanos() as i64;
@@ -333,6 +365,7 @@ impl Queues {
         QueueView {
             subject: self.subjects.notify(&name),
             stream: self.subjects.notify_stream(),
+            delivered_by: self.owner(&name),
             consumer: name,
             spec,
             stats,
@@ -423,7 +456,7 @@ impl Queues {
     async fn deliver(&self, c: &spec::Checked) -> Result<()> {
         let name = &c.spec.name;
         let shards = self.js.get_stream(&self.shards_stream).await.context("opening the SHARDS stream")?;
-        let reader = self.reopen_reader(&shards, name).await?;
+        let reader = self.reopen_reader(&shards, c).await?;
         let mut messages = reader
             .stream()
             .max_messages_per_batch(READ_BATCH)
@@ -492,29 +525,52 @@ impl Queues {
         anyhow::bail!("the shard log's message stream ended")
     }
 
-    /// The queue's shard-log reader, made afresh right after everything it has acked.
-    /// A reader kept as it was would hand the messages a dead node had in flight to
-    /// that node's pull requests until they expire; starting again from the ack floor
-    /// reads them at once (publishing them again is harmless: NOTIFY drops repeated
-    /// message ids).
-    async fn reopen_reader(&self, shards: &jetstream::stream::Stream, name: &str) -> Result<jetstream::consumer::PullConsumer> {
+    /// The queue's shard-log reader, made afresh right after everything it has acked
+    /// (the member taking a queue over goes on from there). A reader kept as it was
+    /// would hand the messages a dead node had in flight to that node's pull requests
+    /// until they expire; starting again from the ack floor reads them at once
+    /// (publishing them again is harmless: NOTIFY drops repeated message ids). When the
+    /// reader is gone (a node that deleted it died, or the delete's answer was lost),
+    /// it starts where this node last knew it stood, else where the queue began: never
+    /// past an event not yet delivered.
+    async fn reopen_reader(&self, shards: &jetstream::stream::Stream, c: &spec::Checked) -> Result<jetstream::consumer::PullConsumer> {
+        let name = &c.spec.name;
         let durable = reader_name(name);
+        let began = match (c.spec.reader_start, c.since_ns) {
+            (Some(seq), _) => DeliverPolicy::ByStartSequence { start_sequence: seq },
+            (None, Some(ns)) => match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns)) {
+                Ok(t) => DeliverPolicy::ByStartTime { start_time: t },
+                Err(_) => DeliverPolicy::All,
+            },
+            // Defined before queues kept where they began.
+            (None, None) => DeliverPolicy::New,
+        };
+        let known = self.resume.lock().unwrap_or_else(|p| p.into_inner()).get(name).cloned();
         let mut config = pull::Config {
             durable_name: Some(durable.clone()),
             filter_subject: self.subjects.shards_wildcard(),
             ack_policy: AckPolicy::Explicit,
             ack_wait: READ_ACK_WAIT,
             max_ack_pending: (READ_BATCH * 4) as i64,
-            // Defined by a node that died before making the reader: start from now.
-            deliver_policy: DeliverPolicy::New,
+            deliver_policy: known.unwrap_or(began),
             ..Default::default()
         };
         if let Ok(info) = shards.consumer_info(&durable).await {
-            config.deliver_policy = if info.ack_floor.stream_sequence > 0 {
-                DeliverPolicy::ByStartSequence { start_sequence: info.ack_floor.stream_sequence + 1 }
-            } else {
-                info.config.deliver_policy
+            config.deliver_policy = match info.config.deliver_policy {
+                _ if info.ack_floor.stream_sequence > 0 => {
+                    DeliverPolicy::ByStartSequence { start_sequence: info.ack_floor.stream_sequence + 1 }
+                }
+                // Made to start "now" and nothing acked yet: "now" again would skip what
+                // came since. Its start is where what it has left (pending and waiting
+                // for an ack) begins.
+                DeliverPolicy::New => {
+                    let last = shards.cached_info().state.last_sequence;
+                    let left = info.num_pending + info.num_ack_pending as u64;
+                    DeliverPolicy::ByStartSequence { start_sequence: (last + 1).saturating_sub(left).max(1) }
+                }
+                other => other,
             };
+            self.resume.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), config.deliver_policy.clone());
             shards.delete_consumer(&durable).await.context("resetting the queue's shard-log reader")?;
         }
         shards.create_consumer(config).await.context("creating the queue's shard-log reader")
@@ -567,32 +623,77 @@ impl Queues {
         anyhow::bail!("the advisory subscription ended")
     }
 
-    /// Keeps the running deliveries equal to the bucket's definitions.
+    /// The member that delivers queue `name` now, as this node sees the cluster.
+    pub fn owner(&self, name: &str) -> Option<String> {
+        let members = self.deliverers.borrow();
+        let nodes: Vec<&str> = members.iter().map(String::as_str).collect();
+        gossamer_schemas::placement::queue_owner(name, &nodes).map(str::to_string)
+    }
+
+    /// Queues this node took over from a member that died or drained, since it started.
+    pub fn takeovers(&self) -> u64 {
+        self.takeovers.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs the known queues this node delivers and stops the others. `moved`: the
+    /// membership changed, so a queue started here is one taken over.
+    fn reconcile(self: &Arc<Self>, moved: bool) {
+        let known = self.known.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        for (name, spec) in known.iter() {
+            if self.owner(name).as_deref() == Some(self.me.as_str()) {
+                let was = self.running.lock().unwrap_or_else(|p| p.into_inner()).contains_key(name);
+                self.run(spec.clone());
+                if moved && !was {
+                    self.takeovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    info!(queue = %name, "queue-taken-over");
+                }
+            } else {
+                self.stop(name);
+            }
+        }
+        let running: Vec<String> = self.running.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
+        for gone in running.iter().filter(|n| !known.contains_key(*n)) {
+            self.stop(gone);
+        }
+    }
+
+    /// Keeps the running deliveries equal to the bucket's definitions that this node
+    /// delivers, as definitions and members change.
     async fn watch(self: Arc<Self>) -> Result<()> {
         // Watch first, then read what is there: a change between the two is seen twice
         // rather than missed (`run` ignores a definition it runs already). A watch with
         // history would do both, but nats-server 2.9 sends it no history.
         let mut watch = self.kv.watch_all().await.context("watching the queues bucket")?;
         let specs = self.specs().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        let live: Vec<String> = specs.iter().map(|s| s.name.clone()).collect();
-        for spec in specs {
-            self.run(spec);
-        }
-        let running: Vec<String> = self.running.lock().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
-        for gone in running.iter().filter(|n| !live.contains(n)) {
-            self.stop(gone);
-        }
-        while let Some(entry) = watch.next().await {
-            let entry = entry.context("watching the queues bucket")?;
-            match entry.operation {
-                kv::Operation::Put => match serde_json::from_slice::<QueueSpec>(&entry.value) {
-                    Ok(spec) => self.run(spec),
-                    Err(e) => warn!(queue = %entry.key, error = %e, "queue-definition-unreadable"),
-                },
-                kv::Operation::Delete | kv::Operation::Purge => self.stop(&entry.key),
+        *self.known.lock().unwrap_or_else(|p| p.into_inner()) = specs.into_iter().map(|s| (s.name.clone(), s)).collect();
+        self.reconcile(false);
+        let mut members = self.deliverers.clone();
+        loop {
+            tokio::select! {
+                entry = watch.next() => {
+                    let Some(entry) = entry else { anyhow::bail!("the queues bucket watch ended") };
+                    let entry = entry.context("watching the queues bucket")?;
+                    let mut known = self.known.lock().unwrap_or_else(|p| p.into_inner());
+                    match entry.operation {
+                        kv::Operation::Put => match serde_json::from_slice::<QueueSpec>(&entry.value) {
+                            Ok(spec) => {
+                                known.insert(spec.name.clone(), spec);
+                            }
+                            Err(e) => warn!(queue = %entry.key, error = %e, "queue-definition-unreadable"),
+                        },
+                        kv::Operation::Delete | kv::Operation::Purge => {
+                            known.remove(&entry.key);
+                        }
+                    }
+                    drop(known);
+                    self.reconcile(false);
+                }
+                changed = members.changed() => {
+                    changed.context("the membership view ended")?;
+                    self.reconcile(true);
+                }
             }
         }
-        anyhow::bail!("the queues bucket watch ended")
     }
 
     /// Every queue's counters, for `/metrics`.

@@ -30,6 +30,10 @@ pub struct QueueSpec {
     /// Set when the queue is created.
     #[serde(default)]
     pub created_at: Option<String>,
+    /// Set when a queue that starts `now` is created: the shard-log sequence its reader
+    /// began at, where a member taking the queue over starts if the reader is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reader_start: Option<u64>,
 }
 
 fn default_max_deliver() -> i64 {

@@ -56,6 +56,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         gen: gossamer_gossip::new_generation(),
         http: cfg.http_advertise.clone().unwrap_or_else(|| format!("{scheme}://{http_addr}")),
         shards: cfg.has_role("shard"),
+        queues: cfg.has_role("queue"),
     };
     let probe = Duration::from_millis(cfg.gossip_probe_ms);
     let (gossip, membership) = gossamer_gossip::GossipActor::new(
@@ -137,8 +138,26 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     };
 
     let (queues, queue_actor) = if cfg.has_role("queue") {
-        let queues = gossamer_queue::Queues::open(nats.clone(), &cfg.cluster, &names.shards, cfg.stream_replicas, cfg.notify_max_bytes)
-            .await?;
+        // The live members that deliver queues, as gossip sees them.
+        let deliverers_now = |m: &gossamer_gossip::Membership| m.queue_nodes().into_iter().map(String::from).collect::<Vec<_>>();
+        let (deliverers_tx, deliverers) = tokio::sync::watch::channel(deliverers_now(&cluster.membership.borrow()));
+        let mut membership = cluster.membership.clone();
+        actix_rt::spawn(async move {
+            while membership.changed().await.is_ok() {
+                let now = deliverers_now(&membership.borrow_and_update());
+                deliverers_tx.send_if_modified(|v| if *v == now { false } else { *v = now; true });
+            }
+        });
+        let queues = gossamer_queue::Queues::open(
+            nats.clone(),
+            &cfg.cluster,
+            &names.shards,
+            cfg.stream_replicas,
+            cfg.notify_max_bytes,
+            cfg.node_id.clone(),
+            deliverers,
+        )
+        .await?;
         let actor = gossamer_queue::QueueActor::new(queues.clone()).start();
         (Some(queues), Some(actor))
     } else {

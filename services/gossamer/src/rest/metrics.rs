@@ -111,6 +111,13 @@ pub async fn metrics(node: Node) -> Result<HttpResponse, ApiError> {
         };
         metric("gossamer_queue_matched_total", "counter", "events that matched the queue's filter (this node, since start)", per(&|s| s.counters.matched));
         metric("gossamer_queue_published_total", "counter", "matches stored in NOTIFY (this node, since start)", per(&|s| s.counters.published));
+        metric(
+            "gossamer_queue_duplicates_total",
+            "counter",
+            "matches NOTIFY had already, read again around a takeover or a crash and dropped there (this node, since start)",
+            per(&|s| s.counters.duplicates),
+        );
+        metric("gossamer_queue_takeovers_total", "counter", "queues this node took over from a member that died or drained", vec![(format!("node=\"{n}\""), q.takeovers())]);
         metric("gossamer_queue_dead_lettered_total", "counter", "deliveries moved to the dead-letter stream (this node, since start)", per(&|s| s.counters.dead_lettered));
         metric("gossamer_queue_stored", "gauge", "deliveries kept in NOTIFY", per(&|s| s.stored));
         metric("gossamer_queue_pending", "gauge", "deliveries not yet handed to a subscriber", per(&|s| s.pending));

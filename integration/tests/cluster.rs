@@ -434,6 +434,52 @@ async fn a_drained_node_hands_its_shards_over_and_answers_stay_complete() {
     .unwrap();
 }
 
+/// With one replica, a shard that moves (a node joins, a node drains) stays served by
+/// the member it leaves until the member it goes to has caught up: no answer is ever
+/// partial.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_replica_a_join_and_a_drain_leave_no_answer_partial() {
+    let nats = Nats::start();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let url = nats.url();
+    let extra = ["--replicas", "1"];
+    let nodes = start_cluster(&url, &dirs[..2], &["n1", "n2"], &extra);
+    let js = async_nats::jetstream::new(nats.client().await);
+    let ids = publish_acked(&js, "handover", 20, 500).await;
+    let total = ids.len() as u64;
+    tokio::task::spawn_blocking(move || {
+        let mut nodes = nodes;
+        let all: Vec<&Node> = nodes.iter().collect();
+        wait_complete(&nodes[0], &all, "", total, Duration::from_secs(60));
+        let querier = Querier::start(&nodes[0].http, total);
+        let leaving = |n: &Node| n.cluster()["shards"].as_array().unwrap().iter().filter(|s| s["leaving"] == true).count();
+
+        // n3 joins and takes the shards it wins, once it has caught up on them.
+        nodes.push(start_node(&url, dirs[2].path(), "n3", &extra));
+        for n in &nodes {
+            n.wait_members(&["n1", "n2", "n3"], Duration::from_secs(30));
+        }
+        wait_for("n3 to serve its shards and the others to let them go", Duration::from_secs(60), || {
+            let map = nodes[0].shard_map();
+            let n3_holds = map.iter().any(|r| r == &["n3"]);
+            (n3_holds && nodes[2].caught_up() && nodes.iter().all(|n| leaving(n) == 0)).then_some(())
+        });
+
+        // n2 drains: the CLI returns once every shard it held is served elsewhere.
+        let out = std::process::Command::new(gossamer_integration::gossamer_binary())
+            .args(["admin", "drain", "--wait", "--server", &nodes[1].http])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("holds 0 shards"), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(nodes[0].shard_map().iter().all(|r| r.len() == 1 && r[0] != "n2"), "n2 is out of the map");
+        querier.finish("a join and a drain with one replica");
+        assert_exactly_once(&nodes[0], "stream:handover", &ids);
+    })
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shard_without_a_live_replica_makes_answers_partial_never_short() {
     let nats = Nats::start();

@@ -87,6 +87,9 @@ pub struct ShardInfo {
     pub pending: u64,
     /// This node holds a replica of the shard (the figures above are its own).
     pub here: bool,
+    /// The map moved the shard to other members: this node serves it until they do.
+    #[serde(default)]
+    pub leaving: bool,
     /// This node's replica has caught up with the log since it started.
     pub caught_up: bool,
 }
@@ -96,7 +99,8 @@ pub struct MemberInfo {
     pub node: String,
     /// alive, suspect or dead.
     pub state: String,
-    /// Roles, as far as this node knows them (its own; `shard` or not for the others).
+    /// Roles, as far as this node knows them (its own; `shard` and `queue` or not for
+    /// the others).
     pub roles: Vec<String>,
     pub http: Option<String>,
     /// This node is drained (takes no shards); known for the node answering only.

@@ -73,6 +73,25 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     // Copies of shards come from peers through the node's query service, which needs
     // the node's handle: shards may start before it exists, so they wait for it.
     let (handle_tx, handle_rx) = tokio::sync::watch::channel(None::<std::sync::Weak<NodeHandle>>);
+    // A shard moved away is let go once the members it moved to serve it: asked
+    // through the query service too.
+    let served_by: crate::cluster::ownership::ServedBy = {
+        let handle_rx = handle_rx.clone();
+        Arc::new(move |shard, owners| {
+            let handle = handle_rx.borrow().as_ref().and_then(std::sync::Weak::upgrade);
+            Box::pin(async move {
+                let Some(node) = handle else { return false };
+                for owner in owners {
+                    let req = crate::service::wire::NodeRequest { shards: vec![shard], ask: crate::service::wire::Ask::Applied { seq: 0 } };
+                    match crate::service::root::ask_one(&node, &owner, req, node.cluster.query_timeout).await {
+                        Ok(reply) if reply.refused.is_empty() && reply.answer.is_ok() => {}
+                        _ => return false,
+                    }
+                }
+                true
+            })
+        })
+    };
     let snapshots: gossamer_shard::SnapshotSource = Arc::new(move |shard| {
         let mut handle = handle_rx.clone();
         Box::pin(async move {
@@ -106,6 +125,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         cluster.clone(),
         start_shard,
         forget,
+        served_by,
         pressure.clone(),
         cfg.has_role("shard"),
         probe * 2,

@@ -1,6 +1,8 @@
 //! The ownership actor: recomputes the shard map (rendezvous hashing over the live
 //! members gossip sees) whenever the membership changes, and starts and stops this
-//! node's shard actors to match it.
+//! node's shard actors to match it. A shard the map moves away is kept, applied and
+//! served here until every member it moved to serves it (caught up), then let go:
+//! make before break, so a move or a drain leaves no shard without a replica.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +18,11 @@ use crate::cluster::state::Cluster;
 pub type StartShard = Box<dyn Fn(u32) -> Addr<ShardActor> + Send + Sync>;
 /// Removes this node's consumer of a shard it no longer holds.
 pub type ForgetShard = Arc<dyn Fn(u32) -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Send + Sync>;
+/// True when every one of these members serves the shard (holds it, caught up).
+pub type ServedBy = Arc<dyn Fn(u32, Vec<String>) -> futures::future::BoxFuture<'static, bool> + Send + Sync>;
+
+/// How often a member handing a shard over asks whether the new replicas serve it.
+const HANDOVER_POLL: Duration = Duration::from_millis(250);
 
 /// Recomputes the shard map whenever the membership changes, and starts and stops this
 /// node's shard actors to match it.
@@ -23,6 +30,7 @@ pub struct OwnershipActor {
     cluster: Arc<Cluster>,
     start_shard: StartShard,
     forget: ForgetShard,
+    served_by: ServedBy,
     pressure: Arc<gossamer_bus::Pressure>,
     /// Whether this node runs the shard role.
     shard_role: bool,
@@ -35,14 +43,15 @@ impl OwnershipActor {
         cluster: Arc<Cluster>,
         start_shard: StartShard,
         forget: ForgetShard,
+        served_by: ServedBy,
         pressure: Arc<gossamer_bus::Pressure>,
         shard_role: bool,
         settle: Duration,
     ) -> Self {
-        Self { cluster, start_shard, forget, pressure, shard_role, settle }
+        Self { cluster, start_shard, forget, served_by, pressure, shard_role, settle }
     }
 
-    fn place(&mut self) {
+    fn place(&mut self, ctx: &mut Context<Self>) {
         let view = self.cluster.membership.borrow().clone();
         let live = view.shard_nodes();
         let map = ShardMap::compute(self.cluster.shard_count, self.cluster.replicas, &live);
@@ -53,32 +62,99 @@ impl OwnershipActor {
         let moved = before.moved(&map).len();
         let want: Vec<u32> = if self.shard_role { map.held_by(&self.cluster.me) } else { Vec::new() };
         let mut held = self.cluster.held.lock().unwrap();
-        let (mut started, mut stopped) = (0, 0);
+        let mut leaving = self.cluster.leaving.lock().unwrap();
+        let (mut started, mut stopped, mut handing) = (0, 0, 0);
         for s in &want {
+            // A shard being handed over that comes back is simply kept.
+            leaving.remove(s);
             if !held.contains_key(s) {
                 held.insert(*s, (self.start_shard)(*s));
                 started += 1;
             }
         }
-        let gone: Vec<u32> = held.keys().copied().filter(|s| !want.contains(s)).collect();
+        let gone: Vec<u32> = held.keys().copied().filter(|s| !want.contains(s) && !leaving.contains(s)).collect();
         for s in gone {
-            if let Some(actor) = held.remove(&s) {
-                actor.do_send(gossamer_shard::Stop);
-                let forget = (self.forget)(s);
-                actix::spawn(async move {
-                    if let Err(e) = forget.await {
-                        warn!(shard = s, error = format!("{e:#}"), "shard-consumer-not-removed");
-                    }
-                });
+            let others = map.replicas.get(s as usize).is_some_and(|r| r.iter().any(|n| *n != self.cluster.me));
+            if others && *self.cluster.placed.borrow() {
+                // Served here until the members it moved to serve it.
+                leaving.insert(s);
+                handing += 1;
+                self.hand_over(s, ctx);
+            } else if let Some(actor) = held.remove(&s) {
+                self.stop_shard(s, actor);
                 stopped += 1;
             }
         }
         self.pressure.set_local_shards(held.len() as u32 == self.cluster.shard_count);
-        drop(held);
+        drop((held, leaving));
         self.cluster.moves.fetch_add(started + stopped, std::sync::atomic::Ordering::Relaxed);
-        info!(members = live.len(), moved, started, stopped, held = want.len(), "shards-placed");
+        info!(members = live.len(), moved, started, stopped, handing, held = want.len(), "shards-placed");
+        if map != before {
+            let mut history = self.cluster.history.write().unwrap();
+            history.insert(0, before);
+            history.truncate(MAPS_KEPT);
+        }
         *self.cluster.map.write().unwrap() = map;
         self.cluster.placed.send_replace(true);
+    }
+
+    fn stop_shard(&self, s: u32, actor: Addr<ShardActor>) {
+        actor.do_send(gossamer_shard::Stop);
+        let forget = (self.forget)(s);
+        actix::spawn(async move {
+            if let Err(e) = forget.await {
+                warn!(shard = s, error = format!("{e:#}"), "shard-consumer-not-removed");
+            }
+        });
+    }
+
+    /// Asks, until they do, whether the members the map gives `s` to serve it; then
+    /// lets it go (unless the map gave it back meanwhile).
+    fn hand_over(&self, s: u32, ctx: &mut Context<Self>) {
+        let (cluster, served_by, addr) = (self.cluster.clone(), self.served_by.clone(), ctx.address());
+        actix::spawn(async move {
+            loop {
+                if !cluster.is_leaving(s) {
+                    return;
+                }
+                let owners: Vec<String> = cluster.map().replicas.get(s as usize).cloned().unwrap_or_default();
+                if owners.contains(&cluster.me) {
+                    return;
+                }
+                if !owners.is_empty() && served_by(s, owners).await {
+                    addr.do_send(Release(s));
+                    return;
+                }
+                tokio::time::sleep(HANDOVER_POLL).await;
+            }
+        });
+    }
+}
+
+/// How many earlier maps a node keeps to find members still handing shards over.
+const MAPS_KEPT: usize = 4;
+
+/// The members a shard moved to serve it: let it go.
+struct Release(u32);
+impl Message for Release {
+    type Result = ();
+}
+
+impl Handler<Release> for OwnershipActor {
+    type Result = ();
+
+    fn handle(&mut self, Release(s): Release, _: &mut Self::Context) {
+        let wanted = self.shard_role && self.cluster.map().held_by(&self.cluster.me).contains(&s);
+        let mut held = self.cluster.held.lock().unwrap();
+        if !self.cluster.leaving.lock().unwrap().remove(&s) || wanted {
+            return;
+        }
+        if let Some(actor) = held.remove(&s) {
+            self.stop_shard(s, actor);
+            self.cluster.moves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            info!(shard = s, "shard-handed-over");
+        }
+        self.pressure.set_local_shards(held.len() as u32 == self.cluster.shard_count);
     }
 }
 
@@ -119,8 +195,8 @@ impl Actor for OwnershipActor {
 impl Handler<Changed> for OwnershipActor {
     type Result = ();
 
-    fn handle(&mut self, _: Changed, _: &mut Self::Context) {
-        self.place();
+    fn handle(&mut self, _: Changed, ctx: &mut Self::Context) {
+        self.place(ctx);
     }
 }
 

@@ -1,7 +1,7 @@
 //! What this node knows of the cluster and holds of it: the membership view, the
 //! shard map, the shard actors it runs, and the copies of shards it is handing out.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -19,7 +19,13 @@ pub struct Cluster {
     pub gossip: Addr<gossamer_gossip::GossipActor>,
     /// The shard actors this node runs, by shard.
     pub(crate) held: Mutex<BTreeMap<u32, Addr<ShardActor>>>,
+    /// Held shards the map gave to other members: this node keeps serving them until
+    /// the members arriving have caught up (make before break), then lets them go.
+    pub(crate) leaving: Mutex<BTreeSet<u32>>,
     pub(crate) map: RwLock<ShardMap>,
+    /// The maps before this one, newest first (a few): where a shard that moved may
+    /// still be served while its new replicas catch up.
+    pub(crate) history: RwLock<Vec<ShardMap>>,
     /// Shards this node started or stopped since it started (metrics).
     pub moves: std::sync::atomic::AtomicU64,
     /// The map has been computed once (the node is ready only then).
@@ -43,7 +49,9 @@ impl Cluster {
             membership,
             gossip,
             held: Mutex::new(BTreeMap::new()),
+            leaving: Mutex::new(BTreeSet::new()),
             map: RwLock::new(ShardMap::default()),
+            history: RwLock::new(Vec::new()),
             moves: Default::default(),
             placed: tokio::sync::watch::channel(false).0,
             query_timeout: Duration::from_millis(cfg.node_query_timeout_ms.max(1)),
@@ -53,6 +61,26 @@ impl Cluster {
 
     pub fn map(&self) -> ShardMap {
         self.map.read().unwrap().clone()
+    }
+
+    /// The members to ask for `shard`, in order: its replicas by the map, then the
+    /// members that held it by the maps before (a member hands a shard over only once
+    /// the new replicas serve it).
+    pub fn candidates(&self, shard: u32) -> Vec<String> {
+        let mut out: Vec<String> = self.map.read().unwrap().replicas.get(shard as usize).cloned().unwrap_or_default();
+        for old in self.history.read().unwrap().iter() {
+            for n in old.replicas.get(shard as usize).into_iter().flatten() {
+                if !out.contains(n) {
+                    out.push(n.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Whether this node is handing `shard` over to other members.
+    pub fn is_leaving(&self, shard: u32) -> bool {
+        self.leaving.lock().unwrap().contains(&shard)
     }
 
     /// The shard actors this node runs.

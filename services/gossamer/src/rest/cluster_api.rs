@@ -64,6 +64,7 @@ pub async fn cluster(node: Node) -> Result<HttpResponse, ApiError> {
                 events: st.map(|st| st.events).unwrap_or(0),
                 pending: st.map(|st| st.pending).unwrap_or(0),
                 here: st.is_some(),
+                leaving: st.is_some() && node.cluster.is_leaving(s),
                 caught_up: st.is_some_and(|st| st.caught_up),
             }
         })
@@ -76,10 +77,8 @@ pub async fn cluster(node: Node) -> Result<HttpResponse, ApiError> {
             state: serde_json::to_value(m.state).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
             roles: if m.me {
                 node.cfg.roles.clone()
-            } else if m.shards {
-                vec!["shard".into()]
             } else {
-                vec![]
+                [(m.shards, "shard"), (m.queues, "queue")].into_iter().filter(|(on, _)| *on).map(|(_, r)| r.to_string()).collect()
             },
             http: Some(m.http.clone()),
             draining: m.me && !m.shards && node.cfg.has_role("shard"),

@@ -40,15 +40,14 @@ pub struct Gathered {
 
 /// Asks, for each of `shards`, the first live replica that serves it (this node in
 /// process, the others over NATS), moving on to the next replica when one refuses,
-/// does not answer in time, or is gone.
+/// does not answer in time, or is gone; after the replicas, the members that held the
+/// shard before the last moves (they serve it until the new replicas have caught up).
 pub async fn gather(node: &NodeHandle, shards: &[u32], ask: Ask) -> Result<Gathered, ServiceError> {
     let cluster = &node.cluster;
-    let map = cluster.map();
     let subjects = Subjects::new(&node.cfg.cluster);
-    let mut candidates: HashMap<u32, std::collections::VecDeque<String>> = shards
-        .iter()
-        .map(|s| (*s, map.replicas.get(*s as usize).cloned().unwrap_or_default().into_iter().collect()))
-        .collect();
+    // The replicas first, then members still handing the shard over.
+    let mut candidates: HashMap<u32, std::collections::VecDeque<String>> =
+        shards.iter().map(|s| (*s, cluster.candidates(*s).into_iter().collect())).collect();
     let mut answers = Vec::new();
     let mut missing = Vec::new();
     let timeout = if matches!(ask, Ask::Applied { .. }) { APPLY_WAIT + cluster.query_timeout } else { cluster.query_timeout };

@@ -430,6 +430,12 @@ impl Node {
     }
 
     /// SIGTERM, and the exit status.
+    /// Starts the node again after [`Node::terminate`].
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the node is still running");
+        self.spawn();
+    }
+
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("node running");
         unsafe {

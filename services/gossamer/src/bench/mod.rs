@@ -7,6 +7,7 @@ pub mod backup;
 pub mod chart;
 pub mod cluster;
 pub mod plot;
+pub mod promises;
 pub mod common;
 pub mod doors;
 pub mod ingest;
@@ -34,6 +35,9 @@ pub enum BenchWhat {
     /// Ingest into one node, then into three nodes with two replicas per shard, on the
     /// same machine; then kill -9 one of the three and time until answers are complete.
     Cluster(cluster::ClusterBench),
+    /// Queue takeover after kill -9 of the member delivering it (10 kills), and partial
+    /// answers during a rolling restart and a drain with one replica.
+    Promises(promises::PromisesBench),
     /// Draw the PNG chart of a `bench query --json` file again.
     Chart(chart::ChartArgs),
 }
@@ -45,6 +49,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchWhat::Soak(a) => soak::soak(a),
         BenchWhat::Backup(a) => backup::backup(a),
         BenchWhat::Cluster(a) => cluster::cluster(a),
+        BenchWhat::Promises(a) => promises::promises(a),
         BenchWhat::Chart(a) => chart::chart(a),
     }
 }

@@ -74,3 +74,65 @@ pub fn merge_aggregates(answers: Vec<Answer>) -> Aggregation {
     }
     total
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(i: u128, n: Option<i64>) -> Event {
+        let mut fields = serde_json::Map::new();
+        if let Some(n) = n {
+            fields.insert("n".into(), n.into());
+        }
+        Event {
+            id: uuid::Uuid::from_u128(i),
+            ts: i as i64,
+            stream: "s".into(),
+            level: String::new(),
+            message: String::new(),
+            labels: Default::default(),
+            fields,
+        }
+    }
+
+    /// Pages of three "nodes", each its own best `limit + 1` in sort order after the
+    /// cursor (as a leaf answers), merged page by page with the cursor fed back: every
+    /// event once, in the order of sorting them all.
+    #[test]
+    fn sorted_pages_of_several_nodes_merge_into_every_event_once_in_order() {
+        let sort = Sort::parse("fields.n:desc,ts").unwrap();
+        let nodes: Vec<Vec<Event>> = (0..3u128)
+            .map(|k| (0..40u128).map(|i| event(k * 100 + i, (i % 7 != 3).then_some((i % 5) as i64))).collect())
+            .collect();
+        let mut want: Vec<Event> = nodes.iter().flatten().cloned().collect();
+        want.sort_by(|a, b| sort.cmp_events(a, b));
+        for limit in [1, 4, 13, 200] {
+            let mut got = Vec::new();
+            let mut cursor: Option<gossamer_query::SortCursor> = None;
+            loop {
+                let answers = nodes
+                    .iter()
+                    .map(|evs| {
+                        let mut mine: Vec<Event> = evs
+                            .iter()
+                            .filter(|e| cursor.as_ref().is_none_or(|c| sort.cmp((&sort.values(e), e.id), (&c.values, c.id)) == Ordering::Greater))
+                            .cloned()
+                            .collect();
+                        mine.sort_by(|a, b| sort.cmp_events(a, b));
+                        let more = mine.len() > limit;
+                        mine.truncate(limit);
+                        Answer::Search { events: mine, more }
+                    })
+                    .collect();
+                let (page, next) = merge_search(answers, PageOrder::Keys(&sort), limit);
+                assert!(page.len() <= limit);
+                got.extend(page.iter().map(|e| e.id));
+                match next {
+                    Some(c) => cursor = Some(gossamer_query::SortCursor::decode(&c, &sort).unwrap()),
+                    None => break,
+                }
+            }
+            assert_eq!(got, want.iter().map(|e| e.id).collect::<Vec<_>>(), "limit {limit}");
+        }
+    }
+}

@@ -2,14 +2,15 @@
 //! the ones given before the wipe, deletions included, and up to any backup in the
 //! chain); a damaged file named by verify and refused by restore; names that could
 //! escape the store refused; a backup taken during ingest matches the shard log up to
-//! its sequences; the same through a NATS Object Store bucket.
+//! its sequences; the same through a NATS Object Store bucket; a backup of a three-node
+//! cluster taken on one node (full, then incremental) restored into one node.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
 use gossamer_integration::loghub::{self, event_json, Dataset};
-use gossamer_integration::{enc, gossamer_binary, http_post, wait_for, Nats, Node};
+use gossamer_integration::{enc, gossamer_binary, http_post, start_cluster, wait_for, Nats, Node};
 use serde_json::{json, Value};
 
 fn post_json(url: &str, body: Value) -> (u16, Value) {
@@ -360,4 +361,55 @@ fn scheduled_backups_start_full_and_go_on_incrementally() {
     }
     let metrics = ureq::get(&format!("{}/metrics", node.http)).call().unwrap().into_string().unwrap();
     assert!(metrics.contains("gossamer_backup_jobs{node=\"node-1\",action=\"create\",state=\"done\"}"), "{metrics}");
+}
+
+/// A backup of a three-node cluster (two replicas) taken on one node: the shards it does
+/// not serve are exported by the members that do, each shard once. Full, then an
+/// incremental continuing it; verified on another node; restored into one fresh node:
+/// every event once.
+#[test]
+fn a_cluster_backup_taken_on_one_node_restores_every_event_into_one_node() {
+    let nats = Nats::start();
+    let kept = tempfile::tempdir().unwrap();
+    let kept_arg = kept.path().to_str().unwrap().to_string();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let nodes = start_cluster(&nats.url(), &dirs, &["n1", "n2", "n3"], &["--backup-store", &kept_arg]);
+    let datasets = loghub::load();
+    publish(&nats, &nodes[0], "default", &datasets[..2].iter().collect::<Vec<_>>(), 4000);
+    let caught_up = |nodes: &[Node]| {
+        for n in nodes {
+            wait_for(&format!("{} to catch up", n.http), Duration::from_secs(60), || n.caught_up().then_some(()));
+        }
+    };
+    caught_up(&nodes);
+    let (_, c) = nodes[0].get("/api/v1/cluster");
+    let here = c["shards"].as_array().unwrap().iter().filter(|s| s["here"] == true).count();
+    assert!(here < 8, "n1 serves {here} of 8 shards: the others come from n2 and n3");
+
+    let job = run_job(&nodes[0], "/api/v1/backups", json!({"name": "whole"}));
+    assert_eq!(job["state"], "done", "{job}");
+    let (_, whole) = nodes[0].get("/api/v1/backups/whole");
+    assert_eq!((whole["shard_count"].as_u64(), whole["events"].as_u64()), (Some(8), Some(4000)), "{whole}");
+
+    publish(&nats, &nodes[0], "default", &datasets[2..3].iter().collect::<Vec<_>>(), 6000);
+    caught_up(&nodes);
+    let job = run_job(&nodes[0], "/api/v1/backups", json!({"name": "whole-more"}));
+    assert_eq!(job["state"], "done", "{job}");
+    let (_, more) = nodes[0].get("/api/v1/backups/whole-more");
+    assert_eq!((more["kind"].as_str(), more["parent"].as_str(), more["events"].as_u64()), (Some("incremental"), Some("whole"), Some(6000)), "{more}");
+    let job = run_job(&nodes[1], "/api/v1/backups/whole-more/verify", json!({}));
+    assert_eq!(job["state"], "done", "verified on another node: {job}");
+    let mut before = nodes[0].all_ids("");
+    before.sort();
+    assert_eq!(before.len(), 6000);
+
+    let nats2 = Nats::start();
+    let fresh = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats2, fresh.path(), &["--backup-store", &kept_arg]);
+    let job = run_job(&node, "/api/v1/restore", json!({"backup": "whole-more"}));
+    assert_eq!(job["state"], "done", "{job}");
+    node.wait_count("", 6000, Duration::from_secs(60));
+    let mut after = node.all_ids("");
+    after.sort();
+    assert_eq!(after, before, "every event once, as the cluster held them");
 }

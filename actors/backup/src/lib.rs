@@ -121,8 +121,44 @@ pub struct Summary {
     pub shard_count: u32,
 }
 
+/// The shards this node serves now (held here and caught up).
+pub type LocalShards = Arc<dyn Fn() -> futures::future::BoxFuture<'static, Vec<u32>> + Send + Sync>;
+/// One shard's part of a backup (`since` a sequence, or whole), exported by a member
+/// that serves the shard: the file's bytes and its entry. An error names the shard.
+pub type RemoteExport = Arc<dyn Fn(u32, Option<u64>) -> futures::future::BoxFuture<'static, anyhow::Result<(Vec<u8>, ShardEntry)>> + Send + Sync>;
+
+/// How a backup reaches the shards of a cluster: this node's own, and the others
+/// through the members that serve them.
+#[derive(Clone)]
+pub struct ClusterParts {
+    pub local: LocalShards,
+    pub remote: RemoteExport,
+}
+
+/// Exports one shard (`since` a sequence, or whole) into `w` as a backup part: the
+/// writer back and the part's entry (its file name, cut, counts and checksum).
+pub fn export_part<W: std::io::Write>(shard: &ShardStore, since: Option<u64>, w: W) -> anyhow::Result<(W, ShardEntry)> {
+    let mut w = format::RecordWriter::new(w)?;
+    let done = shard.export(since, &mut |r| w.write(&r))?;
+    let (inner, sha256, bytes) = w.finish()?;
+    let entry = ShardEntry {
+        shard: shard.shard(),
+        file: shard_file(shard.shard()),
+        from_seq: since.unwrap_or(0),
+        to_seq: done.applied,
+        events: done.events,
+        block_events: done.block_events,
+        records: done.records,
+        bytes,
+        sha256,
+    };
+    Ok((inner, entry))
+}
+
 pub struct Backups {
     settings: Settings,
+    /// Set on a node of a cluster: shards it does not serve come from those that do.
+    cluster: Option<ClusterParts>,
     /// The cluster's shared settings, where a restore puts the retentions it brings.
     shared: gossamer_bus::SharedSettings,
     store: Store,
@@ -193,7 +229,22 @@ impl Backups {
         js: jetstream::Context,
         backups: BackupStore,
     ) -> Self {
-        Self { settings, shared, store, shards, js, backups, jobs: Arc::default(), busy: Arc::default() }
+        Self { settings, cluster: None, shared, store, shards, js, backups, jobs: Arc::default(), busy: Arc::default() }
+    }
+
+    /// Backs up the whole cluster: each shard this node does not serve is exported by
+    /// a member that does.
+    pub fn with_cluster(mut self, parts: ClusterParts) -> Self {
+        self.cluster = Some(parts);
+        self
+    }
+
+    /// The shards backed up from this node's own stores.
+    async fn local_shards(&self) -> Vec<u32> {
+        match &self.cluster {
+            Some(c) => (c.local)().await,
+            None => (0..self.shards.len() as u32).collect(),
+        }
     }
 
     /// Where the backups are kept.
@@ -350,7 +401,8 @@ impl Backups {
         if m.shard_count as usize != self.shards.len() {
             return Err(format!("the last backup, {id}, has {} shards; this node has {}", m.shard_count, self.shards.len()));
         }
-        for (s, e) in self.shards.iter().zip(&m.shards) {
+        let local = self.local_shards().await;
+        for (s, e) in self.shards.iter().zip(&m.shards).filter(|(s, _)| local.contains(&s.shard())) {
             let applied = s.applied_seq().map_err(|e| e.to_string())?;
             if e.to_seq > applied {
                 return Err(format!("the last backup, {id}, is ahead of shard {} ({} > {applied})", e.shard, e.to_seq));
@@ -363,30 +415,29 @@ impl Backups {
         let staging = self.backups.staging(&id)?;
         progress.phase("exporting shards", self.shards.len() as u64, "shards");
         let mut entries = Vec::with_capacity(self.shards.len());
+        let local = self.local_shards().await;
         for (n, shard) in self.shards.iter().enumerate() {
             let since = parent.as_ref().map(|p| p.shards[n].to_seq);
-            let shard = shard.clone();
-            let file = shard_file(shard.shard());
-            let path = staging.join(&file);
-            let entry = tokio::task::spawn_blocking(move || -> anyhow::Result<ShardEntry> {
-                let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-                let mut w = format::RecordWriter::new(std::io::BufWriter::with_capacity(1 << 20, f))?;
-                let done = shard.export(since, &mut |r| w.write(&r))?;
-                let (buf, sha256, bytes) = w.finish()?;
-                buf.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-                Ok(ShardEntry {
-                    shard: shard.shard(),
-                    file,
-                    from_seq: since.unwrap_or(0),
-                    to_seq: done.applied,
-                    events: done.events,
-                    block_events: done.block_events,
-                    records: done.records,
-                    bytes,
-                    sha256,
-                })
-            })
-            .await??;
+            let path = staging.join(shard_file(shard.shard()));
+            let entry = match &self.cluster {
+                Some(c) if !local.contains(&(n as u32)) => {
+                    // A member that serves it exports it; none: the backup fails here.
+                    let (bytes, entry) = (c.remote)(n as u32, since).await.with_context(|| format!("backing up shard {n}"))?;
+                    tokio::fs::write(&path, &bytes).await.with_context(|| format!("writing {}", path.display()))?;
+                    tokio::fs::File::open(&path).await?.sync_all().await?;
+                    entry
+                }
+                _ => {
+                    let shard = shard.clone();
+                    tokio::task::spawn_blocking(move || -> anyhow::Result<ShardEntry> {
+                        let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+                        let (buf, entry) = export_part(&shard, since, std::io::BufWriter::with_capacity(1 << 20, f))?;
+                        buf.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                        Ok(entry)
+                    })
+                    .await??
+                }
+            };
             entries.push(entry);
             progress.add(1);
         }
@@ -652,7 +703,10 @@ impl Actor for BackupActor {
         ctx.run_interval(every, |act, _| {
             let backups = act.backups.clone();
             actix::spawn(async move {
-                if let Ok(Some(parent)) = backups.parent().await {
+                // Skipped when nothing changed, as far as this node can tell: with shards
+                // served elsewhere, it cannot, so it takes the backup.
+                let whole = backups.local_shards().await.len() == backups.shards.len();
+                if let (true, Ok(Some(parent))) = (whole, backups.parent().await) {
                     let unchanged = backups.shards.iter().zip(&parent.shards).all(|(s, e)| s.applied_seq().ok() == Some(e.to_seq));
                     if unchanged {
                         tracing::debug!(parent = %parent.id, "scheduled-backup-skipped: nothing changed");

@@ -73,6 +73,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     // Copies of shards come from peers through the node's query service, which needs
     // the node's handle: shards may start before it exists, so they wait for it.
     let (handle_tx, handle_rx) = tokio::sync::watch::channel(None::<std::sync::Weak<NodeHandle>>);
+    let handle_for_backups = handle_rx.clone();
     // A shard moved away is let go once the members it moved to serve it: asked
     // through the query service too.
     let served_by: crate::cluster::ownership::ServedBy = {
@@ -149,7 +150,32 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
             shards_stream: names.shards.clone(),
             scratch: cfg.data.join("backup-scratch"),
         };
-        let backups = Arc::new(gossamer_backup::Backups::new(settings, shared.clone(), store.clone(), shards.clone(), js.clone(), kept));
+        // A backup of the cluster: shards this node does not serve come from those that
+        // do, through the query service.
+        let parts = {
+            let (local_rx, remote_rx) = (handle_for_backups.clone(), handle_for_backups.clone());
+            gossamer_backup::ClusterParts {
+                local: Arc::new(move || {
+                    let handle = local_rx.borrow().as_ref().and_then(std::sync::Weak::upgrade);
+                    Box::pin(async move {
+                        match handle {
+                            Some(node) => node.cluster.ready_shards().await,
+                            None => Vec::new(),
+                        }
+                    })
+                }),
+                remote: Arc::new(move |shard, since| {
+                    let handle = remote_rx.borrow().as_ref().and_then(std::sync::Weak::upgrade);
+                    Box::pin(async move {
+                        let node = handle.ok_or_else(|| anyhow::anyhow!("the node is not ready"))?;
+                        crate::service::root::fetch_export(&node, shard, since).await
+                    })
+                }),
+            }
+        };
+        let backups = Arc::new(
+            gossamer_backup::Backups::new(settings, shared.clone(), store.clone(), shards.clone(), js.clone(), kept).with_cluster(parts),
+        );
         let every = (cfg.backup_every_secs > 0).then(|| Duration::from_secs(cfg.backup_every_secs));
         backup_actor = Some(gossamer_backup::BackupActor::new(backups.clone(), every).start());
         Some(backups)

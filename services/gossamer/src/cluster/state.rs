@@ -34,6 +34,8 @@ pub struct Cluster {
     pub query_timeout: Duration,
     /// Copies of shards being handed to rebuilding replicas, by token.
     pub(crate) snapshots: Mutex<HashMap<u64, (std::time::Instant, Arc<Vec<u8>>)>>,
+    /// Backup parts being handed to the node taking a backup of the cluster, by token.
+    pub(crate) exports: Mutex<HashMap<u64, (std::time::Instant, Arc<Vec<u8>>)>>,
 }
 
 impl Cluster {
@@ -56,6 +58,7 @@ impl Cluster {
             placed: tokio::sync::watch::channel(false).0,
             query_timeout: Duration::from_millis(cfg.node_query_timeout_ms.max(1)),
             snapshots: Mutex::new(HashMap::new()),
+            exports: Mutex::new(HashMap::new()),
         }
     }
 

@@ -39,6 +39,10 @@ pub async fn answer_here(node: &NodeHandle, shards: &[u32], ask: Ask) -> Result<
             let shard = *shards.first().ok_or_else(|| ServiceError::Internal("no shard to copy".into()))?;
             snapshot_piece(node, shard, token, offset).await
         }
+        Ask::Export { since, token, offset } => {
+            let shard = *shards.first().ok_or_else(|| ServiceError::Internal("no shard to export".into()))?;
+            export_piece(node, shard, since, token, offset).await
+        }
         ask => blocking(move || -> Result<Answer, ServiceError> {
             let parse = |q: &str| parse_query(&limits, q);
             Ok(match ask {
@@ -82,7 +86,7 @@ pub async fn answer_here(node: &NodeHandle, shards: &[u32], ask: Ask) -> Result<
                     }
                     Answer::StreamCounts(totals)
                 }
-                Ask::Applied { .. } | Ask::Snapshot { .. } => unreachable!("handled above"),
+                Ask::Applied { .. } | Ask::Snapshot { .. } | Ask::Export { .. } => unreachable!("handled above"),
             })
         })
         .await?,
@@ -114,6 +118,34 @@ pub async fn snapshot_piece(node: &NodeHandle, shard: u32, token: u64, offset: u
         cache.lock().unwrap().remove(&token);
     }
     Ok(Answer::Snapshot { token, total: copy.len() as u64, chunk: copy[start..end].to_vec() })
+}
+
+/// One piece of `shard`'s backup part, exporting it first when `token` is 0 (kept, as
+/// copies are, for the node fetching it).
+pub async fn export_piece(node: &NodeHandle, shard: u32, since: Option<u64>, token: u64, offset: u64) -> Result<Answer, ServiceError> {
+    let cache = &node.cluster.exports;
+    let (token, part, entry) = if token == 0 {
+        let store = node.shards[shard as usize].clone();
+        let (bytes, entry) = blocking(move || gossamer_backup::export_part(&store, since, Vec::new()))
+            .await?
+            .map_err(|e| ServiceError::Internal(format!("exporting shard {shard}: {e:#}")))?;
+        info!(shard, to_seq = entry.to_seq, bytes = bytes.len(), "backup-part-exported");
+        let token = gossamer_gossip::new_generation() ^ (u64::from(shard) << 48) | 1;
+        let part = Arc::new(bytes);
+        let mut kept = cache.lock().unwrap();
+        kept.retain(|_, (at, _)| at.elapsed() < SNAPSHOT_KEEP);
+        kept.insert(token, (std::time::Instant::now(), part.clone()));
+        (token, part, Some(entry))
+    } else {
+        let part = cache.lock().unwrap().get(&token).map(|(_, c)| c.clone());
+        (token, part.ok_or_else(|| ServiceError::NotFound(format!("the export {token} of shard {shard} is no longer kept: start again")))?, None)
+    };
+    let start = (offset as usize).min(part.len());
+    let end = (start + SNAPSHOT_CHUNK).min(part.len());
+    if end == part.len() {
+        cache.lock().unwrap().remove(&token);
+    }
+    Ok(Answer::Export { token, total: part.len() as u64, chunk: part[start..end].to_vec(), entry })
 }
 
 /// Answers a request for `shards`, refusing the ones this node cannot serve.

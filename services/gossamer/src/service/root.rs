@@ -193,3 +193,46 @@ pub async fn fetch_snapshot(node: &NodeHandle, shard: u32) -> anyhow::Result<Opt
     anyhow::bail!("none of {peers:?} had a copy of shard {shard} to give")
 }
 
+
+/// Fetches `shard`'s backup part (`since` a sequence, or whole) from a member that
+/// serves it, piece by piece: the shard's replicas by the map first, then the members
+/// still handing it over. An error names the shard and why each member could not.
+pub async fn fetch_export(node: &NodeHandle, shard: u32, since: Option<u64>) -> anyhow::Result<(Vec<u8>, gossamer_backup::format::ShardEntry)> {
+    let subjects = Subjects::new(&node.cfg.cluster);
+    let peers: Vec<String> = node.cluster.candidates(shard).into_iter().filter(|p| *p != node.cluster.me).collect();
+    let mut why = Vec::new();
+    for peer in &peers {
+        let (mut part, mut token, mut entry) = (Vec::new(), 0, None);
+        let outcome = loop {
+            let req = NodeRequest { shards: vec![shard], ask: Ask::Export { since, token, offset: part.len() as u64 } };
+            let reply = match ask_node(node, subjects.node_query(peer), req, node.cluster.query_timeout * 6).await {
+                Ok(r) => r,
+                Err(e) => break Err(e),
+            };
+            match reply.answer {
+                Ok(Answer::Export { token: t, total, chunk, entry: e }) => {
+                    token = t;
+                    entry = entry.or(e);
+                    part.extend_from_slice(&chunk);
+                    if part.len() as u64 >= total {
+                        break entry.take().map(|e| (std::mem::take(&mut part), e)).ok_or_else(|| "no entry came with the part".to_string());
+                    }
+                    if chunk.is_empty() {
+                        break Err("the part ended early".into());
+                    }
+                }
+                Ok(_) => break Err("an unexpected answer".into()),
+                Err((_, msg)) if !reply.refused.is_empty() => break Err(format!("does not serve it now ({msg})")),
+                Err((_, msg)) => break Err(msg),
+            }
+        };
+        match outcome {
+            Ok((bytes, entry)) => {
+                info!(shard, peer = %peer, bytes = bytes.len(), to_seq = entry.to_seq, "backup-part-received");
+                return Ok((bytes, entry));
+            }
+            Err(e) => why.push(format!("{peer}: {e}")),
+        }
+    }
+    anyhow::bail!("no member that serves shard {shard} could export it ({})", if why.is_empty() { "no other member holds it".to_string() } else { why.join("; ") })
+}

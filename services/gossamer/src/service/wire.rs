@@ -36,6 +36,9 @@ pub enum Ask {
     /// A piece of a copy of the shard, for a replica that must be rebuilt: `token` 0
     /// takes a new copy; later pieces name the copy the first answer gave.
     Snapshot { token: u64, offset: u64 },
+    /// A piece of the shard's backup part (`since` a sequence, or whole), for a backup of
+    /// the cluster taken on another node: `token` 0 exports it; later pieces name it.
+    Export { since: Option<u64>, token: u64, offset: u64 },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -53,6 +56,8 @@ pub enum Answer {
     StreamCounts(BTreeMap<String, u64>),
     Applied(u64),
     Snapshot { token: u64, total: u64, chunk: Vec<u8> },
+    /// The part's entry comes with the first piece.
+    Export { token: u64, total: u64, chunk: Vec<u8>, entry: Option<gossamer_backup::format::ShardEntry> },
 }
 
 #[derive(Serialize, Deserialize)]

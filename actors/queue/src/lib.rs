@@ -683,6 +683,8 @@ impl Queues {
                         },
                         kv::Operation::Delete | kv::Operation::Purge => {
                             known.remove(&entry.key);
+                            // A queue of the same name made later starts afresh.
+                            self.resume.lock().unwrap_or_else(|p| p.into_inner()).remove(&entry.key);
                         }
                     }
                     drop(known);

@@ -34,6 +34,8 @@ pub struct NodeHandle {
     pub syslog: Option<Arc<crate::syslog::SyslogStats>>,
     /// Settings shared by the cluster (streams' retention), mirrored into `store`'s meta.
     pub shared: gossamer_bus::SharedSettings,
+    /// The settings bucket's revision this node's copy has reached.
+    pub settings_revision: tokio::sync::watch::Sender<u64>,
     /// Events the retention timer deleted here (on the shards this node is primary of).
     pub retention_deleted: std::sync::atomic::AtomicU64,
 }

@@ -238,6 +238,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         tail_nats,
         syslog,
         shared,
+        settings_revision: tokio::sync::watch::channel(0).0,
         retention_deleted: Default::default(),
     });
     handle_tx.send_replace(Some(Arc::downgrade(&handle)));

@@ -20,8 +20,9 @@ pub struct SharedSettings {
 /// One change seen in the bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    /// A stream's retention was set (`Some(max age in ns)`) or cleared (`None`).
-    Retention { stream: String, max_age_ns: Option<i64> },
+    /// A stream's retention was set (`Some(max age in ns)`) or cleared (`None`), at the
+    /// bucket's `revision`.
+    Retention { stream: String, max_age_ns: Option<i64>, revision: u64 },
 }
 
 impl SharedSettings {
@@ -53,12 +54,18 @@ impl SharedSettings {
         Ok(Some(parse_age(key, &bytes)?))
     }
 
-    /// Sets (`Some`) or clears (`None`) a stream's retention for the whole cluster.
-    pub async fn set_retention(&self, stream: &str, max_age_ns: Option<i64>) -> Result<()> {
+    /// Sets (`Some`) or clears (`None`) a stream's retention for the whole cluster; the
+    /// bucket's revision of the change.
+    pub async fn set_retention(&self, stream: &str, max_age_ns: Option<i64>) -> Result<u64> {
         let key = format!("{RETENTION}{stream}");
         let written = match max_age_ns {
-            Some(ns) => self.kv.put(&key, ns.to_string().into()).await.map(drop).map_err(anyhow::Error::new),
-            None => self.kv.delete(&key).await.map_err(anyhow::Error::new),
+            Some(ns) => self.kv.put(&key, ns.to_string().into()).await.map_err(anyhow::Error::new),
+            None => match self.kv.delete(&key).await {
+                // A delete answers no revision: the key's last entry (its marker, or a
+                // later change) has it.
+                Ok(()) => self.kv.entry(&key).await.map(|e| e.map_or(0, |e| e.revision)).map_err(anyhow::Error::new),
+                Err(e) => Err(anyhow::Error::new(e)),
+            },
         };
         written.with_context(|| format!("writing {key} to the settings bucket"))
     }
@@ -78,10 +85,18 @@ impl SharedSettings {
                 Err(e) => return Some(Err(anyhow::Error::new(e).context("watching the settings bucket"))),
             };
             let stream = entry.key.strip_prefix(RETENTION)?.to_string();
-            Some(match entry.operation {
-                kv::Operation::Put => parse_age(&entry.key, &entry.value).map(|ns| Change::Retention { stream, max_age_ns: Some(ns) }),
-                kv::Operation::Delete | kv::Operation::Purge => Ok(Change::Retention { stream, max_age_ns: None }),
-            })
+            let revision = entry.revision;
+            match entry.operation {
+                kv::Operation::Put => match parse_age(&entry.key, &entry.value) {
+                    Ok(ns) => Some(Ok(Change::Retention { stream, max_age_ns: Some(ns), revision })),
+                    // Skipped, so one bad value does not stop every later change.
+                    Err(e) => {
+                        tracing::warn!(error = format!("{e:#}"), "settings-entry-skipped");
+                        None
+                    }
+                },
+                kv::Operation::Delete | kv::Operation::Purge => Some(Ok(Change::Retention { stream, max_age_ns: None, revision })),
+            }
         }))
     }
 }

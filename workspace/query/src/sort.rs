@@ -81,8 +81,8 @@ impl SortValue {
     fn cmp_present(&self, o: &SortValue) -> Ordering {
         match (self, o) {
             (SortValue::Int(a), SortValue::Int(b)) => a.cmp(b),
-            (SortValue::Int(a), SortValue::Float(b)) => (*a as f64).total_cmp(b),
-            (SortValue::Float(a), SortValue::Int(b)) => a.total_cmp(&(*b as f64)),
+            (SortValue::Int(a), SortValue::Float(b)) => int_cmp_float(*a, *b),
+            (SortValue::Float(a), SortValue::Int(b)) => int_cmp_float(*b, *a).reverse(),
             (SortValue::Float(a), SortValue::Float(b)) => a.total_cmp(b),
             (SortValue::Str(a), SortValue::Str(b)) => a.cmp(b),
             (SortValue::Bool(a), SortValue::Bool(b)) => a.cmp(b),
@@ -91,11 +91,35 @@ impl SortValue {
     }
 }
 
+/// An integer against a float, exactly (no rounding of large integers), NaN last.
+fn int_cmp_float(i: i64, f: f64) -> Ordering {
+    if f.is_nan() {
+        return Ordering::Less;
+    }
+    // 2^63 as a float: every float at or past it is beyond any i64, and so is one below
+    // -2^63.
+    const EDGE: f64 = 9_223_372_036_854_775_808.0;
+    if f >= EDGE {
+        return Ordering::Less;
+    }
+    if f < -EDGE {
+        return Ordering::Greater;
+    }
+    let whole = f.floor();
+    match i.cmp(&(whole as i64)) {
+        Ordering::Equal if f > whole => Ordering::Less,
+        other => other,
+    }
+}
+
 /// Where the previous page of a sorted search ended: the last event's values and id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SortCursor {
     pub values: Vec<SortValue>,
     pub id: Uuid,
+    /// Which sort the cursor pages ([`Sort::fingerprint`]).
+    #[serde(default)]
+    pub sort: u64,
 }
 
 impl SortCursor {
@@ -110,7 +134,7 @@ impl SortCursor {
         let raw = s.strip_prefix('k').ok_or_else(bad)?;
         let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw).map_err(|_| bad())?;
         let c: SortCursor = serde_json::from_slice(&json).map_err(|_| bad())?;
-        if c.values.len() != sort.keys.len() {
+        if c.values.len() != sort.keys.len() || c.sort != sort.fingerprint() {
             return Err(bad());
         }
         Ok(c)
@@ -148,6 +172,12 @@ impl Sort {
             return Err(bad(format!("{} keys, at most {MAX_KEYS}", keys.len())));
         }
         Ok(Sort { keys })
+    }
+
+    /// A hash of the keys and directions, which a cursor carries.
+    pub fn fingerprint(&self) -> u64 {
+        let text: Vec<String> = self.keys.iter().map(|k| format!("{}:{}", k.key, if k.desc { "desc" } else { "asc" })).collect();
+        xxhash_rust::xxh3::xxh3_64(text.join(",").as_bytes())
     }
 
     /// The time order this sort is, when it is time alone.
@@ -192,7 +222,7 @@ impl Sort {
 
     /// The cursor of a page that ends with `e`.
     pub fn cursor_after(&self, e: &Event) -> String {
-        SortCursor { values: self.values(e), id: e.id }.encode()
+        SortCursor { values: self.values(e), id: e.id, sort: self.fingerprint() }.encode()
     }
 }
 
@@ -368,9 +398,26 @@ mod tests {
         assert_eq!(ids("", "fields.ms:desc"), [5, 2, 4, 1, 6, 3], "missing still last; ties by id, descending");
         assert_eq!(ids("", "level,ts:desc"), [4, 6, 5, 1, 3, 2], "an event without a level sorts as missing");
         assert_eq!(ids("level:info", "ms:desc,id"), [5, 1, 6], "a bare name is a field");
-        let cursor = SortCursor { values: vec![SortValue::Int(1)], id: Uuid::nil() }.encode();
-        assert!(SortCursor::decode(&cursor, &Sort::parse("a,b").unwrap()).is_err(), "a cursor of another sort is refused");
+        let cursor = Sort::parse("a:desc").unwrap().cursor_after(&evs[0]);
+        assert!(SortCursor::decode(&cursor, &Sort::parse("a:desc").unwrap()).is_ok());
+        for other in ["a", "a,b", "b:desc"] {
+            assert!(SortCursor::decode(&cursor, &Sort::parse(other).unwrap()).is_err(), "a cursor of another sort ({other}) is refused");
+        }
         assert!(SortCursor::decode("123_abc", &Sort::parse("a").unwrap()).is_err(), "a time cursor is refused");
+    }
+
+    #[test]
+    fn integers_and_floats_compare_exactly_even_past_two_to_the_53() {
+        let big = 1i64 << 53;
+        let (a, b, f) = (SortValue::Int(big), SortValue::Int(big + 1), SortValue::Float(big as f64));
+        assert_eq!(a.cmp_present(&f), Ordering::Equal);
+        assert_eq!(b.cmp_present(&f), Ordering::Greater, "2^53 + 1 is past the float 2^53");
+        assert_eq!(f.cmp_present(&b), Ordering::Less);
+        assert_eq!(SortValue::Int(2).cmp_present(&SortValue::Float(2.5)), Ordering::Less);
+        assert_eq!(SortValue::Int(-3).cmp_present(&SortValue::Float(-2.5)), Ordering::Less);
+        assert_eq!(SortValue::Int(-2).cmp_present(&SortValue::Float(-2.5)), Ordering::Greater);
+        assert_eq!(SortValue::Int(i64::MAX).cmp_present(&SortValue::Float(1e19)), Ordering::Less);
+        assert_eq!(SortValue::Int(i64::MIN).cmp_present(&SortValue::Float(-1e19)), Ordering::Greater);
     }
 
     proptest! {

@@ -121,8 +121,8 @@ impl OwnershipActor {
                 if owners.contains(&cluster.me) {
                     return;
                 }
-                if !owners.is_empty() && served_by(s, owners).await {
-                    addr.do_send(Release(s));
+                if !owners.is_empty() && served_by(s, owners.clone()).await {
+                    addr.do_send(Release(s, owners));
                     return;
                 }
                 tokio::time::sleep(HANDOVER_POLL).await;
@@ -134,8 +134,9 @@ impl OwnershipActor {
 /// How many earlier maps a node keeps to find members still handing shards over.
 const MAPS_KEPT: usize = 4;
 
-/// The members a shard moved to serve it: let it go.
-struct Release(u32);
+/// The members a shard moved to (as the map then said) serve it: let it go, if the map
+/// still says so.
+struct Release(u32, Vec<String>);
 impl Message for Release {
     type Result = ();
 }
@@ -143,8 +144,14 @@ impl Message for Release {
 impl Handler<Release> for OwnershipActor {
     type Result = ();
 
-    fn handle(&mut self, Release(s): Release, _: &mut Self::Context) {
-        let wanted = self.shard_role && self.cluster.map().held_by(&self.cluster.me).contains(&s);
+    fn handle(&mut self, Release(s, owners): Release, ctx: &mut Self::Context) {
+        let map = self.cluster.map();
+        let wanted = self.shard_role && map.held_by(&self.cluster.me).contains(&s);
+        if !wanted && map.replicas.get(s as usize) != Some(&owners) && self.cluster.is_leaving(s) {
+            // The map moved it again while the others were asked: ask the new owners.
+            self.hand_over(s, ctx);
+            return;
+        }
         let mut held = self.cluster.held.lock().unwrap();
         if !self.cluster.leaving.lock().unwrap().remove(&s) || wanted {
             return;

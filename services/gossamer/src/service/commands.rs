@@ -144,9 +144,14 @@ async fn mirror_once(node: &NodeHandle) -> anyhow::Result<()> {
     use futures::StreamExt;
     let mut changes = std::pin::pin!(node.shared.watch().await?);
     while let Some(change) = changes.next().await {
-        let gossamer_bus::settings::Change::Retention { stream, max_age_ns } = change?;
+        let gossamer_bus::settings::Change::Retention { stream, max_age_ns, revision } = change?;
         let store = node.store.clone();
         blocking(move || store.set_retention(&stream, max_age_ns)).await??;
+        node.settings_revision.send_if_modified(|r| {
+            let newer = revision > *r;
+            *r = (*r).max(revision);
+            newer
+        });
     }
     Ok(())
 }
@@ -213,11 +218,14 @@ pub async fn set_retention(node: &NodeHandle, stream: &str, max_age: Option<&str
             ServiceError::BadRequest(format!("invalid `max_age` {s:?}: use a duration like 90m, 12h, 7d"))
         })?),
     };
-    // The cluster's setting first; this node's copy at once (the others follow it).
-    node.shared.set_retention(stream, max_age).await.map_err(|e| ServiceError::Unavailable(format!("{e:#}")))?;
-    let store = node.store.clone();
-    let name = stream.to_string();
-    blocking(move || store.set_retention(&name, max_age)).await??;
+    // The cluster's setting; this node's copy follows the bucket (a later change from
+    // another node is never overwritten by this one): wait until it has.
+    let revision = node.shared.set_retention(stream, max_age).await.map_err(|e| ServiceError::Unavailable(format!("{e:#}")))?;
+    let mut mirrored = node.settings_revision.subscribe();
+    tokio::time::timeout(Duration::from_secs(10), mirrored.wait_for(|r| *r >= revision))
+        .await
+        .map_err(|_| ServiceError::Unavailable(format!("the retention is the cluster's (revision {revision}), but this node has not read it back within 10 s")))?
+        .map_err(|_| ServiceError::Unavailable("this node no longer follows the cluster's settings".into()))?;
     let deleted = apply_retention(node, Reach::Everywhere).await?;
     Ok((max_age, deleted))
 }

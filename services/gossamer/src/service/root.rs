@@ -147,14 +147,14 @@ pub fn all_shards(node: &NodeHandle) -> Vec<u32> {
 /// there is no other member; an error when none of them gave one (they may still be
 /// catching up: ask again).
 pub async fn fetch_snapshot(node: &NodeHandle, shard: u32) -> anyhow::Result<Option<Vec<u8>>> {
-    let map = node.cluster.map();
     let view = node.cluster.membership.borrow().clone();
     let subjects = Subjects::new(&node.cfg.cluster);
-    // The shard's other replicas first, then any other live member that may hold it.
-    let mut peers: Vec<String> = map.replicas.get(shard as usize).cloned().unwrap_or_default();
-    for n in view.shard_nodes() {
-        if !peers.iter().any(|p| p == n) {
-            peers.push(n.to_string());
+    // The shard's other replicas first, then the members that held it before (one
+    // handing it over, a draining one among them), then any other live member.
+    let mut peers: Vec<String> = node.cluster.candidates(shard);
+    for m in view.members.iter().filter(|m| m.state != gossamer_gossip::MemberState::Dead) {
+        if !peers.iter().any(|p| *p == m.node) {
+            peers.push(m.node.clone());
         }
     }
     peers.retain(|p| *p != node.cluster.me);

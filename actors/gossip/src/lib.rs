@@ -97,20 +97,16 @@ impl Membership {
     /// Live (alive or suspect: SWIM treats a suspect as alive until it is declared
     /// dead) members that hold shards.
     pub fn shard_nodes(&self) -> Vec<&str> {
-        self.members
-            .iter()
-            .filter(|m| m.shards && m.state != MemberState::Dead)
-            .map(|m| m.node.as_str())
-            .collect()
+        self.live(|m| m.shards)
     }
 
     /// Live members that deliver queues (not draining).
     pub fn queue_nodes(&self) -> Vec<&str> {
-        self.members
-            .iter()
-            .filter(|m| m.queues && m.state != MemberState::Dead)
-            .map(|m| m.node.as_str())
-            .collect()
+        self.live(|m| m.queues)
+    }
+
+    fn live(&self, role: impl Fn(&MemberView) -> bool) -> Vec<&str> {
+        self.members.iter().filter(|m| role(m) && m.state != MemberState::Dead).map(|m| m.node.as_str()).collect()
     }
 
     pub fn get(&self, node: &str) -> Option<&MemberView> {

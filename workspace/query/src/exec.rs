@@ -264,7 +264,7 @@ pub fn get_by_id(shards: &[ShardStore], id: &Uuid) -> Result<Option<Event>, Quer
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::parse;
     use gossamer_schemas::ShardCommand;
@@ -285,7 +285,8 @@ mod tests {
             .collect()
     }
 
-    fn stores(dir: &std::path::Path, evs: &[Event]) -> Vec<ShardStore> {
+    /// Three shards holding `evs`, dealt out seven at a time.
+    pub(crate) fn stores(dir: &std::path::Path, evs: &[Event]) -> Vec<ShardStore> {
         let store = Store::open(dir).unwrap();
         let shards: Vec<ShardStore> = (0..3).map(|i| store.shard(i).unwrap()).collect();
         for (i, chunk) in evs.chunks(7).enumerate() {

@@ -325,9 +325,8 @@ pub fn search_sorted(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exec::tests::stores;
     use crate::parse;
-    use gossamer_schemas::ShardCommand;
-    use gossamer_storage::Store;
     use proptest::prelude::*;
     use serde_json::json;
 
@@ -341,17 +340,6 @@ mod tests {
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             fields: fields.as_object().cloned().unwrap_or_default(),
         }
-    }
-
-    fn stores(dir: &std::path::Path, evs: &[Event]) -> Vec<ShardStore> {
-        let store = Store::open(dir).unwrap();
-        let shards: Vec<ShardStore> = (0..3).map(|i| store.shard(i).unwrap()).collect();
-        for (i, chunk) in evs.chunks(5).enumerate() {
-            let s = &shards[i % 3];
-            let seq = s.applied_seq().unwrap() + 1;
-            s.apply(vec![(seq, ShardCommand::Insert { events: chunk.to_vec() })]).unwrap();
-        }
-        shards
     }
 
     /// Every page of a sorted search, followed by its cursors.

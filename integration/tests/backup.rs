@@ -365,8 +365,8 @@ fn scheduled_backups_start_full_and_go_on_incrementally() {
 
 /// A backup of a three-node cluster (two replicas) taken on one node: the shards it does
 /// not serve are exported by the members that do, each shard once. Full, then an
-/// incremental continuing it; verified on another node; restored into one fresh node:
-/// every event once.
+/// incremental continuing it; verified on another node; another taken just after a
+/// member is killed; restored into one fresh node: every event once.
 #[test]
 fn a_cluster_backup_taken_on_one_node_restores_every_event_into_one_node() {
     let nats = Nats::start();
@@ -402,6 +402,14 @@ fn a_cluster_backup_taken_on_one_node_restores_every_event_into_one_node() {
     let mut before = nodes[0].all_ids("");
     before.sort();
     assert_eq!(before.len(), 6000);
+
+    // n3 killed just before a backup: its shards come from their other replica.
+    let mut nodes = nodes;
+    nodes[2].kill9();
+    let job = run_job(&nodes[0], "/api/v1/backups", json!({"name": "after-kill", "kind": "full"}));
+    assert_eq!(job["state"], "done", "{job}");
+    let (_, after_kill) = nodes[0].get("/api/v1/backups/after-kill");
+    assert_eq!(after_kill["events"].as_u64(), Some(6000), "every shard once, with n3 gone: {after_kill}");
 
     let nats2 = Nats::start();
     let fresh = tempfile::tempdir().unwrap();

@@ -205,7 +205,8 @@ pub async fn fetch_export(node: &NodeHandle, shard: u32, since: Option<u64>) -> 
         let (mut part, mut token, mut entry) = (Vec::new(), 0, None);
         let outcome = loop {
             let req = NodeRequest { shards: vec![shard], ask: Ask::Export { since, token, offset: part.len() as u64 } };
-            let reply = match ask_node(node, subjects.node_query(peer), req, node.cluster.query_timeout * 6).await {
+            // Given up early when gossip suspects the member (one killed meanwhile).
+            let reply = match ask_watching(node, peer, subjects.node_query(peer), req, node.cluster.query_timeout * 6).await {
                 Ok(r) => r,
                 Err(e) => break Err(e),
             };

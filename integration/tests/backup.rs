@@ -366,9 +366,10 @@ fn scheduled_backups_start_full_and_go_on_incrementally() {
 /// A backup of a three-node cluster (two replicas) taken on one node: the shards it does
 /// not serve are exported by the members that do, each shard once. Full, then an
 /// incremental continuing it; verified on another node; another taken just after a
-/// member is killed; restored into one fresh node: every event once.
+/// member is killed; restored into one fresh node, and into a fresh cluster of three
+/// with one replica: every event once.
 #[test]
-fn a_cluster_backup_taken_on_one_node_restores_every_event_into_one_node() {
+fn a_cluster_backup_taken_on_one_node_restores_into_one_node_and_into_three() {
     let nats = Nats::start();
     let kept = tempfile::tempdir().unwrap();
     let kept_arg = kept.path().to_str().unwrap().to_string();
@@ -420,4 +421,21 @@ fn a_cluster_backup_taken_on_one_node_restores_every_event_into_one_node() {
     let mut after = node.all_ids("");
     after.sort();
     assert_eq!(after, before, "every event once, as the cluster held them");
+
+    // And into a fresh cluster of three with one replica: each shard's owners take it
+    // from the restored copies, and every node answers with every event once.
+    let nats3 = Nats::start();
+    let dirs3: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let three = start_cluster(&nats3.url(), &dirs3, &["m1", "m2", "m3"], &["--backup-store", &kept_arg, "--replicas", "1"]);
+    let job = run_job(&three[1], "/api/v1/restore", json!({"backup": "whole-more"}));
+    assert_eq!(job["state"], "done", "{job}");
+    for n in &three {
+        wait_for(&format!("{} to answer every restored event", n.http), Duration::from_secs(120), || {
+            let (status, body) = n.get("/api/v1/count?q=");
+            (status == 200 && body["partial"] == false && body["count"].as_u64() == Some(6000)).then_some(())
+        });
+        let mut ids = n.all_ids("");
+        ids.sort();
+        assert_eq!(ids, before, "{}: every event once", n.http);
+    }
 }

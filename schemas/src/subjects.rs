@@ -86,6 +86,12 @@ impl Subjects {
 
     /// Requests that define, change, list or remove notification queues.
     /// Read-your-writes: answered once shard-log positions are applied on every replica.
+    /// Where the node that restored a backup tells the others to rebuild their
+    /// replicas from the restored copies.
+    pub fn restored(&self) -> String {
+        format!("gossamer.{}.admin.restored", self.cluster)
+    }
+
     pub fn api_wait(&self) -> String {
         format!("gossamer.{}.api.wait", self.cluster)
     }

@@ -133,6 +133,9 @@ pub type RemoteExport = Arc<dyn Fn(u32, Option<u64>) -> futures::future::BoxFutu
 pub struct ClusterParts {
     pub local: LocalShards,
     pub remote: RemoteExport,
+    /// Called once a restore has written every shard here: the other members rebuild
+    /// their replicas from these copies.
+    pub restored: Arc<dyn Fn() -> futures::future::BoxFuture<'static, anyhow::Result<()>> + Send + Sync>,
 }
 
 /// Exports one shard (`since` a sequence, or whole) into `w` as a backup part: the
@@ -612,6 +615,9 @@ impl Backups {
                 Ok(())
             })
             .await??;
+        }
+        if let Some(c) = &self.cluster {
+            (c.restored)().await.context("telling the other members to take their shards from the restored copies")?;
         }
         // The retentions it brings are the cluster's (every node mirrors them).
         for (stream, ns) in &target.retention {

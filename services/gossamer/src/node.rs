@@ -17,6 +17,10 @@ use gossamer_storage::Store;
 use crate::handle::NodeHandle;
 use tracing::info;
 
+/// How long a node that restored a backup hands copies of the shards it does not hold
+/// to the replicas rebuilding from them.
+const RESTORED_COPIES_KEPT: Duration = Duration::from_secs(600);
+
 /// How long a node waits for NATS at start.
 const NATS_WAIT: Duration = Duration::from_secs(120);
 
@@ -164,6 +168,31 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
                         }
                     })
                 }),
+                restored: {
+                    let (rx, nats, subject, me) = (handle_for_backups.clone(), nats.clone(), gossamer_schemas::subjects::Subjects::new(&cfg.cluster).restored(), cfg.node_id.clone());
+                    Arc::new(move || {
+                        let handle = rx.borrow().as_ref().and_then(std::sync::Weak::upgrade);
+                        let (nats, subject, me) = (nats.clone(), subject.clone(), me.clone());
+                        Box::pin(async move {
+                            if let Some(node) = handle {
+                                let held: Vec<u32> = node.cluster.held().into_iter().map(|(s, _)| s).collect();
+                                *node.cluster.restored.lock().unwrap() = (0..node.cfg.shards).filter(|s| !held.contains(s)).collect();
+                                // Long enough for every owner to take its copy; later the
+                                // owners' own replicas are the ones to copy.
+                                let weak = Arc::downgrade(&node);
+                                actix_rt::spawn(async move {
+                                    tokio::time::sleep(RESTORED_COPIES_KEPT).await;
+                                    if let Some(node) = weak.upgrade() {
+                                        node.cluster.restored.lock().unwrap().clear();
+                                    }
+                                });
+                            }
+                            nats.publish(subject, me.into_bytes().into()).await?;
+                            nats.flush().await?;
+                            Ok(())
+                        })
+                    })
+                },
                 remote: Arc::new(move |shard, since| {
                     let handle = remote_rx.borrow().as_ref().and_then(std::sync::Weak::upgrade);
                     Box::pin(async move {
@@ -271,6 +300,20 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     crate::service::commands::share_local_retentions(&handle).await.context("sharing this node's retentions with the cluster")?;
     let subjects = gossamer_schemas::subjects::Subjects::new(&cfg.cluster);
     let node_sub = nats.subscribe(subjects.node_query(&cfg.node_id)).await.context("subscribing to node queries")?;
+    let mut restored_sub = nats.subscribe(subjects.restored()).await.context("subscribing to restores")?;
+    let restarts = {
+        let (ownership, me) = (handle.ownership.clone(), cfg.node_id.clone());
+        actix_rt::spawn(async move {
+            use futures::StreamExt;
+            while let Some(msg) = restored_sub.next().await {
+                // The node that restored keeps its shards as written.
+                if msg.payload.as_ref() != me.as_bytes() {
+                    info!(from = %String::from_utf8_lossy(&msg.payload), "backup-restored-elsewhere: rebuilding this node's replicas");
+                    ownership.do_send(crate::cluster::ownership::RestartHeld);
+                }
+            }
+        })
+    };
     let query_sub = nats
         .queue_subscribe(subjects.api_query(), format!("gossamer-{}-query", cfg.cluster))
         .await
@@ -305,6 +348,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     }
     retention.abort();
     mirror.abort();
+    restarts.abort();
     measuring.abort();
     nats_queries.abort();
     nats_waits.abort();

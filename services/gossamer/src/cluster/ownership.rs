@@ -131,6 +131,28 @@ impl OwnershipActor {
     }
 }
 
+/// A restore wrote copies of the shards elsewhere: start this node's shard actors
+/// again, so each finds its tree behind the log and rebuilds from a copy.
+pub struct RestartHeld;
+impl Message for RestartHeld {
+    type Result = ();
+}
+
+impl Handler<RestartHeld> for OwnershipActor {
+    type Result = ();
+
+    fn handle(&mut self, _: RestartHeld, _: &mut Self::Context) {
+        let mut held = self.cluster.held.lock().unwrap();
+        let shards: Vec<u32> = held.keys().copied().collect();
+        for s in &shards {
+            if let Some(old) = held.insert(*s, (self.start_shard)(*s)) {
+                old.do_send(gossamer_shard::Stop);
+            }
+        }
+        info!(shards = shards.len(), "shards-restarted-after-restore");
+    }
+}
+
 /// How many earlier maps a node keeps to find members still handing shards over.
 const MAPS_KEPT: usize = 4;
 

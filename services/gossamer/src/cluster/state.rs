@@ -34,6 +34,9 @@ pub struct Cluster {
     pub query_timeout: Duration,
     /// Copies of shards being handed to rebuilding replicas, by token.
     pub(crate) snapshots: Mutex<HashMap<u64, (std::time::Instant, Arc<Vec<u8>>)>>,
+    /// Shards a restore wrote here though this node does not hold them: it hands copies
+    /// of them to the replicas rebuilding from the restore.
+    pub restored: Mutex<BTreeSet<u32>>,
     /// Backup parts being handed to the node taking a backup of the cluster, by token.
     pub(crate) exports: Mutex<HashMap<u64, (std::time::Instant, Arc<Vec<u8>>)>>,
 }
@@ -59,6 +62,7 @@ impl Cluster {
             query_timeout: Duration::from_millis(cfg.node_query_timeout_ms.max(1)),
             snapshots: Mutex::new(HashMap::new()),
             exports: Mutex::new(HashMap::new()),
+            restored: Mutex::new(BTreeSet::new()),
         }
     }
 

@@ -150,7 +150,11 @@ pub async fn export_piece(node: &NodeHandle, shard: u32, since: Option<u64>, tok
 
 /// Answers a request for `shards`, refusing the ones this node cannot serve.
 pub async fn serve(node: &NodeHandle, req: NodeRequest) -> NodeReply {
-    let ready = node.cluster.ready_shards().await;
+    let mut ready = node.cluster.ready_shards().await;
+    if matches!(req.ask, Ask::Snapshot { .. }) {
+        // Copies a restore wrote here are handed to the replicas rebuilding from them.
+        ready.extend(node.cluster.restored.lock().unwrap().iter().copied());
+    }
     let (mine, refused): (Vec<u32>, Vec<u32>) = req.shards.into_iter().partition(|s| ready.contains(s));
     if mine.is_empty() {
         return NodeReply { refused, answer: Err((ErrorCode::Unavailable.http_status(), "no shard asked for is served here".into())) };

@@ -68,6 +68,8 @@ pub struct ShardActor {
     state: Arc<Mutex<ShardState>>,
     pressure: Arc<gossamer_bus::Pressure>,
     snapshots: Option<SnapshotSource>,
+    /// The apply loop now running.
+    running: Option<SpawnHandle>,
 }
 
 /// Gets a copy of a shard from a live peer replica: an encoded snapshot (see
@@ -129,10 +131,11 @@ impl ShardActor {
             state: Arc::new(Mutex::new(state)),
             pressure,
             snapshots: None,
+            running: None,
         }
     }
 
-    fn start_loop(&self, ctx: &mut Context<Self>) {
+    fn start_loop(&mut self, ctx: &mut Context<Self>) {
         let run = Runner {
             js: self.js.clone(),
             stream: self.stream.clone(),
@@ -144,7 +147,7 @@ impl ShardActor {
             snapshots: self.snapshots.clone(),
         };
         let state = self.state.clone();
-        ctx.spawn(
+        self.running = Some(ctx.spawn(
             async move {
                 match run.run().await {
                     // A gap: start over at once.
@@ -160,7 +163,7 @@ impl ShardActor {
             .map(|after, _, ctx| {
                 ctx.run_later(after, |act, ctx| act.start_loop(ctx));
             }),
-        );
+        ));
     }
 }
 
@@ -186,6 +189,28 @@ impl Handler<GetState> for ShardActor {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Stop;
+
+/// The log was moved past what this replica holds (a backup was restored on another
+/// node): start the apply loop again, so it rebuilds from a copy before applying. A
+/// replica not caught up is left alone: its loop is preparing or replaying already.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reload;
+
+impl Handler<Reload> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, _: Reload, ctx: &mut Self::Context) {
+        if !self.state.lock().unwrap().caught_up {
+            return;
+        }
+        if let Some(h) = self.running.take() {
+            ctx.cancel_future(h);
+        }
+        info!(shard = self.store.shard(), "shard-reloaded");
+        self.start_loop(ctx);
+    }
+}
 
 impl Handler<Stop> for ShardActor {
     type Result = ();

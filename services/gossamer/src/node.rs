@@ -180,7 +180,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
                                 // Long enough for every owner to take its copy; later the
                                 // owners' own replicas are the ones to copy.
                                 let weak = Arc::downgrade(&node);
-                                actix_rt::spawn(async move {
+                                tokio::spawn(async move {
                                     tokio::time::sleep(RESTORED_COPIES_KEPT).await;
                                     if let Some(node) = weak.upgrade() {
                                         node.cluster.restored.lock().unwrap().clear();

@@ -131,8 +131,8 @@ impl OwnershipActor {
     }
 }
 
-/// A restore wrote copies of the shards elsewhere: start this node's shard actors
-/// again, so each finds its tree behind the log and rebuilds from a copy.
+/// A restore wrote copies of the shards elsewhere: start the apply loops of this node's
+/// shard actors again, so each finds its tree behind the log and rebuilds from a copy.
 pub struct RestartHeld;
 impl Message for RestartHeld {
     type Result = ();
@@ -142,14 +142,11 @@ impl Handler<RestartHeld> for OwnershipActor {
     type Result = ();
 
     fn handle(&mut self, _: RestartHeld, _: &mut Self::Context) {
-        let mut held = self.cluster.held.lock().unwrap();
-        let shards: Vec<u32> = held.keys().copied().collect();
-        for s in &shards {
-            if let Some(old) = held.insert(*s, (self.start_shard)(*s)) {
-                old.do_send(gossamer_shard::Stop);
-            }
+        let held = self.cluster.held.lock().unwrap();
+        for actor in held.values() {
+            actor.do_send(gossamer_shard::Reload);
         }
-        info!(shards = shards.len(), "shards-restarted-after-restore");
+        info!(shards = held.len(), "shards-reloaded-after-restore");
     }
 }
 

@@ -242,6 +242,16 @@ pub fn cap_flags() -> &'static [String] {
     })
 }
 
+/// A metric of the node at `http`, summed over its series (0 when absent).
+pub fn metric_sum(http: &str, name: &str) -> Result<u64> {
+    let text = ureq::get(&format!("{http}/metrics")).call()?.into_string()?;
+    Ok(text
+        .lines()
+        .filter(|l| l.split(['{', ' ']).next() == Some(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum())
+}
+
 pub struct NodeProcess {
     pub child: std::process::Child,
     pub http: String,
@@ -292,12 +302,7 @@ impl NodeProcess {
 
     /// A counter of the node's `/metrics` (0 when absent).
     pub fn counter(&self, name: &str) -> Result<u64> {
-        let text = ureq::get(&format!("{}/metrics", self.http)).call()?.into_string()?;
-        Ok(text
-            .lines()
-            .filter(|l| l.split(['{', ' ']).next() == Some(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum())
+        metric_sum(&self.http, name)
     }
 
     /// Whether the index covers every stored event.

@@ -159,12 +159,6 @@ fn deliverer(http: &str) -> Result<Option<String>> {
     Ok(get(&format!("{http}/api/v1/queues/bench-errors"))?["delivered_by"].as_str().map(String::from))
 }
 
-/// A metric's sum over its series on the node at `http`.
-fn metric(http: &str, name: &str) -> Result<u64> {
-    let text = ureq::get(&format!("{http}/metrics")).call()?.into_string()?;
-    Ok(text.lines().filter(|l| l.split(['{', ' ']).next() == Some(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok()).sum())
-}
-
 fn published(http: &str) -> Result<u64> {
     Ok(get(&format!("{http}/api/v1/queues/bench-errors"))?["stats"]["published"].as_u64().unwrap_or(0))
 }
@@ -194,7 +188,7 @@ pub fn promises(a: PromisesBench) -> Result<()> {
         let at = members.iter().position(|m| m.id == owner).context("the deliverer is a member")?;
         until("the deliverer to publish", Duration::from_secs(60), || Ok(published(members[at].http())? > 0))?;
         let watcher = members[(at + 1) % 3].http().to_string();
-        let dropped_before: Vec<u64> = members.iter().map(|m| metric(m.http(), "gossamer_queue_duplicates_total")).collect::<Result<_>>()?;
+        let dropped_before: Vec<u64> = members.iter().map(|m| metric_sum(m.http(), "gossamer_queue_duplicates_total")).collect::<Result<_>>()?;
         let mut victim = members[at].node.take().context("running")?;
         let killed = Instant::now();
         victim.child.kill()?;
@@ -213,7 +207,7 @@ pub fn promises(a: PromisesBench) -> Result<()> {
         until("the heir to catch up with the shard log", Duration::from_secs(60), || {
             Ok(get(&format!("{}/api/v1/queues/bench-errors", members[heir].http()))?["stats"]["backlog"].as_u64() == Some(0))
         })?;
-        repeats += metric(members[heir].http(), "gossamer_queue_duplicates_total")? - dropped_before[heir];
+        repeats += metric_sum(members[heir].http(), "gossamer_queue_duplicates_total")? - dropped_before[heir];
         eprintln!("kill {}: {owner} -> {next}: named after {:.0} ms, delivering after {:.0} ms", k + 1, named[k], delivering[k]);
         let (id, data) = (members[at].id.clone(), members[at].data.clone());
         members[at].node = Some(start(&url, &data, &id, a.shards, "2")?);

@@ -279,6 +279,8 @@ pub struct Node {
     pub data: PathBuf,
     nats: String,
     args: Vec<String>,
+    /// Environment variables set on the node's process (fault switches).
+    pub env: Vec<(String, String)>,
 }
 
 /// Fast gossip for cluster tests, so failures are seen within a second or two.
@@ -314,12 +316,18 @@ impl Node {
 
     /// The same against a NATS URL (whose server may not be up yet).
     pub fn start_with_url(url: &str, data: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(url, data, args, &[])
+    }
+
+    /// The same with environment variables set on the node's process.
+    pub fn start_with_env(url: &str, data: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut node = Self {
             child: None,
             http: String::new(),
             data: data.to_path_buf(),
             nats: url.to_string(),
             args: args.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         node.spawn();
         node
@@ -339,6 +347,7 @@ impl Node {
             .arg(&self.data)
             .args(&self.args)
             .env("GOSSAMER_LOG", "info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log)
@@ -367,6 +376,15 @@ impl Node {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Waits until the node's process ends by itself (a crash a fault switch asked
+    /// for); its exit status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let c = self.child.as_mut().expect("node running");
+        let status = wait_for("the node to exit", timeout, || c.try_wait().unwrap());
+        self.child = None;
+        status
     }
 
     /// Starts the same node again (after [`Node::kill9`]).

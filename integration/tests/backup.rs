@@ -3,7 +3,9 @@
 //! chain); a damaged file named by verify and refused by restore; names that could
 //! escape the store refused; a backup taken during ingest matches the shard log up to
 //! its sequences; the same through a NATS Object Store bucket; a backup of a three-node
-//! cluster taken on one node (full, then incremental) restored into one node.
+//! cluster taken on one node (full, then incremental) restored into one node and into
+//! three; a restore cut short by a crash and run again; one node's backup restored into
+//! three, whose own backup goes through the object store.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -66,6 +68,23 @@ fn answers(node: &Node, datasets: &[Dataset]) -> BTreeMap<String, Value> {
     let (_, page) = node.get(&format!("/api/v1/search?q={}&limit=50", enc("stream:loghub.hdfs")));
     out.insert("hdfs newest page".into(), page["events"].clone());
     out
+}
+
+/// Asserts `got` holds the ids of `want`, each once; says how they differ, not what
+/// they are.
+fn assert_same_ids(mut got: Vec<uuid::Uuid>, want: &[uuid::Uuid], what: &str) {
+    got.sort();
+    if got != want {
+        let (g, w): (BTreeSet<_>, BTreeSet<_>) = (got.iter().collect(), want.iter().collect());
+        panic!(
+            "{what}: {} ids where {} were expected; {} missing, {} not expected, {} repeats",
+            got.len(),
+            want.len(),
+            w.difference(&g).count(),
+            g.difference(&w).count(),
+            got.len() - g.len()
+        );
+    }
 }
 
 fn cli(node: &Node, args: &[&str]) -> std::process::Output {
@@ -438,4 +457,117 @@ fn a_cluster_backup_taken_on_one_node_restores_into_one_node_and_into_three() {
         ids.sort();
         assert_eq!(ids, before, "{}: every event once", n.http);
     }
+}
+
+/// A restore cut short (the node crashes partway through a shard, as
+/// `GOSSAMER_CRASH_MID_RESTORE` asks) runs again on the restarted node: the shards it
+/// finished are kept, the one it was writing is written anew, and every event is there
+/// once. Another backup is refused on those partial shards; the same restore repeated
+/// changes nothing; once events are stored after it, a restore is refused.
+#[test]
+fn a_restore_cut_short_by_a_crash_runs_again_and_stores_nothing_twice() {
+    let datasets = loghub::load();
+    let store = tempfile::tempdir().unwrap();
+    let store_arg = store.path().to_str().unwrap().to_string();
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let source = Node::start(&nats, data.path(), &["--backup-store", &store_arg]);
+    let n1 = (datasets[6].rows.len() + datasets[7].rows.len()) as u64;
+    publish(&nats, &source, "default", &[&datasets[6], &datasets[7]], n1);
+    let full = run_job(&source, "/api/v1/backups", json!({"name": "crash-full"}));
+    assert_eq!(full["state"], "done", "{full}");
+    let n2 = n1 + datasets[8].rows.len() as u64;
+    publish(&nats, &source, "default", &[&datasets[8]], n2);
+    let incr = run_job(&source, "/api/v1/backups", json!({"name": "crash-incr"}));
+    assert_eq!(incr["state"], "done", "{incr}");
+    let before = answers(&source, &datasets[6..9]);
+    let mut ids = source.all_ids("");
+    ids.sort();
+    assert_eq!(ids.len() as u64, n2);
+
+    let nats2 = Nats::start();
+    let fresh = tempfile::tempdir().unwrap();
+    let mut node = Node::start_with_env(&nats2.url(), fresh.path(), &["--backup-store", &store_arg], &[("GOSSAMER_CRASH_MID_RESTORE", "3")]);
+    let (status, job) = post_json(&format!("{}/api/v1/restore", node.http), json!({"backup": "crash-incr"}));
+    assert_eq!(status, 202, "{job}");
+    let exit = node.wait_exit(Duration::from_secs(120));
+    assert!(!exit.success(), "the node crashed mid-restore: {exit:?}");
+    assert!(node.log().contains("crashing mid-restore"), "{}", node.log());
+    node.env.clear();
+    node.start_again();
+
+    let (status, refused) = post_json(&format!("{}/api/v1/restore", node.http), json!({"backup": "crash-full"}));
+    assert_eq!(status, 409, "another backup over a cut-short restore: {refused}");
+    assert!(refused["error"].as_str().unwrap().contains("shard 0 is not empty"), "{refused}");
+
+    let job = run_job(&node, "/api/v1/restore", json!({"backup": "crash-incr"}));
+    assert_eq!(job["state"], "done", "the restore run again: {job}");
+    node.wait_count("", n2, Duration::from_secs(60));
+    assert_same_ids(node.all_ids(""), &ids, "every event once after the restore was run again");
+    assert_eq!(answers(&node, &datasets[6..9]), before);
+
+    let job = run_job(&node, "/api/v1/restore", json!({"backup": "crash-incr"}));
+    assert_eq!(job["state"], "done", "the same restore repeated: {job}");
+    assert_same_ids(node.all_ids(""), &ids, "a repeated restore stores nothing twice");
+
+    let n3 = n2 + datasets[9].rows.len() as u64;
+    publish(&nats2, &node, "default", &[&datasets[9]], n3);
+    let (status, refused) = post_json(&format!("{}/api/v1/restore", node.http), json!({"backup": "crash-incr"}));
+    assert_eq!(status, 409, "a restore over events stored since: {refused}");
+    assert_eq!(node.count(""), n3);
+}
+
+/// One node's backup in a NATS Object Store bucket restored into a cluster of three
+/// with two replicas (1 -> 3): every node answers every event once. That cluster then
+/// backs itself up into the same bucket from one node, the backup verifies on another,
+/// and it restores into one fresh node (3 -> 1) with the cluster's events.
+#[test]
+fn a_one_node_backup_restores_into_three_whose_own_backup_goes_to_the_object_store() {
+    let datasets = loghub::load();
+    let nats = Nats::start();
+    let bucket = ["--backup-store", "nats://gossamer-backups"];
+    let solo_dir = tempfile::tempdir().unwrap();
+    let solo = Node::start(&nats, solo_dir.path(), &[&["--cluster", "solo"][..], &bucket].concat());
+    let n1 = (datasets[10].rows.len() + datasets[11].rows.len()) as u64;
+    publish(&nats, &solo, "solo", &[&datasets[10], &datasets[11]], n1);
+    let job = run_job(&solo, "/api/v1/backups", json!({"name": "solo-full"}));
+    assert_eq!(job["state"], "done", "{job}");
+    let mut solo_ids = solo.all_ids("");
+    solo_ids.sort();
+
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let trio = start_cluster(&nats.url(), &dirs, &["t1", "t2", "t3"], &[&["--cluster", "trio"][..], &bucket].concat());
+    let job = run_job(&trio[0], "/api/v1/restore", json!({"backup": "solo-full"}));
+    assert_eq!(job["state"], "done", "{job}");
+    for n in &trio {
+        wait_for(&format!("{} to answer every restored event", n.http), Duration::from_secs(120), || {
+            let (status, body) = n.get("/api/v1/count?q=");
+            (status == 200 && body["partial"] == false && body["count"].as_u64() == Some(n1)).then_some(())
+        });
+        assert_same_ids(n.all_ids(""), &solo_ids, &format!("{}: every event of the one node, once", n.http));
+    }
+
+    let n2 = n1 + datasets[12].rows.len() as u64;
+    publish(&nats, &trio[0], "trio", &[&datasets[12]], n2);
+    for n in &trio {
+        wait_for(&format!("{} to catch up", n.http), Duration::from_secs(60), || n.caught_up().then_some(()));
+    }
+    let (_, c) = trio[2].get("/api/v1/cluster");
+    assert!(c["shards"].as_array().unwrap().iter().any(|s| s["here"] == false), "t3 does not hold every shard: {c}");
+    let job = run_job(&trio[2], "/api/v1/backups", json!({"name": "trio-full"}));
+    assert_eq!(job["state"], "done", "{job}");
+    let (_, manifest) = trio[0].get("/api/v1/backups/trio-full");
+    assert_eq!(manifest["events"].as_u64(), Some(n2), "every shard once: {manifest}");
+    let job = run_job(&trio[1], "/api/v1/backups/trio-full/verify", json!({}));
+    assert_eq!(job["state"], "done", "verified on another node: {job}");
+    let mut trio_ids = trio[1].all_ids("");
+    trio_ids.sort();
+    assert_eq!(trio_ids.len() as u64, n2);
+
+    let again_dir = tempfile::tempdir().unwrap();
+    let again = Node::start(&nats, again_dir.path(), &[&["--cluster", "again"][..], &bucket].concat());
+    let job = run_job(&again, "/api/v1/restore", json!({"backup": "trio-full"}));
+    assert_eq!(job["state"], "done", "{job}");
+    again.wait_count("", n2, Duration::from_secs(60));
+    assert_same_ids(again.all_ids(""), &trio_ids, "the cluster's events, once each");
 }

@@ -565,9 +565,13 @@ async fn a_shard_without_a_live_replica_makes_answers_partial_never_short() {
         let map = nodes[0].shard_map();
         let on_n2: Vec<u64> = (0..map.len() as u64).filter(|s| map[*s as usize] == ["n2"]).collect();
         assert!(!on_n2.is_empty(), "n2 holds some shards: {map:?}");
-        let (_, c) = nodes[0].get("/api/v1/cluster");
-        // The shards n1 holds by the map (a shard it held before n2 joined may still be
-        // here for a moment, but answers come from the map's replicas).
+        // n1 lets go of the shards it handed to n2 once n2 has caught up on them: until
+        // then its copy would still answer for them (complete, rightly not partial).
+        let c = wait_for("n1 to let go of the shards it handed to n2", Duration::from_secs(30), || {
+            let (_, c) = nodes[0].get("/api/v1/cluster");
+            let held = c["shards"].as_array().unwrap().iter().any(|s| s["here"] == true && s["replicas"] == json!(["n2"]));
+            (!held).then_some(c)
+        });
         let on_n1: u64 = c["shards"]
             .as_array()
             .unwrap()

@@ -53,6 +53,10 @@ pub struct ShardState {
     /// already stored).
     pub blocks_kept: u64,
     pub blocks_opened: u64,
+    /// A [`Reload`] came while the loop was still preparing: it starts over once it
+    /// has decided where it stands.
+    #[serde(skip)]
+    pub reload_pending: bool,
 }
 
 #[derive(Message)]
@@ -72,10 +76,11 @@ pub struct ShardActor {
     running: Option<SpawnHandle>,
 }
 
-/// Gets a copy of a shard from a live peer replica: an encoded snapshot (see
+/// Gets a copy of a shard from a live peer replica, one at the given sequence or later
+/// (an empty copy, at 0, is no use to a replica rebuilding): an encoded snapshot (see
 /// [`encode_snapshot`]); `None` when there is no peer to ask, an error when the peers
-/// gave none (they may still be starting).
-pub type SnapshotSource = Arc<dyn Fn(u32) -> futures::future::BoxFuture<'static, Result<Option<Vec<u8>>>> + Send + Sync>;
+/// gave none (they may still be starting, or rebuilding themselves).
+pub type SnapshotSource = Arc<dyn Fn(u32, u64) -> futures::future::BoxFuture<'static, Result<Option<Vec<u8>>>> + Send + Sync>;
 
 /// The whole shard as one blob: its applied sequence and every key, MessagePack in zstd.
 /// Taken under the shard's writer lock, so it is the shard as of one sequence.
@@ -89,6 +94,14 @@ pub fn encode_snapshot(store: &ShardStore) -> Result<(u64, Vec<u8>)> {
     })?;
     let bytes = rmp_serde::to_vec(&(done.applied, puts)).context("encoding the snapshot")?;
     Ok((done.applied, zstd::bulk::compress(&bytes, 3).context("compressing the snapshot")?))
+}
+
+/// The applied sequence a snapshot is of, read from its first bytes.
+pub fn snapshot_sequence(bytes: &[u8]) -> Result<u64> {
+    let mut head = zstd::stream::read::Decoder::new(bytes).context("decompressing the snapshot")?;
+    let mut d = rmp_serde::Deserializer::new(&mut head);
+    let (seq, _): (u64, serde::de::IgnoredAny) = serde::Deserialize::deserialize(&mut d).context("decoding the snapshot's sequence")?;
+    Ok(seq)
 }
 
 /// The applied sequence a snapshot is of, and its keys.
@@ -192,7 +205,8 @@ pub struct Stop;
 
 /// The log was moved past what this replica holds (a backup was restored on another
 /// node): start the apply loop again, so it rebuilds from a copy before applying. A
-/// replica not caught up is left alone: its loop is preparing or replaying already.
+/// replica still preparing finishes that first (its rebuild is not cut short), then
+/// starts over.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Reload;
@@ -201,8 +215,12 @@ impl Handler<Reload> for ShardActor {
     type Result = ();
 
     fn handle(&mut self, _: Reload, ctx: &mut Self::Context) {
-        if !self.state.lock().unwrap().caught_up {
-            return;
+        {
+            let mut st = self.state.lock().unwrap();
+            if !st.caught_up {
+                st.reload_pending = true;
+                return;
+            }
         }
         if let Some(h) = self.running.take() {
             ctx.cancel_future(h);
@@ -283,7 +301,8 @@ impl Runner {
         let mut copy = None;
         if let Some(source) = &self.snapshots {
             for attempt in 0..SNAPSHOT_ATTEMPTS {
-                match source(shard).await {
+                // A peer that is itself waiting for a restored copy holds nothing yet.
+                match source(shard, applied.max(1)).await {
                     Ok(Some(bytes)) => {
                         copy = Some(bytes);
                         break;
@@ -393,6 +412,10 @@ impl Runner {
             st.catch_up_to = target;
             st.caught_up |= applied >= target;
             st.started = true;
+            if std::mem::take(&mut st.reload_pending) {
+                info!(shard, "shard-reloaded");
+                return Ok(());
+            }
         }
         let mut messages = consumer
             .stream()

@@ -97,7 +97,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
             })
         })
     };
-    let snapshots: gossamer_shard::SnapshotSource = Arc::new(move |shard| {
+    let snapshots: gossamer_shard::SnapshotSource = Arc::new(move |shard, reaching| {
         let mut handle = handle_rx.clone();
         Box::pin(async move {
             let node = match tokio::time::timeout(NATS_WAIT, handle.wait_for(Option::is_some)).await {
@@ -105,7 +105,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
                 _ => None,
             };
             match node {
-                Some(node) => crate::service::root::fetch_snapshot(&node, shard).await,
+                Some(node) => crate::service::root::fetch_snapshot(&node, shard, reaching).await,
                 None => Ok(None),
             }
         })

@@ -205,6 +205,14 @@ impl Restoring<'_> {
         Ok(())
     }
 
+    /// Writes and syncs the records so far, without the applied sequence: what a
+    /// restore cut short leaves on disk.
+    pub fn flush_written(&mut self) -> Result<()> {
+        self.write()?;
+        self.store.db.flush()?;
+        Ok(())
+    }
+
     fn write(&mut self) -> Result<()> {
         if self.batched > 0 {
             self.store.tree.apply_batch(std::mem::take(&mut self.batch))?;

@@ -6,6 +6,7 @@ use clap::{Args, Subcommand};
 pub mod backup;
 pub mod chart;
 pub mod cluster;
+pub mod cluster_backup;
 pub mod plot;
 pub mod promises;
 pub mod common;
@@ -38,6 +39,9 @@ pub enum BenchWhat {
     /// Queue takeover after kill -9 of the member delivering it (10 kills), and partial
     /// answers during a rolling restart and a drain with one replica.
     Promises(promises::PromisesBench),
+    /// A three-node cluster's backup (full, incremental, verify) and its restore into
+    /// one node and into three.
+    ClusterBackup(cluster_backup::ClusterBackupBench),
     /// Draw the PNG chart of a `bench query --json` file again.
     Chart(chart::ChartArgs),
 }
@@ -50,6 +54,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
         BenchWhat::Backup(a) => backup::backup(a),
         BenchWhat::Cluster(a) => cluster::cluster(a),
         BenchWhat::Promises(a) => promises::promises(a),
+        BenchWhat::ClusterBackup(a) => cluster_backup::cluster_backup(a),
         BenchWhat::Chart(a) => chart::chart(a),
     }
 }

@@ -55,28 +55,30 @@ pub struct PromisesFigures {
     pub drain_partial: u64,
 }
 
-struct Member {
-    id: String,
-    data: PathBuf,
-    node: Option<NodeProcess>,
+pub(crate) struct Member {
+    pub id: String,
+    pub data: PathBuf,
+    pub node: Option<NodeProcess>,
 }
 
 impl Member {
-    fn http(&self) -> &str {
+    pub fn http(&self) -> &str {
         &self.node.as_ref().expect("running").http
     }
 }
 
-fn get(url: &str) -> Result<Value> {
+pub(crate) fn get(url: &str) -> Result<Value> {
     Ok(ureq::get(url).timeout(Duration::from_secs(10)).call()?.into_json()?)
 }
 
-fn start(url: &str, data: &Path, id: &str, shards: u32, replicas: &str) -> Result<NodeProcess> {
-    NodeProcess::start_with(url, data, shards, &["--node-id", id, "--replicas", replicas, "--gossip-probe-ms", "500", "--gossip-suspect-ms", "2000"])
+fn start(url: &str, data: &Path, id: &str, shards: u32, replicas: &str, extra: &[&str]) -> Result<NodeProcess> {
+    let mut args = vec!["--node-id", id, "--replicas", replicas, "--gossip-probe-ms", "500", "--gossip-suspect-ms", "2000"];
+    args.extend_from_slice(extra);
+    NodeProcess::start_with(url, data, shards, &args)
 }
 
 /// Waits (a poll of other processes' APIs, with a deadline) until `f` says yes.
-fn until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+pub(crate) fn until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         if f().unwrap_or(false) {
@@ -89,7 +91,7 @@ fn until(what: &str, timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> 
     }
 }
 
-fn settled(members: &[Member], all: usize) -> Result<bool> {
+pub(crate) fn settled(members: &[Member], all: usize) -> Result<bool> {
     for m in members.iter().filter(|m| m.node.is_some()) {
         let c = get(&format!("{}/api/v1/cluster", m.http()))?;
         let alive = c["members"].as_array().map_or(0, |v| v.iter().filter(|m| m["state"] == "alive").count());
@@ -103,11 +105,16 @@ fn settled(members: &[Member], all: usize) -> Result<bool> {
 
 /// A cluster of `n` members on a nats-server of its own.
 fn cluster(tmp: &Path, url: &str, n: usize, shards: u32, replicas: &str) -> Result<Vec<Member>> {
+    cluster_with(tmp, url, n, shards, replicas, &[])
+}
+
+/// The same with `extra` options for every member.
+pub(crate) fn cluster_with(tmp: &Path, url: &str, n: usize, shards: u32, replicas: &str, extra: &[&str]) -> Result<Vec<Member>> {
     let mut members = Vec::new();
     for i in 1..=n {
         let id = format!("n{i}");
         let data = tmp.join(&id);
-        let node = start(url, &data, &id, shards, replicas)?;
+        let node = start(url, &data, &id, shards, replicas, extra)?;
         members.push(Member { id, data, node: Some(node) });
     }
     until("every member to see the others", Duration::from_secs(60), || settled(&members, n))?;
@@ -210,7 +217,7 @@ pub fn promises(a: PromisesBench) -> Result<()> {
         repeats += metric_sum(members[heir].http(), "gossamer_queue_duplicates_total")? - dropped_before[heir];
         eprintln!("kill {}: {owner} -> {next}: named after {:.0} ms, delivering after {:.0} ms", k + 1, named[k], delivering[k]);
         let (id, data) = (members[at].id.clone(), members[at].data.clone());
-        members[at].node = Some(start(&url, &data, &id, a.shards, "2")?);
+        members[at].node = Some(start(&url, &data, &id, a.shards, "2", &[])?);
         until("the cluster to settle", Duration::from_secs(120), || settled(&members, 3))?;
     }
 
@@ -221,7 +228,7 @@ pub fn promises(a: PromisesBench) -> Result<()> {
         let q = querier(members[(i + 1) % 3].http().to_string(), stop_q.clone());
         members[i].node.take().context("running")?.stop()?;
         let (id, data) = (members[i].id.clone(), members[i].data.clone());
-        members[i].node = Some(start(&url, &data, &id, a.shards, "2")?);
+        members[i].node = Some(start(&url, &data, &id, a.shards, "2", &[])?);
         until("the cluster to settle", Duration::from_secs(120), || settled(&members, 3))?;
         stop_q.store(true, Ordering::Relaxed);
         let (asked, bad) = q.join().map_err(|_| anyhow::anyhow!("the querier panicked"))?;

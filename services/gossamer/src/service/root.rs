@@ -146,7 +146,7 @@ pub fn all_shards(node: &NodeHandle) -> Vec<u32> {
 /// Fetches a copy of `shard` from another live member, piece by piece: `None` when
 /// there is no other member; an error when none of them gave one (they may still be
 /// catching up: ask again).
-pub async fn fetch_snapshot(node: &NodeHandle, shard: u32) -> anyhow::Result<Option<Vec<u8>>> {
+pub async fn fetch_snapshot(node: &NodeHandle, shard: u32, reaching: u64) -> anyhow::Result<Option<Vec<u8>>> {
     let view = node.cluster.membership.borrow().clone();
     let subjects = Subjects::new(&node.cfg.cluster);
     // The shard's other replicas first, then the members that held it before (one
@@ -178,8 +178,17 @@ pub async fn fetch_snapshot(node: &NodeHandle, shard: u32) -> anyhow::Result<Opt
                     token = t;
                     copy.extend_from_slice(&chunk);
                     if copy.len() as u64 >= total {
-                        info!(shard, peer = %peer, bytes = total, "shard-copy-received");
-                        return Ok(Some(copy));
+                        // A copy older than what the replica needs (an empty one from a
+                        // peer that has not taken a restored backup itself): ask on.
+                        match gossamer_shard::snapshot_sequence(&copy) {
+                            Ok(at) if at >= reaching => {
+                                info!(shard, peer = %peer, bytes = total, sequence = at, "shard-copy-received");
+                                return Ok(Some(copy));
+                            }
+                            Ok(at) => debug!(shard, peer = %peer, sequence = at, reaching, "shard-copy-too-old"),
+                            Err(e) => warn!(shard, peer = %peer, error = format!("{e:#}"), "shard-copy-unreadable"),
+                        }
+                        break;
                     }
                     if chunk.is_empty() {
                         break;

@@ -17,8 +17,8 @@ use gossamer_storage::Store;
 use crate::handle::NodeHandle;
 use tracing::info;
 
-/// How long a node that restored a backup hands copies of the shards it does not hold
-/// to the replicas rebuilding from them.
+/// How long a node that restored a backup hands copies of every shard it wrote (held
+/// or not) to the replicas rebuilding from them.
 const RESTORED_COPIES_KEPT: Duration = Duration::from_secs(600);
 
 /// How long a node waits for NATS at start.
@@ -175,8 +175,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
                         let (nats, subject, me) = (nats.clone(), subject.clone(), me.clone());
                         Box::pin(async move {
                             if let Some(node) = handle {
-                                let held: Vec<u32> = node.cluster.held().into_iter().map(|(s, _)| s).collect();
-                                *node.cluster.restored.lock().unwrap() = (0..node.cfg.shards).filter(|s| !held.contains(s)).collect();
+                                // Every shard, held here or not: one held now may be handed
+                                // over (and stop being served) before its owners copy it.
+                                *node.cluster.restored.lock().unwrap() = (0..node.cfg.shards).collect();
                                 // Long enough for every owner to take its copy; later the
                                 // owners' own replicas are the ones to copy.
                                 let weak = Arc::downgrade(&node);

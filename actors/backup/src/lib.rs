@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use actix::prelude::*;
+use futures::{StreamExt as _, TryStreamExt as _};
 use anyhow::{anyhow, bail, Context as _};
 use async_nats::jetstream;
 use gossamer_storage::{ShardStore, Store};
@@ -39,6 +40,8 @@ const LAST_BACKUP: &str = "backup:last";
 const RESTORING: &str = "backup:restoring";
 /// Finished jobs kept for `GET /api/v1/jobs`.
 const KEEP_JOBS: usize = 50;
+/// Shard parts a backup exports (or fetches from other members) at once.
+const PARTS_AT_ONCE: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackupError {
@@ -420,33 +423,39 @@ impl Backups {
     async fn run_create(self: Arc<Self>, id: String, parent: Option<Manifest>, progress: Progress) -> anyhow::Result<Manifest> {
         let staging = self.backups.staging(&id)?;
         progress.phase("exporting shards", self.shards.len() as u64, "shards");
-        let mut entries = Vec::with_capacity(self.shards.len());
         let local = self.local_shards().await;
-        for (n, shard) in self.shards.iter().enumerate() {
+        // A few shards at a time: the parts other members export travel over NATS while
+        // this node writes its own.
+        let shards: Vec<ShardStore> = self.shards.iter().cloned().collect();
+        let parts = shards.into_iter().enumerate().map(|(n, shard)| {
             let since = parent.as_ref().map(|p| p.shards[n].to_seq);
             let path = staging.join(shard_file(shard.shard()));
-            let entry = match &self.cluster {
-                Some(c) if !local.contains(&(n as u32)) => {
-                    // A member that serves it exports it; none: the backup fails here.
-                    let (bytes, entry) = (c.remote)(n as u32, since).await.with_context(|| format!("backing up shard {n}"))?;
-                    tokio::fs::write(&path, &bytes).await.with_context(|| format!("writing {}", path.display()))?;
-                    tokio::fs::File::open(&path).await?.sync_all().await?;
-                    entry
-                }
-                _ => {
-                    let shard = shard.clone();
-                    tokio::task::spawn_blocking(move || -> anyhow::Result<ShardEntry> {
-                        let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
-                        let (buf, entry) = export_part(&shard, since, std::io::BufWriter::with_capacity(1 << 20, f))?;
-                        buf.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-                        Ok(entry)
-                    })
-                    .await??
-                }
-            };
-            entries.push(entry);
-            progress.add(1);
-        }
+            let remote = self.cluster.as_ref().filter(|_| !local.contains(&(n as u32))).map(|c| c.remote.clone());
+            let progress = progress.clone();
+            async move {
+                let entry = match remote {
+                    Some(remote) => {
+                        // A member that serves it exports it; none: the backup fails here.
+                        let (bytes, entry) = remote(n as u32, since).await.with_context(|| format!("backing up shard {n}"))?;
+                        tokio::fs::write(&path, &bytes).await.with_context(|| format!("writing {}", path.display()))?;
+                        tokio::fs::File::open(&path).await?.sync_all().await?;
+                        entry
+                    }
+                    None => {
+                        tokio::task::spawn_blocking(move || -> anyhow::Result<ShardEntry> {
+                            let f = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+                            let (buf, entry) = export_part(&shard, since, std::io::BufWriter::with_capacity(1 << 20, f))?;
+                            buf.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                            Ok(entry)
+                        })
+                        .await??
+                    }
+                };
+                progress.add(1);
+                Ok::<_, anyhow::Error>(entry)
+            }
+        });
+        let entries: Vec<ShardEntry> = futures::stream::iter(parts).buffered(PARTS_AT_ONCE).try_collect().await?;
         let store = self.store.clone();
         let retention = tokio::task::spawn_blocking(move || store.retentions()).await??;
         let manifest = Manifest {

@@ -25,7 +25,7 @@ pub fn nats_server_binary() -> PathBuf {
         .expect("nats-server not found: install it (apt-get install -y nats-server); the test command does")
 }
 
-/// The `gossamer` binary built beside this test (`cargo build --bin gossamer`), or
+/// The `gossamer` binary built beside this test (`cargo build --workspace --tests --bins`), or
 /// `$GOSSAMER_BIN`.
 pub fn gossamer_binary() -> PathBuf {
     if let Some(p) = std::env::var_os("GOSSAMER_BIN") {
@@ -34,7 +34,7 @@ pub fn gossamer_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/gossamer
     let bin = exe.parent().and_then(Path::parent).map(|d| d.join("gossamer")).expect("target directory");
-    assert!(bin.is_file(), "{} is missing: run `cargo build --bin gossamer` first (the test command does)", bin.display());
+    assert!(bin.is_file(), "{} is missing: run `cargo build --workspace --tests --bins` first (the test command does)", bin.display());
     bin
 }
 

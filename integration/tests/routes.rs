@@ -115,6 +115,8 @@ async fn every_route_answers_good_input_and_names_what_is_wrong_with_bad_input()
             ok("GET", "/openapi.json", "/api/v1/openapi.json", None, 200),
             ok("GET", "/export", "/api/v1/export?q=stream:routes&format=csv", None, 200),
             bad("GET", "/export", "/api/v1/export?format=xml", None, "format"),
+            ok("POST", "/sql", "/api/v1/sql", Some(json!({"sql": "SELECT count(*) FROM logs WHERE stream = 'routes'"})), 200),
+            bad("POST", "/sql", "/api/v1/sql", Some(json!({"sql": "SELECT nope FROM logs"})), "nope"),
             ok("GET", "/tail", "/api/v1/tail?q=level:error", None, 200),
             bad("GET", "/tail", "/api/v1/tail?q=level:", None, "column"),
         ];

@@ -69,6 +69,11 @@ impl Subjects {
         format!("gossamer.{}.api.query", self.cluster)
     }
 
+    /// SQL queries, answered whole (a queue group, as `api.query`).
+    pub fn api_sql(&self) -> String {
+        format!("gossamer.{}.api.sql", self.cluster)
+    }
+
     /// One node's gossip inbox: SWIM packets for `node`.
     pub fn gossip(&self, node: &str) -> String {
         format!("gossamer.{}.gossip.{node}", self.cluster)

@@ -2,7 +2,9 @@
 //! group). The body and the answer are those of `POST /api/v1/query`; an error is
 //! `{"error": "...", "status": N}` with the status of its error code. Also
 //! `gossamer.<cluster>.api.wait`: `{"positions": {"<shard>": seq}, "timeout_ms": N}`
-//! (what ingest answers give) answered once every replica has applied them.
+//! (what ingest answers give) answered once every replica has applied them. And
+//! `gossamer.<cluster>.api.sql`: `{"sql": "SELECT ..."}`, answered whole as the JSON
+//! of `POST /api/v1/sql` (up to 900 KiB of rows; the REST route streams any size).
 
 use std::sync::Arc;
 
@@ -55,6 +57,39 @@ pub async fn serve_waits(node: Arc<NodeHandle>, mut sub: async_nats::Subscriber)
         let node = node.clone();
         actix_rt::spawn(async move {
             let answer = answer_wait(&node, &msg.payload).await;
+            let _ = node.nats.publish(reply, answer.to_string().into()).await;
+        });
+    }
+}
+
+/// NATS carries one message of at most 1 MiB by default: rows beyond this are refused.
+const SQL_ANSWER_BYTES: usize = 900 * 1024;
+
+/// Answers one SQL body, `{"sql": "..."}`, whole.
+async fn answer_sql(node: &Arc<NodeHandle>, payload: &[u8]) -> serde_json::Value {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct SqlBody {
+        sql: String,
+    }
+    let body = match serde_json::from_slice::<SqlBody>(payload) {
+        Ok(b) => b,
+        Err(e) => return error_reply(ErrorCode::BadRequest, format!("a SQL body is {{\"sql\": \"SELECT ...\"}}: {e}")),
+    };
+    match crate::service::sql::collect(node, &body.sql, SQL_ANSWER_BYTES).await {
+        Ok(v) => v,
+        Err(e) => error_reply(e.error_code(), e.message()),
+    }
+}
+
+/// Serves SQL requests until the subscription ends.
+pub async fn serve_sql(node: Arc<NodeHandle>, mut sub: async_nats::Subscriber) {
+    use futures::StreamExt;
+    while let Some(msg) = sub.next().await {
+        let Some(reply) = msg.reply.clone() else { continue };
+        let node = node.clone();
+        actix_rt::spawn(async move {
+            let answer = answer_sql(&node, &msg.payload).await;
             let _ = node.nats.publish(reply, answer.to_string().into()).await;
         });
     }

@@ -319,6 +319,10 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         .queue_subscribe(subjects.api_query(), format!("gossamer-{}-query", cfg.cluster))
         .await
         .context("subscribing to NATS queries")?;
+    let sql_sub = nats
+        .queue_subscribe(subjects.api_sql(), format!("gossamer-{}-sql", cfg.cluster))
+        .await
+        .context("subscribing to NATS SQL queries")?;
     let wait_sub = nats
         .queue_subscribe(subjects.api_wait(), format!("gossamer-{}-wait", cfg.cluster))
         .await
@@ -337,6 +341,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     let measuring = actix_rt::spawn(measure_pressure(handle.clone(), pressure));
     let nats_queries = actix_rt::spawn(crate::nats_api::serve_queries(handle.clone(), query_sub));
     let nats_waits = actix_rt::spawn(crate::nats_api::serve_waits(handle.clone(), wait_sub));
+    let nats_sql = actix_rt::spawn(crate::nats_api::serve_sql(handle.clone(), sql_sub));
     let node_queries = actix_rt::spawn(crate::service::root::serve_node_queries(handle.clone(), node_sub));
 
     shutdown.await;
@@ -353,6 +358,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     measuring.abort();
     nats_queries.abort();
     nats_waits.abort();
+    nats_sql.abort();
     server_handle.stop(true).await;
     let _ = serving.await;
     // Acks sent but not yet written would be lost with the connection. Bounded: with

@@ -10,6 +10,7 @@ pub mod args;
 pub mod backup;
 pub mod cluster;
 pub mod export;
+pub mod sql;
 pub mod publish;
 pub mod query;
 pub mod queue;
@@ -35,6 +36,9 @@ enum Command {
     /// Every event matching a query, oldest first, as NDJSON or CSV (re-imports with
     /// `gossamer publish`).
     Export(export::ExportCmd),
+    /// A SQL query over the table `logs` (id, ts, stream, level, message, labels,
+    /// fields), as a table or as CSV, NDJSON or JSON.
+    Sql(sql::SqlCmd),
     /// Delete one event by id, or every event matching a query.
     Delete(query::DeleteCmd),
     /// Set a stream's retention: events older than MAX_AGE (7d, 12h, 90m) are deleted;
@@ -60,7 +64,7 @@ enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let quiet_default = matches!(cli.command, Command::Publish(_) | Command::Query(_) | Command::Tail(_) | Command::Export(_));
+    let quiet_default = matches!(cli.command, Command::Publish(_) | Command::Query(_) | Command::Tail(_) | Command::Export(_) | Command::Sql(_));
     init_tracing(if quiet_default { "warn" } else { "info" });
     let result = match cli.command {
         Command::Up(a) => run::up(a),
@@ -68,6 +72,7 @@ pub fn main() -> ExitCode {
         Command::Publish(a) => publish::publish(a),
         Command::Query(a) => query::run(a),
         Command::Export(a) => export::run(a),
+        Command::Sql(a) => sql::run(a),
         Command::Delete(a) => query::delete(a),
         Command::Retention(a) => query::retention(a),
         Command::Bench(a) => crate::bench::run(a),

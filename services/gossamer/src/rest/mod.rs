@@ -13,6 +13,7 @@ pub mod elastic_api;
 pub mod error;
 pub mod events_api;
 pub mod export_api;
+pub mod sql_api;
 pub mod loki_api;
 pub mod loki_query;
 pub mod loki_tail;

@@ -5,7 +5,7 @@ use actix_web::HttpResponse;
 use gossamer_schemas::api::ErrorBody;
 
 use crate::rest::{
-    admin_api, backups_api, cluster_api, console, events_api, export_api, metrics, queues_api, search_api, streams_api, tail,
+    admin_api, backups_api, cluster_api, console, events_api, export_api, metrics, sql_api, queues_api, search_api, streams_api, tail,
 };
 
 /// The document's own part: its title and description, this route, the error body.
@@ -27,6 +27,7 @@ pub fn document() -> utoipa::openapi::OpenApi {
         search_api::Api::openapi(),
         events_api::Api::openapi(),
         export_api::Api::openapi(),
+        sql_api::Api::openapi(),
         streams_api::Api::openapi(),
         admin_api::Api::openapi(),
         backups_api::Api::openapi(),

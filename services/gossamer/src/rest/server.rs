@@ -12,7 +12,7 @@ use crate::handle::NodeHandle;
 use crate::rest::error::ApiError;
 use crate::rest::rejections::JsonRejections;
 use crate::rest::{
-    admin_api, auth, backups_api, cluster_api, console, elastic_api, events_api, export_api, loki_api, loki_query, loki_tail, metrics, openapi, queues_api, search_api,
+    admin_api, auth, backups_api, cluster_api, console, elastic_api, events_api, export_api, loki_api, loki_query, loki_tail, metrics, openapi, queues_api, search_api, sql_api,
     streams_api, tail, tls,
 };
 
@@ -61,6 +61,7 @@ api_routes! {
     get "/jobs/{id}" => backups_api::get_job,
     get "/openapi.json" => openapi::openapi,
     get "/export" => export_api::export,
+    post "/sql" => sql_api::sql_query,
 }
 
 /// Bodies of the ingest doors (a shipper's bulk or push) may be far larger than an API

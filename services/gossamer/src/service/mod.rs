@@ -19,4 +19,5 @@ pub mod logql;
 pub mod merge;
 pub mod query;
 pub mod root;
+pub mod sql;
 pub mod wire;

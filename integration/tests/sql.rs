@@ -1,0 +1,270 @@
+//! SQL over the stored events (`POST /api/v1/sql`, `gossamer sql`): the loghub samples'
+//! counts by stream, level, label, word and phrase equal the CSV's and the native API's;
+//! ORDER BY and LIMIT give the CSV's order; the answer streams as JSON, NDJSON or CSV;
+//! statements that are not queries and bad SQL get a 400 naming the problem; and on a
+//! cluster every node answers with every event once, partial when a shard is missing.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::Duration;
+
+use gossamer_integration::loghub::{self, event_json, Dataset};
+use gossamer_integration::{gossamer_binary, http_post, start_cluster, wait_for, Nats, Node};
+use serde_json::{json, Value};
+
+/// Publishes datasets through the request/reply path and waits until `node` counts
+/// `want` events in all.
+fn publish(url: &str, node: &Node, datasets: &[Dataset], want: u64) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let client = async_nats::connect(url).await.unwrap();
+        for ds in datasets {
+            for chunk in ds.rows.chunks(500) {
+                let body: String = chunk.iter().map(|r| format!("{}\n", event_json(ds, r))).collect();
+                let reply = client.request(format!("gossamer.default.ingest.{}", ds.stream()), body.into()).await.unwrap();
+                let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
+                assert_eq!(reply["accepted"].as_u64(), Some(chunk.len() as u64), "{reply}");
+            }
+        }
+    });
+    node.wait_count("", want, Duration::from_secs(120));
+}
+
+/// `POST /api/v1/sql` in JSON: the status and the answer.
+fn sql(node: &Node, q: &str) -> (u16, Value) {
+    http_post(&format!("{}/api/v1/sql", node.http), "application/json", json!({"sql": q}).to_string().as_bytes())
+}
+
+/// The rows of a query that must succeed, whole.
+fn rows(node: &Node, q: &str) -> Vec<Value> {
+    let (status, body) = sql(node, q);
+    assert_eq!(status, 200, "{q}: {body}");
+    assert_eq!(body["partial"], false, "{q}: {body}");
+    body["rows"].as_array().unwrap().clone()
+}
+
+/// The one number a `SELECT count(*) AS n ...` gives.
+fn count(node: &Node, q: &str) -> u64 {
+    let r = rows(node, q);
+    assert_eq!(r.len(), 1, "{q}: {r:?}");
+    r[0]["n"].as_u64().unwrap_or_else(|| panic!("{q}: {r:?}"))
+}
+
+/// A SQL string literal.
+fn lit(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+fn raw_sql(node: &Node, q: &str, format: &str) -> (u16, String) {
+    let r = ureq::post(&format!("{}/api/v1/sql", node.http)).send_json(json!({"sql": q, "format": format}));
+    match r {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn sql_answers_equal_the_csv_and_the_native_api_on_the_loghub_samples() {
+    let datasets = loghub::load();
+    let total: u64 = datasets.iter().map(|d| d.rows.len() as u64).sum();
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats, data.path(), &[]);
+    publish(&nats.url(), &node, &datasets, total);
+
+    assert_eq!(count(&node, "SELECT count(*) AS n FROM logs"), total);
+    let mut failures = Vec::new();
+    for ds in &datasets {
+        let s = lit(&ds.stream());
+        let n = count(&node, &format!("SELECT count(*) AS n FROM logs WHERE stream = {s}"));
+        if n != ds.rows.len() as u64 {
+            failures.push(format!("{}: {n} events, the CSV has {}", ds.stream(), ds.rows.len()));
+        }
+
+        // Counts by level, the events without one under NULL.
+        let mut want: BTreeMap<Option<String>, u64> = BTreeMap::new();
+        for r in &ds.rows {
+            *want.entry(loghub::level(r.level.as_deref())).or_default() += 1;
+        }
+        let got: BTreeMap<Option<String>, u64> = rows(&node, &format!("SELECT level, count(*) AS n FROM logs WHERE stream = {s} GROUP BY level"))
+            .iter()
+            .map(|r| (r["level"].as_str().map(String::from), r["n"].as_u64().unwrap()))
+            .collect();
+        if got != want {
+            failures.push(format!("{}: by level {got:?}, the CSV gives {want:?}", ds.stream()));
+        }
+
+        // The words, phrases and labels of the native count cases, asked in SQL.
+        for (q, want) in loghub::count_cases(ds) {
+            let rest = q.strip_prefix(&format!("stream:{} ", ds.stream())).unwrap_or("");
+            let cond = if let Some(p) = rest.strip_prefix('"').and_then(|p| p.strip_suffix('"')) {
+                format!("phrase(message, {})", lit(p))
+            } else if let Some(w) = rest.strip_prefix("NOT ") {
+                format!("NOT match(message, {})", lit(w))
+            } else if let Some(inner) = rest.strip_prefix('(').and_then(|p| p.strip_suffix(')')) {
+                let (w, p) = inner.split_once(" OR ").unwrap();
+                format!("(match(message, {}) OR phrase(message, {}))", lit(w), lit(p.trim_matches('"')))
+            } else if rest.chars().all(|c| c.is_alphanumeric() || c == '_') && !rest.is_empty() {
+                format!("match(message, {})", lit(rest))
+            } else if let Some((k, v)) = rest.split_once(':').filter(|(k, _)| *k == "component" || *k == "event_id") {
+                format!("labels[{}] = {}", lit(k), lit(v.trim_matches('"')))
+            } else {
+                continue;
+            };
+            let sql_q = format!("SELECT count(*) AS n FROM logs WHERE stream = {s} AND {cond}");
+            let got = count(&node, &sql_q);
+            if got != want {
+                failures.push(format!("{sql_q}: {got}, the CSV gives {want} (native {q:?}: {})", node.count(&q)));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} answers differ:\n{}", failures.len(), failures.join("\n"));
+
+    // The fields, through the JSON functions: the pid's sum, min and max as the CSV
+    // gives them, and approx_percentile equal to the native p95 (the same sketch).
+    let mut checked = 0;
+    for ds in &datasets {
+        let pids: Vec<i64> =
+            ds.rows.iter().filter_map(|r| r.other.iter().find(|(k, _)| k.eq_ignore_ascii_case("pid")).and_then(|(_, v)| v.parse::<i64>().ok())).collect();
+        if pids.is_empty() {
+            continue;
+        }
+        checked += 1;
+        let s = lit(&ds.stream());
+        let r = rows(
+            &node,
+            &format!(
+                "SELECT count(fields->>'pid') AS n, sum(json_get_int(fields, 'pid')) AS s, min(json_get_int(fields, 'pid')) AS lo, \
+                 max(json_get_int(fields, 'pid')) AS hi, approx_percentile(CAST(json_get_int(fields, 'pid') AS DOUBLE), 0.95) AS p95 \
+                 FROM logs WHERE stream = {s}"
+            ),
+        );
+        let with_pid = ds.rows.iter().filter(|r| r.other.keys().any(|k| k.eq_ignore_ascii_case("pid"))).count();
+        assert_eq!(r[0]["n"].as_u64(), Some(with_pid as u64), "{}: {r:?}", ds.name);
+        assert_eq!(r[0]["s"].as_i64(), Some(pids.iter().sum::<i64>()), "{}: {r:?}", ds.name);
+        assert_eq!((r[0]["lo"].as_i64(), r[0]["hi"].as_i64()), (pids.iter().min().copied(), pids.iter().max().copied()), "{}", ds.name);
+        let (_, native) = node.get(&format!("/api/v1/aggregate?q={}&fn=p95&field=pid", gossamer_integration::enc(&format!("stream:{}", ds.stream()))));
+        let native = native["groups"][0]["value"].as_f64().unwrap();
+        let p95 = r[0]["p95"].as_f64().unwrap();
+        assert!((p95 - native).abs() <= native.abs() * 1e-9, "{}: SQL p95 {p95}, native {native}", ds.name);
+    }
+    assert!(checked > 0, "some sample has a pid");
+
+    // ORDER BY and LIMIT: the newest five of one stream, ties by id.
+    let ds = &datasets[0];
+    let mut want: Vec<(i64, String)> = ds.rows.iter().map(|r| (r.ts_ms, r.id.to_string())).collect();
+    want.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    let got: Vec<String> = rows(&node, &format!("SELECT id FROM logs WHERE stream = {} ORDER BY ts DESC, id LIMIT 5", lit(&ds.stream())))
+        .iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, want.iter().take(5).map(|(_, id)| id.clone()).collect::<Vec<_>>());
+
+    // A limit with no order: that many rows, each of the stream asked for.
+    let some = rows(&node, &format!("SELECT stream, message FROM logs WHERE stream = {} LIMIT 7", lit(&ds.stream())));
+    assert_eq!(some.len(), 7);
+    assert!(some.iter().all(|r| r["stream"] == json!(ds.stream())), "{some:?}");
+
+    // The other formats stream the same rows.
+    let q = "SELECT level, count(*) AS n FROM logs GROUP BY level ORDER BY n DESC, level";
+    let as_json = rows(&node, q);
+    let (status, ndjson) = raw_sql(&node, q, "ndjson");
+    assert_eq!(status, 200);
+    let lines: Vec<Value> = ndjson.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines, as_json);
+    let (status, csv) = raw_sql(&node, q, "csv");
+    assert_eq!(status, 200);
+    let csv_lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(csv_lines[0], "level,n");
+    assert_eq!(csv_lines.len(), as_json.len() + 1, "{csv}");
+    assert_eq!(csv_lines[1], format!("{},{}", as_json[0]["level"].as_str().unwrap_or(""), as_json[0]["n"]));
+
+    // The same over NATS, answered whole.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let over_nats: Value = rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let reply = client.request("gossamer.default.api.sql", json!({"sql": q}).to_string().into()).await.unwrap();
+        serde_json::from_slice(&reply.payload).unwrap()
+    });
+    assert_eq!(over_nats["rows"], json!(as_json), "{over_nats}");
+    assert_eq!(over_nats["partial"], false);
+
+    // EXPLAIN shows what the store was asked: the word, the stream and the time range.
+    let plan = rows(&node, &format!("EXPLAIN SELECT count(*) FROM logs WHERE stream = {} AND match(message, 'error') AND ts >= TIMESTAMP '2000-01-01T00:00:00Z'", lit(&ds.stream())));
+    let logical = plan.iter().find(|r| r["plan_type"] == "logical_plan").unwrap_or_else(|| panic!("{plan:?}"))["plan"].as_str().unwrap().to_string();
+    assert!(logical.contains("full_filters") && logical.contains("match(") && logical.contains("logs.ts >="), "{logical}");
+
+    // `gossamer sql` draws a table.
+    let out = Command::new(gossamer_binary()).args(["sql", "--server", &node.http, q]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("level"), "{text}");
+    assert!(text.contains(&format!("({} rows)", as_json.len())), "{text}");
+}
+
+#[test]
+fn sql_that_is_not_a_query_or_is_wrong_gets_a_400_naming_the_problem() {
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let node = Node::start(&nats, data.path(), &[]);
+    let cases: [(&str, &str); 6] = [
+        ("SELEC count(*) FROM logs", "SELEC"),
+        ("SELECT nope FROM logs", "nope"),
+        ("SELECT * FROM nowhere", "nowhere"),
+        ("CREATE TABLE t (a INT)", "only queries"),
+        ("INSERT INTO logs (message) VALUES ('x')", "only queries"),
+        ("DROP TABLE logs", "only queries"),
+    ];
+    for (q, named) in cases {
+        let (status, body) = sql(&node, q);
+        assert_eq!(status, 400, "{q}: {body}");
+        let error = body["error"].as_str().unwrap_or_else(|| panic!("{q}: {body}"));
+        assert!(error.contains(named), "{q}: the error should name {named:?}: {error}");
+    }
+    let long = format!("SELECT count(*) FROM logs WHERE message = '{}'", "x".repeat(20_000));
+    let (status, body) = sql(&node, &long);
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("bytes"), "{body}");
+    let (status, body) = http_post(&format!("{}/api/v1/sql", node.http), "application/json", br#"{"query": "SELECT 1"}"#);
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = raw_sql(&node, "SELECT 1", "xml");
+    assert_eq!(status, 400, "{body}");
+    // Nothing was changed by what was refused: the table is still there, empty.
+    let (status, body) = sql(&node, "SELECT count(*) AS n FROM logs");
+    assert_eq!((status, body["rows"][0]["n"].as_u64()), (200, Some(0)), "{body}");
+}
+
+#[test]
+fn a_sql_count_through_each_of_three_nodes_is_the_total_and_partial_with_a_shard_missing() {
+    let datasets = loghub::load();
+    let some: Vec<Dataset> = datasets.into_iter().take(3).collect();
+    let total: u64 = some.iter().map(|d| d.rows.len() as u64).sum();
+    let nats = Nats::start();
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let mut nodes = start_cluster(&nats.url(), &dirs, &["n1", "n2", "n3"], &["--replicas", "1"]);
+    publish(&nats.url(), &nodes[0], &some, total);
+    for n in &nodes {
+        wait_for(&format!("{} to count every event", n.http), Duration::from_secs(60), || {
+            let (status, body) = n.get("/api/v1/count?q=");
+            (status == 200 && body["partial"] == false && body["count"].as_u64() == Some(total)).then_some(())
+        });
+        assert_eq!(count(n, "SELECT count(*) AS n FROM logs"), total, "{}", n.http);
+        let by_stream: u64 = rows(n, "SELECT stream, count(*) AS n FROM logs GROUP BY stream").iter().map(|r| r["n"].as_u64().unwrap()).sum();
+        assert_eq!(by_stream, total, "{}", n.http);
+    }
+    // Once no member still holds a shard it handed over (that copy would answer for
+    // it), n3 is killed: until gossip moves its shards, an answer lacks them and says so.
+    for n in &nodes {
+        wait_for(&format!("{} to let go of what it handed over", n.http), Duration::from_secs(30), || {
+            let (_, c) = n.get("/api/v1/cluster");
+            (!c["shards"].as_array().unwrap().iter().any(|s| s["leaving"] == true)).then_some(())
+        });
+    }
+    nodes[2].kill9();
+    let (status, body) = sql(&nodes[0], "SELECT count(*) AS n FROM logs");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["partial"], true, "{body}");
+    assert!(!body["missing_shards"].as_array().unwrap().is_empty(), "{body}");
+    assert!(body["rows"][0]["n"].as_u64().unwrap() < total, "{body}");
+}

@@ -1,0 +1,124 @@
+//! SQL through the query service: `gossamer_sql` plans and runs the query; the table's
+//! pages come from [`queries::search`], so a SQL query sees every shard once (the same
+//! replica choice and missing shards as the native API), whichever node runs it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use gossamer_schemas::api::QueryRequest;
+use gossamer_sql::{Limits, Missing, Page, Scan, SqlError};
+
+use crate::error::ServiceError;
+use crate::handle::NodeHandle;
+use crate::service::query as queries;
+
+/// Events per page a SQL scan asks of the query service.
+const PAGE: usize = 5_000;
+
+/// How long one SQL query may run, planning and every row included.
+pub const SQL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The cluster's events, a page at a time.
+pub struct NodeSource(pub Arc<NodeHandle>);
+
+impl std::fmt::Debug for NodeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeSource")
+    }
+}
+
+#[async_trait]
+impl gossamer_sql::Source for NodeSource {
+    async fn page(&self, scan: &Scan, cursor: Option<String>) -> Result<Page, String> {
+        let max = self.0.cfg.query_limits.max_page.clamp(1, PAGE);
+        let req = QueryRequest {
+            q: scan.query.clone(),
+            from: scan.from.map(|v| v.to_string()),
+            to: scan.to.map(|v| v.to_string()),
+            limit: Some(scan.limit.map_or(max, |l| l.clamp(1, max))),
+            order: None,
+            cursor,
+            sort: None,
+        };
+        let page = queries::search(&self.0, req).await.map_err(|e| e.to_string())?;
+        Ok(Page { events: page.events, missing: page.missing, next: page.next_cursor })
+    }
+}
+
+/// One batch as NDJSON lines (explicit nulls, so every row has every column).
+pub fn ndjson(batch: &datafusion::arrow::array::RecordBatch) -> Result<Vec<u8>, ServiceError> {
+    use datafusion::arrow::json::{writer::LineDelimited, WriterBuilder};
+    let internal = |e: datafusion::arrow::error::ArrowError| ServiceError::Internal(e.to_string());
+    let mut w = WriterBuilder::new().with_explicit_nulls(true).build::<_, LineDelimited>(Vec::new());
+    w.write(batch).map_err(internal)?;
+    w.finish().map_err(internal)?;
+    Ok(w.into_inner())
+}
+
+/// The whole answer of `sql` as one JSON value (`columns`, `rows`, `partial`,
+/// `missing_shards`), for the doors that cannot stream: an answer over `max_bytes` of
+/// rows is refused, naming the streaming route.
+pub async fn collect(node: &Arc<NodeHandle>, sql: &str, max_bytes: usize) -> Result<serde_json::Value, ServiceError> {
+    let work = async {
+        let mut running = start(node, sql).await?;
+        let columns: Vec<String> = running.stream.schema().fields().iter().map(|f| f.name().clone()).collect();
+        let (mut rows, mut bytes) = (Vec::new(), 0usize);
+        let mut next = running.first.take().map(Ok);
+        loop {
+            let batch = match next.take() {
+                Some(b) => b,
+                None => match running.stream.next().await {
+                    Some(b) => b,
+                    None => break,
+                },
+            };
+            let batch = batch.map_err(|e| service_error(gossamer_sql::classify(e)))?;
+            let lines = ndjson(&batch)?;
+            bytes += lines.len();
+            if bytes > max_bytes {
+                return Err(ServiceError::BadRequest(format!(
+                    "the answer is over {max_bytes} bytes: add a LIMIT, or use POST /api/v1/sql, which streams it"
+                )));
+            }
+            for line in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                rows.push(serde_json::from_slice::<serde_json::Value>(line).map_err(|e| ServiceError::Internal(e.to_string()))?);
+            }
+        }
+        let missing = running.missing.shards();
+        Ok(serde_json::json!({"columns": columns, "rows": rows, "partial": !missing.is_empty(), "missing_shards": missing}))
+    };
+    tokio::time::timeout(SQL_TIMEOUT, work)
+        .await
+        .map_err(|_| ServiceError::Timeout(format!("the SQL query ran past {} s", SQL_TIMEOUT.as_secs())))?
+}
+
+/// A planned query: its result columns and batches, and the shards found missing.
+pub struct Running {
+    pub stream: datafusion::execution::SendableRecordBatchStream,
+    pub missing: Missing,
+    /// The first batch, read before answering so a query that fails at once is a 400.
+    pub first: Option<datafusion::arrow::array::RecordBatch>,
+}
+
+fn service_error(e: SqlError) -> ServiceError {
+    match e {
+        SqlError::Bad(m) => ServiceError::BadRequest(m),
+        SqlError::Internal(m) => ServiceError::Internal(m),
+    }
+}
+
+/// Plans and starts `sql`, reading its first batch.
+pub async fn start(node: &Arc<NodeHandle>, sql: &str) -> Result<Running, ServiceError> {
+    let limits = Limits::default();
+    let source = Arc::new(NodeSource(node.clone()));
+    let (frame, missing) = gossamer_sql::plan(source, sql, &limits).await.map_err(service_error)?;
+    let mut stream = frame.execute_stream().await.map_err(|e| service_error(gossamer_sql::classify(e)))?;
+    let first = match stream.next().await {
+        Some(Ok(b)) => Some(b),
+        Some(Err(e)) => return Err(service_error(gossamer_sql::classify(e))),
+        None => None,
+    };
+    Ok(Running { stream, missing, first })
+}

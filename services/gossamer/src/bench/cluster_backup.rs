@@ -3,34 +3,18 @@
 //! then restored into one fresh node and into a fresh cluster of three, each timed from
 //! the request until every member answers with every event (no answer partial).
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use clap::Args;
 use serde::Serialize;
 use serde_json::json;
 
 use crate::bench::common::*;
 use crate::bench::promises::{cluster_with, get, settled, until, Member};
 
-#[derive(Args)]
-pub struct ClusterBackupBench {
-    /// Events in the full backup (the incremental adds a tenth more).
-    #[arg(long, default_value_t = 1_000_000)]
-    pub events: usize,
-    #[arg(long, default_value_t = 500)]
-    pub batch: usize,
-    #[arg(long, default_value_t = 256)]
-    pub in_flight: usize,
-    #[arg(long, default_value_t = 64)]
-    pub shards: u32,
-    #[arg(long, default_value = "integration/testdata/loghub")]
-    pub dataset: PathBuf,
-    /// Write the figures as JSON here too.
-    #[arg(long)]
-    pub json: Option<PathBuf>,
-}
+/// The same options as `bench backup`: events in the full backup (the incremental adds
+/// a tenth more), the publishing batch and window, shards, the samples, a JSON file.
+pub type ClusterBackupBench = crate::bench::backup::BackupBench;
 
 #[derive(Debug, Serialize)]
 pub struct ClusterBackupFigures {

@@ -164,11 +164,26 @@ pub struct QueryLimits {
     pub max_groups: usize,
     /// Bytes of a REST request body (413 past it).
     pub max_body_bytes: usize,
+    /// Bytes of SQL text.
+    pub max_sql_bytes: usize,
+    /// Memory one SQL query may hold for its sorts, groups and joins.
+    pub sql_memory_bytes: usize,
+    /// Seconds one SQL query may run, planning and every row included.
+    pub sql_timeout_secs: u64,
 }
 
 impl Default for QueryLimits {
     fn default() -> Self {
-        Self { max_query_bytes: 8192, max_query_terms: 256, max_page: 10_000, max_groups: 100_000, max_body_bytes: 1 << 20 }
+        Self {
+            max_query_bytes: 8192,
+            max_query_terms: 256,
+            max_page: 10_000,
+            max_groups: 100_000,
+            max_body_bytes: 1 << 20,
+            max_sql_bytes: 16 * 1024,
+            sql_memory_bytes: 256 << 20,
+            sql_timeout_secs: 60,
+        }
     }
 }
 

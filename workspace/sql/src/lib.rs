@@ -12,7 +12,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, MapBuilder, RecordBatch, StringBuilder, TimestampNanosecondBuilder};
+use datafusion::arrow::array::{ArrayRef, MapBuilder, RecordBatch, StringBuilder, TimestampNanosecondBuilder, UInt32Builder};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::Session;
 use datafusion::common::{DataFusionError, ScalarValue};
@@ -24,8 +24,10 @@ use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::ExecutionPlan;
 use gossamer_schemas::Event;
 
+pub mod memory;
 mod percentile;
 mod text;
+pub use memory::MemorySource;
 pub use percentile::approx_percentile_udaf;
 pub use text::{match_udf, phrase_udf};
 
@@ -52,6 +54,8 @@ pub struct Page {
 #[async_trait]
 pub trait Source: Send + Sync + fmt::Debug + 'static {
     async fn page(&self, scan: &Scan, cursor: Option<String>) -> Result<Page, String>;
+    /// How many shards the events are spread over (the `shard` column).
+    fn shards(&self) -> u32;
 }
 
 /// The shards missing from any scan of one query: its answer is partial when any are.
@@ -83,11 +87,12 @@ pub fn logs_schema() -> SchemaRef {
         Field::new("message", DataType::Utf8, false),
         Field::new("labels", DataType::Map(Arc::new(entries), false), false),
         Field::new("fields", DataType::Utf8, false),
+        Field::new("shard", DataType::UInt32, false),
     ]))
 }
 
-/// Events as one record batch of [`logs_schema`].
-pub fn to_batch(schema: &SchemaRef, events: &[Event]) -> Result<RecordBatch, DataFusionError> {
+/// Events as one record batch of [`logs_schema`], spread over `shards` shards.
+pub fn to_batch(schema: &SchemaRef, events: &[Event], shards: u32) -> Result<RecordBatch, DataFusionError> {
     let n = events.len();
     let mut id = StringBuilder::with_capacity(n, n * 36);
     let mut ts = TimestampNanosecondBuilder::with_capacity(n).with_timezone("UTC");
@@ -96,7 +101,9 @@ pub fn to_batch(schema: &SchemaRef, events: &[Event]) -> Result<RecordBatch, Dat
     let mut message = StringBuilder::with_capacity(n, n * 120);
     let mut labels = MapBuilder::new(None, StringBuilder::new(), StringBuilder::new());
     let mut fields = StringBuilder::with_capacity(n, n * 32);
+    let mut shard = UInt32Builder::with_capacity(n);
     for e in events {
+        shard.append_value(gossamer_schemas::shard_for(&e.stream, &e.id, shards));
         id.append_value(e.id.to_string());
         ts.append_value(e.ts);
         stream.append_value(&e.stream);
@@ -121,6 +128,7 @@ pub fn to_batch(schema: &SchemaRef, events: &[Event]) -> Result<RecordBatch, Dat
         Arc::new(message.finish()),
         Arc::new(labels.finish()),
         Arc::new(fields.finish()),
+        Arc::new(shard.finish()),
     ];
     Ok(RecordBatch::try_new(schema.clone(), columns)?)
 }
@@ -325,7 +333,8 @@ impl PartitionStream for Pages {
             st.read += page.events.len();
             st.cursor = page.next;
             st.done = st.cursor.is_none() || st.scan.limit.is_some_and(|l| st.read >= l);
-            Some((to_batch(&st.schema, &page.events), st))
+            let batch = to_batch(&st.schema, &page.events, st.source.shards());
+            Some((batch, st))
         });
         Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), batches))
     }
@@ -367,7 +376,7 @@ pub fn classify(e: DataFusionError) -> SqlError {
         DataFusionError::SQL(..) | DataFusionError::Plan(_) | DataFusionError::SchemaError(..) | DataFusionError::NotImplemented(_) => {
             SqlError::Bad(e.to_string())
         }
-        DataFusionError::ResourcesExhausted(m) => SqlError::Bad(format!("the query needs more memory than a query may use: {m}")),
+        DataFusionError::ResourcesExhausted(m) => SqlError::Bad(format!("the query needs more memory than query_limits.sql_memory_bytes allows: {m}")),
         _ => SqlError::Internal(e.to_string()),
     }
 }
@@ -379,7 +388,7 @@ pub async fn plan(source: Arc<dyn Source>, sql: &str, limits: &Limits) -> Result
     use datafusion::execution::SessionStateBuilder;
     use datafusion::prelude::{SQLOptions, SessionConfig, SessionContext};
     if sql.len() > limits.max_len {
-        return Err(SqlError::Bad(format!("the SQL is {} bytes; at most {} are accepted", sql.len(), limits.max_len)));
+        return Err(SqlError::Bad(format!("the SQL is {} bytes; query_limits.max_sql_bytes allows {}", sql.len(), limits.max_len)));
     }
     let runtime = RuntimeEnvBuilder::new().with_memory_limit(limits.memory_bytes, 1.0).build_arc().map_err(|e| SqlError::Internal(e.to_string()))?;
     let config = SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema("gossamer", "public");

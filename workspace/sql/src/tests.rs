@@ -2,40 +2,15 @@
 //! to the engine's own filtering of every event.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use async_trait::async_trait;
 use datafusion::arrow::array::RecordBatch;
 use gossamer_schemas::Event;
 use serde_json::json;
 
 use super::*;
 
-/// Events in memory, matched with the native syntax as the store would; it records
-/// every scan it is asked for.
-#[derive(Debug, Default)]
-struct Memory {
-    events: Vec<Event>,
-    scans: Mutex<Vec<Scan>>,
-}
-
-#[async_trait]
-impl Source for Memory {
-    async fn page(&self, scan: &Scan, cursor: Option<String>) -> Result<Page, String> {
-        self.scans.lock().unwrap().push(scan.clone());
-        let q = gossamer_query::parse(&scan.query).map_err(|e| e.to_string())?;
-        let start: usize = cursor.map(|c| c.parse().unwrap()).unwrap_or(0);
-        let matching: Vec<&Event> = self
-            .events
-            .iter()
-            .filter(|e| scan.from.is_none_or(|f| e.ts >= f) && scan.to.is_none_or(|t| e.ts < t) && q.matches(e))
-            .collect();
-        // Pages of three, so every query reads several.
-        let end = (start + 3).min(matching.len());
-        let events: Vec<Event> = matching[start..end].iter().map(|e| (*e).clone()).collect();
-        Ok(Page { events, missing: vec![], next: (end < matching.len()).then(|| end.to_string()) })
-    }
-}
+type Memory = MemorySource;
 
 fn event(n: u8, ts: i64, stream: &str, level: &str, message: &str, labels: &[(&str, &str)], fields: serde_json::Value) -> Event {
     Event {
@@ -50,8 +25,9 @@ fn event(n: u8, ts: i64, stream: &str, level: &str, message: &str, labels: &[(&s
 }
 
 fn fixture() -> Arc<Memory> {
-    Arc::new(Memory {
-        events: vec![
+    // Pages of three, so every query reads several.
+    Arc::new(Memory::new(
+        vec![
             event(1, 1_000, "api", "error", "Connection refused by upstream", &[("region", "eu")], json!({"latency_ms": 120})),
             event(2, 2_000, "api", "info", "request done", &[("region", "us")], json!({"latency_ms": 15})),
             event(3, 3_000, "api", "", "connection reset by peer", &[], json!({"latency_ms": "88"})),
@@ -60,8 +36,8 @@ fn fixture() -> Arc<Memory> {
             event(6, 5_000, "api", "error", "refused", &[("region", "us")], json!({"latency_ms": 300})),
             event(7, 7_000, "web", "info", "GET /health 200", &[], json!({"nested": {"a": 1}})),
         ],
-        scans: Mutex::default(),
-    })
+        3,
+    ))
 }
 
 async fn run(source: Arc<Memory>, sql: &str) -> Vec<serde_json::Value> {
@@ -89,7 +65,7 @@ async fn filters_the_store_answers_are_handed_to_it_whole() {
     )
     .await;
     assert_eq!(rows.len(), 1, "{rows:?}");
-    let scans = src.scans.lock().unwrap().clone();
+    let scans = src.scans();
     let scan = &scans[0];
     assert_eq!((scan.from, scan.to), (Some(500), Some(4000)));
     for term in ["stream:api", "level:error", "labels.region:\"eu\"", "\"refused\"", "\"connection\""] {
@@ -103,7 +79,7 @@ async fn what_the_store_does_not_answer_exactly_is_left_to_the_engine() {
     // A level spelled as the native syntax would read differently, an OR, a LIKE.
     let rows = run(src.clone(), "SELECT count(*) AS n FROM logs WHERE level = 'ERROR' OR message LIKE '%pool%'").await;
     assert_eq!(rows, vec![json!({"n": 1})]);
-    assert_eq!(src.scans.lock().unwrap()[0].query, "");
+    assert_eq!(src.scans()[0].query, "");
     let rows = run(fixture(), "SELECT count(*) AS n FROM logs WHERE level = 'notice'").await;
     assert_eq!(rows, vec![json!({"n": 0})], "no stored level is 'notice' (it is stored as info)");
 }
@@ -131,11 +107,11 @@ async fn a_limit_reaches_the_store_only_with_nothing_in_between() {
     let src = fixture();
     let rows = run(src.clone(), "SELECT id FROM logs WHERE stream = 'api' LIMIT 2").await;
     assert_eq!(rows.len(), 2);
-    assert_eq!(src.scans.lock().unwrap()[0].limit, Some(2));
+    assert_eq!(src.scans()[0].limit, Some(2));
     let src = fixture();
     let rows = run(src.clone(), "SELECT id FROM logs WHERE message LIKE '%e%' ORDER BY ts DESC, id LIMIT 2").await;
     assert_eq!(rows, vec![json!({"id": uuid::Uuid::from_bytes([7; 16]).to_string()}), json!({"id": uuid::Uuid::from_bytes([5; 16]).to_string()})]);
-    assert!(src.scans.lock().unwrap().iter().all(|s| s.limit.is_none()));
+    assert!(src.scans().iter().all(|s| s.limit.is_none()));
 }
 
 #[tokio::test]

@@ -17,7 +17,7 @@ use gossamer_schemas::api::ErrorBody;
 use crate::error::ServiceError;
 use crate::rest::common::Node;
 use crate::rest::error::ApiError;
-use crate::service::sql::{self, ndjson, Running, SQL_TIMEOUT};
+use crate::service::sql::{self, ndjson, Running};
 
 /// This module's part of the OpenAPI document.
 #[derive(utoipa::OpenApi)]
@@ -91,6 +91,7 @@ struct Rows {
     rows: u64,
     batches: u64,
     started: Instant,
+    limit: std::time::Duration,
     done: bool,
 }
 
@@ -127,15 +128,14 @@ pub async fn sql_query(node: Node, body: web::Json<SqlRequest>) -> Result<HttpRe
     let format = Format::parse(req.format.as_deref())?;
     let node = node.get_ref().clone();
     let started = Instant::now();
-    let running = tokio::time::timeout(SQL_TIMEOUT, sql::start(&node, &req.sql))
-        .await
-        .map_err(|_| ServiceError::Timeout(format!("the SQL query ran past {} s", SQL_TIMEOUT.as_secs())))??;
+    let limit = sql::timeout(&node);
+    let running = tokio::time::timeout(limit, sql::start(&node, &req.sql)).await.map_err(|_| sql::timed_out(limit))??;
     let columns: Vec<String> = running.stream.schema().fields().iter().map(|f| f.name().clone()).collect();
     let head = match format {
         Format::Json => format!("{{\"columns\":{},\"rows\":[", serde_json::json!(columns)).into_bytes(),
         _ => Vec::new(),
     };
-    let rows = Rows { running, format, rows: 0, batches: 0, started, done: false };
+    let rows = Rows { running, format, rows: 0, batches: 0, started, limit, done: false };
     let body = futures::stream::unfold(rows, |mut st| async move {
         if st.done {
             return None;
@@ -143,10 +143,10 @@ pub async fn sql_query(node: Node, body: web::Json<SqlRequest>) -> Result<HttpRe
         let next = match st.running.first.take() {
             Some(b) => Some(Ok(b)),
             None => {
-                let left = SQL_TIMEOUT.saturating_sub(st.started.elapsed());
+                let left = st.limit.saturating_sub(st.started.elapsed());
                 match tokio::time::timeout(left, st.running.stream.next()).await {
                     Ok(n) => n,
-                    Err(_) => Some(Err(datafusion::error::DataFusionError::Execution(format!("the SQL query ran past {} s", SQL_TIMEOUT.as_secs())))),
+                    Err(_) => Some(Err(datafusion::error::DataFusionError::External(sql::timed_out(st.limit).to_string().into()))),
                 }
             }
         };

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+
 use async_trait::async_trait;
 use futures::StreamExt;
 use gossamer_schemas::api::QueryRequest;
@@ -17,8 +18,16 @@ use crate::service::query as queries;
 /// Events per page a SQL scan asks of the query service.
 const PAGE: usize = 5_000;
 
-/// How long one SQL query may run, planning and every row included.
-pub const SQL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one SQL query may run, planning and every row included
+/// (`query_limits.sql_timeout_secs`).
+pub fn timeout(node: &NodeHandle) -> Duration {
+    Duration::from_secs(node.cfg.query_limits.sql_timeout_secs.max(1))
+}
+
+/// The error of a query that ran past [`timeout`].
+pub fn timed_out(limit: Duration) -> ServiceError {
+    ServiceError::Timeout(format!("the SQL query ran past query_limits.sql_timeout_secs ({} s)", limit.as_secs()))
+}
 
 /// The cluster's events, a page at a time.
 pub struct NodeSource(pub Arc<NodeHandle>);
@@ -44,6 +53,10 @@ impl gossamer_sql::Source for NodeSource {
         };
         let page = queries::search(&self.0, req).await.map_err(|e| e.to_string())?;
         Ok(Page { events: page.events, missing: page.missing, next: page.next_cursor })
+    }
+
+    fn shards(&self) -> u32 {
+        self.0.cfg.shards
     }
 }
 
@@ -89,9 +102,8 @@ pub async fn collect(node: &Arc<NodeHandle>, sql: &str, max_bytes: usize) -> Res
         let missing = running.missing.shards();
         Ok(serde_json::json!({"columns": columns, "rows": rows, "partial": !missing.is_empty(), "missing_shards": missing}))
     };
-    tokio::time::timeout(SQL_TIMEOUT, work)
-        .await
-        .map_err(|_| ServiceError::Timeout(format!("the SQL query ran past {} s", SQL_TIMEOUT.as_secs())))?
+    let limit = timeout(node);
+    tokio::time::timeout(limit, work).await.map_err(|_| timed_out(limit))?
 }
 
 /// A planned query: its result columns and batches, and the shards found missing.
@@ -111,7 +123,8 @@ fn service_error(e: SqlError) -> ServiceError {
 
 /// Plans and starts `sql`, reading its first batch.
 pub async fn start(node: &Arc<NodeHandle>, sql: &str) -> Result<Running, ServiceError> {
-    let limits = Limits::default();
+    let q = &node.cfg.query_limits;
+    let limits = Limits { max_len: q.max_sql_bytes, memory_bytes: q.sql_memory_bytes };
     let source = Arc::new(NodeSource(node.clone()));
     let (frame, missing) = gossamer_sql::plan(source, sql, &limits).await.map_err(service_error)?;
     let mut stream = frame.execute_stream().await.map_err(|e| service_error(gossamer_sql::classify(e)))?;

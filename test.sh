@@ -11,6 +11,7 @@ source scripts/ensure-chromium.sh
 source scripts/ensure-python-clients.sh
 source scripts/ensure-syslog-tools.sh
 source scripts/ensure-node-clients.sh
+source scripts/ensure-postgres-client.sh
 # Built with the features the tests unify to, so the test run reuses every crate: a
 # plain `cargo build --bin gossamer` resolves features without the dev-dependencies and
 # would build the big crates (DataFusion) a second time.

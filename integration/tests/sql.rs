@@ -8,25 +8,14 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use gossamer_integration::loghub::{self, event_json, Dataset};
-use gossamer_integration::{gossamer_binary, http_post, start_cluster, wait_for, Nats, Node};
+use gossamer_integration::loghub::{self, Dataset};
+use gossamer_integration::{gossamer_binary, http_post, unused_port, wait_for, Nats, Node};
 use serde_json::{json, Value};
 
 /// Publishes datasets through the request/reply path and waits until `node` counts
 /// `want` events in all.
 fn publish(url: &str, node: &Node, datasets: &[Dataset], want: u64) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let client = async_nats::connect(url).await.unwrap();
-        for ds in datasets {
-            for chunk in ds.rows.chunks(500) {
-                let body: String = chunk.iter().map(|r| format!("{}\n", event_json(ds, r))).collect();
-                let reply = client.request(format!("gossamer.default.ingest.{}", ds.stream()), body.into()).await.unwrap();
-                let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
-                assert_eq!(reply["accepted"].as_u64(), Some(chunk.len() as u64), "{reply}");
-            }
-        }
-    });
+    loghub::publish(url, datasets);
     node.wait_count("", want, Duration::from_secs(120));
 }
 
@@ -236,13 +225,52 @@ fn sql_that_is_not_a_query_or_is_wrong_gets_a_400_naming_the_problem() {
 }
 
 #[test]
+fn the_sql_memory_cap_and_time_limit_are_settings_named_when_crossed() {
+    let datasets: Vec<Dataset> = loghub::load().into_iter().take(1).collect();
+    let total = datasets[0].rows.len() as u64;
+    let nats = Nats::start();
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("gossamer.json");
+    std::fs::write(&config, json!({"query_limits": {"sql_memory_bytes": 1 << 20, "sql_timeout_secs": 1}}).to_string()).unwrap();
+    let node = Node::start(&nats, &data.path().join("node"), &["--config", config.to_str().unwrap()]);
+    publish(&nats.url(), &node, &datasets, total);
+    // Small questions still fit.
+    assert_eq!(count(&node, "SELECT count(*) AS n FROM logs"), total);
+    // Sorting every pair of messages needs far more than 1 MiB.
+    let (status, body) = sql(&node, "SELECT a.message, b.message FROM logs a, logs b ORDER BY 1, 2 LIMIT 5");
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("query_limits.sql_memory_bytes"), "{body}");
+    // Counting a hundred billion rows takes more than a second (in little memory).
+    let (status, body) = sql(&node, "SELECT count(*) AS n FROM generate_series(1, 100000000000)");
+    assert_eq!(status, 503, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("query_limits.sql_timeout_secs (1 s)"), "{body}");
+}
+
+#[test]
 fn a_sql_count_through_each_of_three_nodes_is_the_total_and_partial_with_a_shard_missing() {
     let datasets = loghub::load();
     let some: Vec<Dataset> = datasets.into_iter().take(3).collect();
     let total: u64 = some.iter().map(|d| d.rows.len() as u64).sum();
     let nats = Nats::start();
     let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
-    let mut nodes = start_cluster(&nats.url(), &dirs, &["n1", "n2", "n3"], &["--replicas", "1"]);
+    // n1 also answers over the PostgreSQL door.
+    let pg = unused_port();
+    let pg_addr = format!("127.0.0.1:{pg}");
+    let names = ["n1", "n2", "n3"];
+    let mut nodes: Vec<Node> = names
+        .iter()
+        .zip(&dirs)
+        .map(|(id, d)| {
+            let mut extra = vec!["--replicas", "1"];
+            if *id == "n1" {
+                extra.extend(["--pg", pg_addr.as_str()]);
+            }
+            Node::start_member(&nats.url(), d.path(), id, &extra)
+        })
+        .collect();
+    for n in &nodes {
+        n.wait_members(&names, Duration::from_secs(30));
+    }
     publish(&nats.url(), &nodes[0], &some, total);
     for n in &nodes {
         wait_for(&format!("{} to count every event", n.http), Duration::from_secs(60), || {
@@ -267,4 +295,14 @@ fn a_sql_count_through_each_of_three_nodes_is_the_total_and_partial_with_a_shard
     assert_eq!(body["partial"], true, "{body}");
     assert!(!body["missing_shards"].as_array().unwrap().is_empty(), "{body}");
     assert!(body["rows"][0]["n"].as_u64().unwrap() < total, "{body}");
+    // psql prints the rows it got and the warning that shards are missing.
+    let out = Command::new("psql")
+        .args(["-X", "-w", "--csv", "-h", "127.0.0.1", "-p", &pg.to_string(), "-U", "tester", "-c", "SELECT count(*) AS n FROM logs"])
+        .output()
+        .expect("psql (test.sh installs Debian's postgresql-client)");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{stderr}");
+    let n: u64 = stdout.lines().nth(1).and_then(|l| l.parse().ok()).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(n < total, "{stdout}");
+    assert!(stderr.contains("WARNING") && stderr.contains("partial"), "{stderr}");
 }

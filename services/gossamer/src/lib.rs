@@ -6,7 +6,8 @@
 //! - [`cluster`]: membership, the shard map and the shard actors held here;
 //! - [`handle`]: a running node's parts;
 //! - [`service`]: the query service (scatter, gather, merge) and the commands;
-//! - the doors: [`rest`] (REST, console, metrics, live tail) and [`nats_api`];
+//! - the doors: [`rest`] (REST, console, metrics, live tail), [`nats_api`], [`pg`]
+//!   (the PostgreSQL wire protocol) and [`syslog`];
 //! - [`node`]: wiring a node together and running it;
 //! - [`local`]: a nats-server child for `up`, the tests and the benches;
 //! - [`client`]: the small client the CLI and the benches talk to a node with;
@@ -21,6 +22,7 @@ pub mod handle;
 pub mod local;
 pub mod nats_api;
 pub mod node;
+pub mod pg;
 pub mod rest;
 pub mod service;
 pub mod syslog;

@@ -328,6 +328,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         .await
         .context("subscribing to read-your-writes waits")?;
     nats.flush().await.context("registering the query subscription")?;
+    let pg = crate::pg::start(handle.clone()).await?;
     let (server, addr) = crate::rest::server::bind(handle.clone(), listener)?;
     let server_handle = server.handle();
     let serving = actix_rt::spawn(server);
@@ -359,6 +360,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     nats_queries.abort();
     nats_waits.abort();
     nats_sql.abort();
+    if let Some((_, task)) = &pg {
+        task.abort();
+    }
     server_handle.stop(true).await;
     let _ = serving.await;
     // Acks sent but not yet written would be lost with the connection. Bounded: with

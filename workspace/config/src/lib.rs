@@ -46,6 +46,8 @@ pub struct Config {
     pub syslog_udp: Option<String>,
     /// Listen for syslog on this TCP address (LF framing or RFC 6587 octet counting).
     pub syslog_tcp: Option<String>,
+    /// Answer SQL over the PostgreSQL wire protocol on this TCP address; off when absent.
+    pub pg: Option<String>,
     /// The Loki push door takes a stream's Gossamer stream from the first of these
     /// labels it has (else `loki`).
     pub loki_stream_labels: Vec<String>,
@@ -223,6 +225,7 @@ impl Default for Config {
             http_advertise: None,
             syslog_udp: None,
             syslog_tcp: None,
+            pg: None,
             loki_stream_labels: vec!["service_name".into(), "job".into(), "app".into()],
             default_level: None,
             node_id: "node-1".into(),

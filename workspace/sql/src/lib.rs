@@ -390,7 +390,13 @@ pub async fn plan(source: Arc<dyn Source>, sql: &str, limits: &Limits) -> Result
     if sql.len() > limits.max_len {
         return Err(SqlError::Bad(format!("the SQL is {} bytes; query_limits.max_sql_bytes allows {}", sql.len(), limits.max_len)));
     }
-    let runtime = RuntimeEnvBuilder::new().with_memory_limit(limits.memory_bytes, 1.0).build_arc().map_err(|e| SqlError::Internal(e.to_string()))?;
+    use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+    // A hard cap: nothing spills to temporary files behind the user's back.
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_limit(limits.memory_bytes, 1.0)
+        .with_disk_manager_builder(DiskManagerBuilder::default().with_mode(DiskManagerMode::Disabled))
+        .build_arc()
+        .map_err(|e| SqlError::Internal(e.to_string()))?;
     let config = SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema("gossamer", "public");
     let state = SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features().build();
     let mut ctx = SessionContext::new_with_state(state);

@@ -27,6 +27,10 @@ pub struct UpArgs {
     /// Take syslog on this TCP address (with several nodes, the first node listens).
     #[arg(long)]
     pub syslog_tcp: Option<String>,
+    /// Answer SQL over the PostgreSQL wire protocol on this address, for psql and
+    /// PostgreSQL drivers (with several nodes, the first node listens).
+    #[arg(long, value_name = "ADDR")]
+    pub pg: Option<String>,
     /// HTTP address of the REST API and console.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: String,
@@ -80,6 +84,10 @@ pub struct NodeArgs {
     /// Take syslog on this TCP address: LF framing or RFC 6587 octet counting.
     #[arg(long)]
     pub syslog_tcp: Option<String>,
+    /// Answer SQL over the PostgreSQL wire protocol on this address (off by default);
+    /// with tokens set, the read or admin token is the password.
+    #[arg(long, value_name = "ADDR")]
+    pub pg: Option<String>,
     /// Labels a Loki push's stream name comes from, the first one present (comma
     /// separated; default service_name,job,app, else `loki`).
     #[arg(long, value_delimiter = ',')]
@@ -200,6 +208,9 @@ pub fn node(a: NodeArgs) -> Result<()> {
     if a.syslog_tcp.is_some() {
         cfg.syslog_tcp = a.syslog_tcp;
     }
+    if a.pg.is_some() {
+        cfg.pg = a.pg;
+    }
     if let Some(labels) = a.loki_stream_label {
         cfg.loki_stream_labels = labels.into_iter().map(|l| l.trim().to_string()).filter(|l| !l.is_empty()).collect();
     }
@@ -263,6 +274,9 @@ pub fn up(a: UpArgs) -> Result<()> {
     if a.syslog_tcp.is_some() {
         cfg.syslog_tcp = a.syslog_tcp.clone();
     }
+    if a.pg.is_some() {
+        cfg.pg = a.pg.clone();
+    }
     a.caps.apply(&mut cfg);
     a.tokens.apply(&mut cfg)?;
     a.backup.apply(&mut cfg)?;
@@ -309,9 +323,10 @@ pub fn run_children(base: Config, nodes: u32) -> Result<()> {
         let mut cfg = base.clone();
         cfg.node_id = format!("node-{i}");
         if i > 1 {
-            // One listener per address: the first node takes syslog.
+            // One listener per address: the first node takes syslog and PostgreSQL.
             cfg.syslog_udp = None;
             cfg.syslog_tcp = None;
+            cfg.pg = None;
         }
         cfg.data = base.data.join(format!("node-{i}"));
         let port = if http.port() == 0 { 0 } else { http.port() + (i as u16 - 1) };

@@ -120,7 +120,7 @@ impl Rows {
         (status = 200, description = "The rows: JSON {columns, rows, partial, missing_shards}, NDJSON or CSV", body = serde_json::Value),
         (status = 400, description = "Bad SQL (the error names the position or the column), a statement that is not a query, or a bad body", body = ErrorBody),
         (status = 401, description = "No valid bearer token", body = ErrorBody),
-        (status = 504, description = "The query ran past its time limit", body = ErrorBody),
+        (status = 503, description = "The query ran past its time limit (query_limits.sql_timeout_secs)", body = ErrorBody),
     ),
 )]
 pub async fn sql_query(node: Node, body: web::Json<SqlRequest>) -> Result<HttpResponse, ApiError> {

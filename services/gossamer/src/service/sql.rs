@@ -121,17 +121,33 @@ fn service_error(e: SqlError) -> ServiceError {
     }
 }
 
-/// Plans and starts `sql`, reading its first batch.
-pub async fn start(node: &Arc<NodeHandle>, sql: &str) -> Result<Running, ServiceError> {
+/// A planned query, not yet run.
+pub struct Planned {
+    pub frame: datafusion::dataframe::DataFrame,
+    pub missing: Missing,
+}
+
+/// Plans `sql` over the cluster's events with this node's limits.
+pub async fn plan(node: &Arc<NodeHandle>, sql: &str) -> Result<Planned, ServiceError> {
     let q = &node.cfg.query_limits;
     let limits = Limits { max_len: q.max_sql_bytes, memory_bytes: q.sql_memory_bytes };
     let source = Arc::new(NodeSource(node.clone()));
     let (frame, missing) = gossamer_sql::plan(source, sql, &limits).await.map_err(service_error)?;
-    let mut stream = frame.execute_stream().await.map_err(|e| service_error(gossamer_sql::classify(e)))?;
+    Ok(Planned { frame, missing })
+}
+
+/// Starts a planned query, reading its first batch.
+pub async fn run(planned: Planned) -> Result<Running, ServiceError> {
+    let mut stream = planned.frame.execute_stream().await.map_err(|e| service_error(gossamer_sql::classify(e)))?;
     let first = match stream.next().await {
         Some(Ok(b)) => Some(b),
         Some(Err(e)) => return Err(service_error(gossamer_sql::classify(e))),
         None => None,
     };
-    Ok(Running { stream, missing, first })
+    Ok(Running { stream, missing: planned.missing, first })
+}
+
+/// Plans and starts `sql`, reading its first batch.
+pub async fn start(node: &Arc<NodeHandle>, sql: &str) -> Result<Running, ServiceError> {
+    run(plan(node, sql).await?).await
 }

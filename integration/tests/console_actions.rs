@@ -191,6 +191,29 @@ fn an_operator_searches_opens_an_event_defines_a_queue_and_takes_a_backup_in_the
     let shards = b.until("the shards", "const n = document.querySelectorAll('tr.shard').length; return n > 0 ? n : null");
     assert_eq!(shards, json!(8));
     b.shot("cluster.png");
+
+    // SQL: counts by level as the CSV gives them, then a syntax error with its place.
+    b.open(&format!("{}/#sql", node.http));
+    b.type_into("#sql-text", "SELECT level, count(*) AS n FROM logs GROUP BY level ORDER BY n DESC, level");
+    b.click("#sql-form button");
+    let status = b.until("the SQL answer", "const s = document.getElementById('sql-status').textContent; return s.includes('rows') || s.includes('row in') ? s : null");
+    let mut want: std::collections::BTreeMap<String, u64> = Default::default();
+    for r in &hdfs.rows {
+        *want.entry(loghub::level(r.level.as_deref()).unwrap_or_else(|| "NULL".into())).or_default() += 1;
+    }
+    assert!(status.as_str().unwrap().starts_with(&format!("{} row", want.len())), "{status}");
+    let shown = b.eval("return [...document.querySelectorAll('tr.sql-row')].map((r) => [...r.children].map((c) => c.textContent))");
+    let got: std::collections::BTreeMap<String, u64> =
+        shown.as_array().unwrap().iter().map(|r| (r[0].as_str().unwrap().to_string(), r[1].as_str().unwrap().parse().unwrap())).collect();
+    assert_eq!(got, want, "{shown}");
+    assert_eq!(b.eval("return [...document.querySelectorAll('#sql-head th')].map((c) => c.textContent)"), json!(["level", "n"]));
+    b.shot("sql.png");
+    b.type_into("#sql-text", "SELECT count(* FROM logs");
+    b.click("#sql-form button");
+    let error = b.until("the SQL error", "const s = document.getElementById('sql-status'); return s.className.includes('error') ? s.textContent : null");
+    assert!(error.as_str().unwrap().contains("Line: 1, Column: 16"), "{error}");
+    assert_eq!(b.eval("return document.querySelectorAll('tr.sql-row').length"), json!(0));
+    b.shot("sql-error.png");
 }
 
 const ADMIN: &str = "admin-token-0123456789abcdef";
@@ -278,4 +301,10 @@ fn on_a_node_with_tokens_the_console_signs_in_with_a_form_keeps_the_token_for_th
         Err(ureq::Error::Status(404, _)) => {}
         other => panic!("the read token defined nothing: {other:?}"),
     }
+    // SQL is a read: the read token runs it.
+    b.open(&format!("{}/#sql", node.http));
+    b.type_into("#sql-text", "SELECT message FROM logs WHERE level = 'error'");
+    b.click("#sql-form button");
+    b.until("the SQL answer", "return document.getElementById('sql-status').textContent.startsWith('1 row in')");
+    assert_eq!(b.eval("return document.querySelector('tr.sql-row').textContent"), json!("login failed"));
 }

@@ -29,7 +29,7 @@ fn required(method: &actix_web::http::Method, path: &str) -> Access {
     if !path.starts_with("/api/") && path != "/metrics" {
         return Access::Open;
     }
-    if *method == Method::GET || *method == Method::HEAD || (*method == Method::POST && path == "/api/v1/query") {
+    if *method == Method::GET || *method == Method::HEAD || (*method == Method::POST && (path == "/api/v1/query" || path == "/api/v1/sql")) {
         Access::Read
     } else {
         Access::Admin

@@ -236,6 +236,8 @@ fn group_value(e: &Event, key: &str) -> Option<String> {
         "stream" => Some(e.stream.clone()),
         "level" => Some(e.level.clone()).filter(|l| !l.is_empty()),
         SERIES_KEY => serde_json::to_string(&series_labels(e)).ok(),
+        // `labels.k` as in the query syntax: the label alone, never a field.
+        _ if key.starts_with("labels.") => e.labels.get(&key["labels.".len()..]).cloned(),
         _ => e.labels.get(key).cloned().or_else(|| match e.field(key)? {
             Value::String(s) => Some(s.clone()),
             Value::Null => None,
@@ -477,6 +479,7 @@ fn lite_group_value<'a>(e: &LiteEvent<'a>, key: &str) -> Result<Option<std::borr
     Ok(match key {
         "stream" => Some(Cow::Borrowed(e.stream)),
         "level" => Some(Cow::Borrowed(e.level)).filter(|l| !l.is_empty()),
+        _ if key.starts_with("labels.") => e.label(&key["labels.".len()..]).map(Cow::Borrowed),
         _ => match e.label(key) {
             Some(v) => Some(Cow::Borrowed(v)),
             None => match e.field(key) {
@@ -539,6 +542,11 @@ mod tests {
         let total: u64 = out.iter().map(|g| g["value"].as_u64().unwrap()).sum();
         assert_eq!(total, 600);
         assert_eq!(out[0]["bucket"], "1970-01-01T00:00:00.000000000Z");
+        // `labels.host` is the label, as `host` is.
+        let spec = AggSpec::parse("count", None, Some("labels.host"), None).unwrap();
+        let out = aggregate(&shards, &Expr::All, TimeRange::default(), &spec).unwrap().finish(&spec);
+        let keys: Vec<&Value> = out.iter().map(|g| &g["key"]["labels.host"]).collect();
+        assert_eq!(keys, [&Value::from("h0"), &Value::from("h1")], "{out:?}");
 
         let spec = AggSpec::parse("p50", Some("latency_ms"), None, None).unwrap();
         let p50 = aggregate(&shards, &Expr::All, TimeRange::default(), &spec).unwrap().finish(&spec)[0]["value"]

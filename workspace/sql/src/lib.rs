@@ -24,9 +24,11 @@ use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::ExecutionPlan;
 use gossamer_schemas::Event;
 
+mod counts;
 pub mod memory;
 mod percentile;
 mod text;
+pub use counts::{Counts, CountsPushdown, COUNTS_TABLE};
 pub use memory::MemorySource;
 pub use percentile::approx_percentile_udaf;
 pub use text::{match_udf, phrase_udf};
@@ -54,6 +56,10 @@ pub struct Page {
 #[async_trait]
 pub trait Source: Send + Sync + fmt::Debug + 'static {
     async fn page(&self, scan: &Scan, cursor: Option<String>) -> Result<Page, String>;
+    /// How many events of a scan (its limit aside) there are in each group of the keys
+    /// `by` (`stream`, `level`; a level-less event groups under none); with no keys,
+    /// one group or none.
+    async fn counts(&self, scan: &Scan, by: &[String]) -> Result<Counts, String>;
     /// How many shards the events are spread over (the `shard` column).
     fn shards(&self) -> u32;
 }
@@ -398,7 +404,12 @@ pub async fn plan(source: Arc<dyn Source>, sql: &str, limits: &Limits) -> Result
         .build_arc()
         .map_err(|e| SqlError::Internal(e.to_string()))?;
     let config = SessionConfig::new().with_information_schema(true).with_default_catalog_and_schema("gossamer", "public");
-    let state = SessionStateBuilder::new().with_config(config).with_runtime_env(runtime).with_default_features().build();
+    let state = SessionStateBuilder::new()
+        .with_config(config)
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_optimizer_rule(Arc::new(CountsPushdown))
+        .build();
     let mut ctx = SessionContext::new_with_state(state);
     datafusion_functions_json::register_all(&mut ctx).map_err(|e| SqlError::Internal(e.to_string()))?;
     ctx.register_udf(match_udf());

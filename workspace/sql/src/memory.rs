@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use gossamer_schemas::Event;
 
-use crate::{Page, Scan, Source};
+use crate::{Counts, Page, Scan, Source};
 
 /// Events in memory, read `page` at a time; every scan asked for is recorded.
 #[derive(Debug)]
@@ -45,6 +45,23 @@ impl Source for MemorySource {
         let end = (start + self.page).min(matching.len());
         let events: Vec<Event> = matching[start.min(end)..end].iter().map(|e| (*e).clone()).collect();
         Ok(Page { events, missing: vec![], next: (end < matching.len()).then(|| end.to_string()) })
+    }
+
+    async fn counts(&self, scan: &Scan, by: &[String]) -> Result<Counts, String> {
+        let q = gossamer_query::parse(&scan.query).map_err(|e| e.to_string())?;
+        let mut groups: std::collections::BTreeMap<Vec<Option<String>>, u64> = Default::default();
+        for e in self.events.iter().filter(|e| scan.from.is_none_or(|f| e.ts >= f) && scan.to.is_none_or(|t| e.ts < t) && q.matches(e)) {
+            let key = by
+                .iter()
+                .map(|k| match k.as_str() {
+                    "stream" => Ok(Some(e.stream.clone())),
+                    "level" => Ok(Some(e.level.clone()).filter(|l| !l.is_empty())),
+                    other => Err(format!("no counts by {other}")),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            *groups.entry(key).or_default() += 1;
+        }
+        Ok(Counts { groups: groups.into_iter().collect(), missing: vec![] })
     }
 
     fn shards(&self) -> u32 {

@@ -156,3 +156,46 @@ async fn statements_that_are_not_queries_and_bad_sql_are_the_users_errors() {
     let long = format!("SELECT '{}'", "x".repeat(20_000));
     assert!(matches!(plan(fixture(), &long, &Limits::default()).await, Err(SqlError::Bad(m)) if m.contains("bytes")));
 }
+
+#[tokio::test]
+async fn counts_by_stream_and_level_are_asked_of_the_store_and_agree_with_the_engine() {
+    for (counted, by_engine) in [
+        ("SELECT level, count(*) AS n FROM logs GROUP BY level ORDER BY level", "SELECT level, count(id) AS n FROM logs GROUP BY level ORDER BY level"),
+        (
+            "SELECT level, count(*) AS n FROM logs WHERE stream = 'api' AND ts >= to_timestamp_nanos(2000) GROUP BY level ORDER BY n DESC, level",
+            "SELECT level, count(id) AS n FROM logs WHERE stream = 'api' AND ts >= to_timestamp_nanos(2000) GROUP BY level ORDER BY n DESC, level",
+        ),
+        (
+            "SELECT stream, level, count(1) AS n FROM logs GROUP BY stream, level HAVING count(1) > 1 ORDER BY stream, level",
+            "SELECT stream, level, count(id) AS n FROM logs GROUP BY stream, level HAVING count(id) > 1 ORDER BY stream, level",
+        ),
+        ("SELECT count(*) AS n FROM logs WHERE match(message, 'refused')", "SELECT count(id) AS n FROM logs WHERE match(message, 'refused')"),
+        ("SELECT count(*) AS n FROM logs WHERE stream = 'nowhere'", "SELECT count(id) AS n FROM logs WHERE stream = 'nowhere'"),
+        ("SELECT count(*) FROM logs", "SELECT count(id) AS \"count(*)\" FROM logs"),
+    ] {
+        let src = fixture();
+        let got = run(src.clone(), counted).await;
+        assert!(src.scans().is_empty(), "{counted}: read events instead of counts: {:?}", src.scans());
+        assert_eq!(got, run(fixture(), by_engine).await, "{counted}");
+        assert!(!got.is_empty(), "{counted}");
+    }
+    // EXPLAIN names the swap.
+    let plan = run(fixture(), "EXPLAIN SELECT level, count(*) FROM logs WHERE stream = 'api' GROUP BY level").await;
+    assert!(plan.iter().any(|r| r["plan"].as_str().unwrap_or("").contains(COUNTS_TABLE)), "{plan:?}");
+    assert_eq!(run(fixture(), "SELECT count(*) AS n FROM logs WHERE stream = 'nowhere'").await, vec![json!({"n": 0})]);
+}
+
+#[tokio::test]
+async fn counts_the_store_cannot_give_are_left_to_the_engine() {
+    for q in [
+        "SELECT count(DISTINCT level) AS n FROM logs",
+        "SELECT labels['region'] AS r, count(*) AS n FROM logs GROUP BY 1",
+        "SELECT level, count(*) AS n FROM logs WHERE message LIKE '%pool%' GROUP BY level",
+        "SELECT level, count(*) AS n, max(ts) AS last FROM logs GROUP BY level",
+    ] {
+        let src = fixture();
+        let rows = run(src.clone(), q).await;
+        assert!(!rows.is_empty(), "{q}");
+        assert!(!src.scans().is_empty(), "{q}: the engine should have read the events");
+    }
+}

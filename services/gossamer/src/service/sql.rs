@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use gossamer_schemas::api::QueryRequest;
-use gossamer_sql::{Limits, Missing, Page, Scan, SqlError};
+use gossamer_schemas::api::{AggregateRequest, QueryRequest};
+use gossamer_sql::{Counts, Limits, Missing, Page, Scan, SqlError};
 
 use crate::error::ServiceError;
 use crate::handle::NodeHandle;
@@ -53,6 +53,26 @@ impl gossamer_sql::Source for NodeSource {
         };
         let page = queries::search(&self.0, req).await.map_err(|e| e.to_string())?;
         Ok(Page { events: page.events, missing: page.missing, next: page.next_cursor })
+    }
+
+    async fn counts(&self, scan: &Scan, by: &[String]) -> Result<Counts, String> {
+        let req = AggregateRequest {
+            q: scan.query.clone(),
+            from: scan.from.map(|v| v.to_string()),
+            to: scan.to.map(|v| v.to_string()),
+            func: "count".into(),
+            field: None,
+            by: (!by.is_empty()).then(|| by.join(",")),
+            bucket: None,
+        };
+        let got = queries::aggregate(&self.0, req).await.map_err(|e| e.to_string())?;
+        let mut groups = Vec::with_capacity(got.groups.len());
+        for g in &got.groups {
+            let key = by.iter().map(|k| g["key"][k.as_str()].as_str().map(str::to_string)).collect();
+            let n = g["value"].as_f64().ok_or_else(|| format!("a count that is not a number: {g}"))?;
+            groups.push((key, n as u64));
+        }
+        Ok(Counts { groups, missing: got.missing })
     }
 
     fn shards(&self) -> u32 {

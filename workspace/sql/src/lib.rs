@@ -21,7 +21,10 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
+use datafusion::physical_expr::expressions::Column as PhysicalColumn;
+use datafusion::physical_expr::{LexOrdering, PhysicalSortExpr};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::arrow::compute::SortOptions;
 use gossamer_schemas::Event;
 
 mod counts;
@@ -52,10 +55,13 @@ pub struct Page {
     pub next: Option<String>,
 }
 
-/// The events a scan reads, a page at a time.
+/// The events a scan reads, a page at a time, newest first (ties by id, highest
+/// first): the order the table declares, so `ORDER BY ts DESC LIMIT n` reads no more
+/// pages than it needs.
 #[async_trait]
 pub trait Source: Send + Sync + fmt::Debug + 'static {
-    async fn page(&self, scan: &Scan, cursor: Option<String>) -> Result<Page, String>;
+    /// The page after `cursor`, of at most `size` events.
+    async fn page(&self, scan: &Scan, cursor: Option<String>, size: usize) -> Result<Page, String>;
     /// How many events of a scan (its limit aside) there are in each group of the keys
     /// `by` (`stream`, `level`; a level-less event groups under none); with no keys,
     /// one group or none.
@@ -287,9 +293,28 @@ impl TableProvider for LogsTable {
         // limit only when nothing above the scan filters or reorders.
         let scan = scan_of(filters, limit);
         let part = Arc::new(Pages { source: self.source.clone(), schema: self.schema.clone(), scan, missing: self.missing.clone() });
-        Ok(Arc::new(StreamingTableExec::try_new(self.schema.clone(), vec![part], projection, vec![], false, limit)?))
+        // Newest first, ties by id: said in the projected columns, when both are there.
+        let at = |name: &str| {
+            let i = self.schema.index_of(name).ok()?;
+            projection.map_or(Some(i), |p| p.iter().position(|c| *c == i))
+        };
+        let descending = SortOptions { descending: true, nulls_first: false };
+        let ordering = match (at("ts"), at("id")) {
+            (Some(ts), Some(id)) => LexOrdering::new([
+                PhysicalSortExpr::new(Arc::new(PhysicalColumn::new("ts", ts)), descending),
+                PhysicalSortExpr::new(Arc::new(PhysicalColumn::new("id", id)), descending),
+            ]),
+            (Some(ts), None) => LexOrdering::new([PhysicalSortExpr::new(Arc::new(PhysicalColumn::new("ts", ts)), descending)]),
+            _ => None,
+        };
+        Ok(Arc::new(StreamingTableExec::try_new(self.schema.clone(), vec![part], projection, ordering, false, limit)?))
     }
 }
+
+/// Events in a scan's first page; each next page is twice the last, up to
+/// [`LAST_PAGE`].
+const FIRST_PAGE: usize = 250;
+const LAST_PAGE: usize = 8_000;
 
 /// One scan, read a page at a time as the engine pulls batches.
 #[derive(Debug)]
@@ -313,6 +338,8 @@ impl PartitionStream for Pages {
             missing: Missing,
             cursor: Option<String>,
             read: usize,
+            /// The next page's size: small first, for a query that stops early.
+            size: usize,
             done: bool,
         }
         let state = State {
@@ -322,13 +349,16 @@ impl PartitionStream for Pages {
             missing: self.missing.clone(),
             cursor: None,
             read: 0,
+            size: FIRST_PAGE,
             done: false,
         };
         let batches = futures::stream::unfold(state, |mut st| async move {
             if st.done {
                 return None;
             }
-            let page = match st.source.page(&st.scan, st.cursor.take()).await {
+            let size = st.scan.limit.map_or(st.size, |l| l.saturating_sub(st.read).clamp(1, st.size));
+            st.size = (st.size * 2).min(LAST_PAGE);
+            let page = match st.source.page(&st.scan, st.cursor.take(), size).await {
                 Ok(p) => p,
                 Err(e) => {
                     st.done = true;

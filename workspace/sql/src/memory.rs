@@ -30,19 +30,21 @@ impl MemorySource {
 
 #[async_trait]
 impl Source for MemorySource {
-    async fn page(&self, scan: &Scan, cursor: Option<String>) -> Result<Page, String> {
+    async fn page(&self, scan: &Scan, cursor: Option<String>, size: usize) -> Result<Page, String> {
         self.scans.lock().unwrap_or_else(|p| p.into_inner()).push(scan.clone());
         let q = gossamer_query::parse(&scan.query).map_err(|e| e.to_string())?;
         let start: usize = match cursor {
             Some(c) => c.parse().map_err(|_| format!("bad cursor {c:?}"))?,
             None => 0,
         };
-        let matching: Vec<&Event> = self
+        let mut matching: Vec<&Event> = self
             .events
             .iter()
             .filter(|e| scan.from.is_none_or(|f| e.ts >= f) && scan.to.is_none_or(|t| e.ts < t) && q.matches(e))
             .collect();
-        let end = (start + self.page).min(matching.len());
+        // The store's order: newest first, ties by id, highest first.
+        matching.sort_by(|a, b| (b.ts, b.id).cmp(&(a.ts, a.id)));
+        let end = (start + self.page.min(size)).min(matching.len());
         let events: Vec<Event> = matching[start.min(end)..end].iter().map(|e| (*e).clone()).collect();
         Ok(Page { events, missing: vec![], next: (end < matching.len()).then(|| end.to_string()) })
     }

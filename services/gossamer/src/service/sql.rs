@@ -15,8 +15,8 @@ use crate::error::ServiceError;
 use crate::handle::NodeHandle;
 use crate::service::query as queries;
 
-/// Events per page a SQL scan asks of the query service.
-const PAGE: usize = 5_000;
+/// The most events per page a SQL scan asks of the query service.
+const PAGE: usize = 8_000;
 
 /// How long one SQL query may run, planning and every row included
 /// (`query_limits.sql_timeout_secs`).
@@ -40,13 +40,13 @@ impl std::fmt::Debug for NodeSource {
 
 #[async_trait]
 impl gossamer_sql::Source for NodeSource {
-    async fn page(&self, scan: &Scan, cursor: Option<String>) -> Result<Page, String> {
-        let max = self.0.cfg.query_limits.max_page.clamp(1, PAGE);
+    async fn page(&self, scan: &Scan, cursor: Option<String>, size: usize) -> Result<Page, String> {
+        let max = self.0.cfg.query_limits.max_page.clamp(1, PAGE).min(size.max(1));
         let req = QueryRequest {
             q: scan.query.clone(),
             from: scan.from.map(|v| v.to_string()),
             to: scan.to.map(|v| v.to_string()),
-            limit: Some(scan.limit.map_or(max, |l| l.clamp(1, max))),
+            limit: Some(max),
             order: None,
             cursor,
             sort: None,

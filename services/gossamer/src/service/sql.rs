@@ -56,13 +56,21 @@ impl gossamer_sql::Source for NodeSource {
     }
 
     async fn counts(&self, scan: &Scan, by: &[String]) -> Result<Counts, String> {
+        let from = scan.from.map(|v| v.to_string());
+        let to = scan.to.map(|v| v.to_string());
+        if by.is_empty() {
+            // A bare count is the count route's (from the index where it can).
+            let req = QueryRequest { q: scan.query.clone(), from, to, limit: None, order: None, cursor: None, sort: None };
+            let got = queries::count(&self.0, req).await.map_err(|e| e.to_string())?;
+            return Ok(Counts { groups: vec![(Vec::new(), got.count)], missing: got.missing });
+        }
         let req = AggregateRequest {
             q: scan.query.clone(),
-            from: scan.from.map(|v| v.to_string()),
-            to: scan.to.map(|v| v.to_string()),
+            from,
+            to,
             func: "count".into(),
             field: None,
-            by: (!by.is_empty()).then(|| by.join(",")),
+            by: Some(by.join(",")),
             bucket: None,
         };
         let got = queries::aggregate(&self.0, req).await.map_err(|e| e.to_string())?;

@@ -27,11 +27,11 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::arrow::compute::SortOptions;
 use gossamer_schemas::Event;
 
-mod counts;
+mod aggregates;
 pub mod memory;
 mod percentile;
 mod text;
-pub use counts::{Counts, CountsPushdown, COUNTS_TABLE};
+pub use aggregates::{groups_of, Agg, AggregatePushdown, Group, Grouped, AGGREGATE_TABLE};
 pub use memory::MemorySource;
 pub use percentile::approx_percentile_udaf;
 pub use text::{match_udf, phrase_udf};
@@ -62,10 +62,10 @@ pub struct Page {
 pub trait Source: Send + Sync + fmt::Debug + 'static {
     /// The page after `cursor`, of at most `size` events.
     async fn page(&self, scan: &Scan, cursor: Option<String>, size: usize) -> Result<Page, String>;
-    /// How many events of a scan (its limit aside) there are in each group of the keys
-    /// `by` (`stream`, `level`; a level-less event groups under none); with no keys,
-    /// one group or none.
-    async fn counts(&self, scan: &Scan, by: &[String]) -> Result<Counts, String>;
+    /// The native aggregation `agg` of a scan's events (its limit aside), as
+    /// `/api/v1/aggregate` answers it: the groups with events (with no keys and no
+    /// bucket, one group or none), each with its value when it has one.
+    async fn aggregate(&self, scan: &Scan, agg: &Agg) -> Result<Grouped, String>;
     /// How many shards the events are spread over (the `shard` column).
     fn shards(&self) -> u32;
 }
@@ -438,7 +438,7 @@ pub async fn plan(source: Arc<dyn Source>, sql: &str, limits: &Limits) -> Result
         .with_config(config)
         .with_runtime_env(runtime)
         .with_default_features()
-        .with_optimizer_rule(Arc::new(CountsPushdown))
+        .with_optimizer_rule(Arc::new(AggregatePushdown))
         .build();
     let mut ctx = SessionContext::new_with_state(state);
     datafusion_functions_json::register_all(&mut ctx).map_err(|e| SqlError::Internal(e.to_string()))?;

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use gossamer_schemas::Event;
 
-use crate::{Counts, Page, Scan, Source};
+use crate::{groups_of, Agg, Grouped, Page, Scan, Source};
 
 /// Events in memory, read `page` at a time; every scan asked for is recorded.
 #[derive(Debug)]
@@ -49,21 +49,17 @@ impl Source for MemorySource {
         Ok(Page { events, missing: vec![], next: (end < matching.len()).then(|| end.to_string()) })
     }
 
-    async fn counts(&self, scan: &Scan, by: &[String]) -> Result<Counts, String> {
+    async fn aggregate(&self, scan: &Scan, agg: &Agg) -> Result<Grouped, String> {
+        use gossamer_query::{AggSpec, Aggregation};
         let q = gossamer_query::parse(&scan.query).map_err(|e| e.to_string())?;
-        let mut groups: std::collections::BTreeMap<Vec<Option<String>>, u64> = Default::default();
+        let by = (!agg.by.is_empty()).then(|| agg.by.join(","));
+        let bucket = agg.bucket_ns.map(|ns| format!("{ns}ns"));
+        let spec = AggSpec::parse(&agg.func, agg.field.as_deref(), by.as_deref(), bucket.as_deref())?;
+        let mut total = Aggregation::default();
         for e in self.events.iter().filter(|e| scan.from.is_none_or(|f| e.ts >= f) && scan.to.is_none_or(|t| e.ts < t) && q.matches(e)) {
-            let key = by
-                .iter()
-                .map(|k| match k.as_str() {
-                    "stream" => Ok(Some(e.stream.clone())),
-                    "level" => Ok(Some(e.level.clone()).filter(|l| !l.is_empty())),
-                    other => Err(format!("no counts by {other}")),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            *groups.entry(key).or_default() += 1;
+            total.add(&spec, e).map_err(|e| e.to_string())?;
         }
-        Ok(Counts { groups: groups.into_iter().collect(), missing: vec![] })
+        Ok(Grouped { groups: groups_of(&total.finish(&spec), agg)?, missing: vec![] })
     }
 
     fn shards(&self) -> u32 {

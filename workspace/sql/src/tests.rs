@@ -181,15 +181,17 @@ async fn counts_by_stream_and_level_are_asked_of_the_store_and_agree_with_the_en
     }
     // EXPLAIN names the swap.
     let plan = run(fixture(), "EXPLAIN SELECT level, count(*) FROM logs WHERE stream = 'api' GROUP BY level").await;
-    assert!(plan.iter().any(|r| r["plan"].as_str().unwrap_or("").contains(COUNTS_TABLE)), "{plan:?}");
+    assert!(plan.iter().any(|r| r["plan"].as_str().unwrap_or("").contains(AGGREGATE_TABLE)), "{plan:?}");
     assert_eq!(run(fixture(), "SELECT count(*) AS n FROM logs WHERE stream = 'nowhere'").await, vec![json!({"n": 0})]);
 }
 
 #[tokio::test]
-async fn counts_the_store_cannot_give_are_left_to_the_engine() {
+async fn aggregations_the_store_cannot_give_are_left_to_the_engine() {
     for q in [
         "SELECT count(DISTINCT level) AS n FROM logs",
-        "SELECT labels['region'] AS r, count(*) AS n FROM logs GROUP BY 1",
+        "SELECT message, count(*) AS n FROM logs GROUP BY 1",
+        "SELECT avg(json_get_float(fields, 'nested.a')) AS a FROM logs",
+        "SELECT level, approx_percentile(json_get_float(fields, 'latency_ms'), 0.1234) AS p FROM logs GROUP BY level",
         "SELECT level, count(*) AS n FROM logs WHERE message LIKE '%pool%' GROUP BY level",
         "SELECT level, count(*) AS n, max(ts) AS last FROM logs GROUP BY level",
     ] {
@@ -218,3 +220,30 @@ async fn the_newest_first_with_a_limit_reads_only_the_pages_it_needs() {
         assert!(all.scans().len() > want_pages, "{sorted} read every page");
     }
 }
+
+#[tokio::test]
+async fn aggregations_the_store_answers_are_its_own_and_equal_the_engines() {
+    let engine_only = "WHERE length(message) >= 0";
+    for (keys, aggregate) in [
+        ("stream", "approx_percentile(json_get_float(fields, 'latency_ms'), 0.95)"),
+        ("labels['region']", "sum(json_get_float(fields, 'latency_ms'))"),
+        ("level, labels['region']", "avg(json_get_float(fields, 'latency_ms'))"),
+        ("stream, date_bin(INTERVAL '2 microseconds', ts)", "max(json_get_float(fields, 'latency_ms'))"),
+        ("date_trunc('second', ts), level", "min(json_get_float(fields, 'rows'))"),
+        ("labels['region'], date_bin(INTERVAL '3 microseconds', ts)", "count(*)"),
+    ] {
+        let q = format!("SELECT {keys}, {aggregate} AS v FROM logs GROUP BY {keys} ORDER BY {keys}");
+        let src = fixture();
+        let got = run(src.clone(), &q).await;
+        assert!(src.scans().is_empty(), "{q}: read events instead of asking for the aggregate");
+        let by_engine = run(fixture(), &q.replace("FROM logs", &format!("FROM logs {engine_only}"))).await;
+        assert_eq!(got, by_engine, "{q}");
+        assert!(got.len() > 1, "{q}: {got:?}");
+    }
+    // Groups without a number keep a NULL, as the engine gives them.
+    let q = "SELECT level, max(json_get_float(fields, 'rows')) AS v FROM logs GROUP BY level ORDER BY level";
+    let got = run(fixture(), q).await;
+    assert_eq!(got, run(fixture(), &q.replace("FROM logs", &format!("FROM logs {engine_only}"))).await);
+    assert!(got.iter().any(|r| r["v"].is_null()) && got.iter().any(|r| r["v"] == json!(3.0)), "{got:?}");
+}
+

@@ -79,6 +79,8 @@ pub struct Store {
     caches: Arc<Mutex<BTreeMap<u32, IndexCache>>>,
     /// One writer lock per shard, likewise.
     writers: Arc<Mutex<BTreeMap<u32, Arc<Mutex<()>>>>>,
+    /// Blocks read for their events since the store was opened, every shard's.
+    reads: Arc<AtomicU64>,
 }
 
 /// Whatever the index keeps in memory for a shard, with the index generation it is of.
@@ -105,7 +107,7 @@ impl Store {
     /// [`Store::open`] with sled's page cache set to `cache_bytes`.
     pub fn open_with_cache(path: &Path, cache_bytes: u64) -> Result<Self> {
         let db = sled::Config::new().path(path).cache_capacity(cache_bytes).open()?;
-        Ok(Self { db, gate: Arc::default(), filters: Arc::default(), caches: Arc::default(), writers: Arc::default() })
+        Ok(Self { db, gate: Arc::default(), filters: Arc::default(), caches: Arc::default(), writers: Arc::default(), reads: Arc::default() })
     }
 
     pub fn shard(&self, shard: u32) -> Result<ShardStore> {
@@ -114,7 +116,13 @@ impl Store {
         let filter = self.filters.lock().unwrap_or_else(|p| p.into_inner()).entry(shard).or_default().clone();
         let index_cache = self.caches.lock().unwrap_or_else(|p| p.into_inner()).entry(shard).or_default().clone();
         let writer = self.writers.lock().unwrap_or_else(|p| p.into_inner()).entry(shard).or_default().clone();
-        Ok(ShardStore { shard, tree, index, index_cache, db: self.db.clone(), gate: self.gate.clone(), filter, writer })
+        Ok(ShardStore { shard, tree, index, index_cache, db: self.db.clone(), gate: self.gate.clone(), filter, writer, reads: self.reads.clone() })
+    }
+
+    /// How many blocks have been read for their events (by queries, exports, the index)
+    /// since the store was opened: what `/metrics` shows as `gossamer_blocks_read_total`.
+    pub fn blocks_read(&self) -> u64 {
+        self.reads.load(Ordering::Relaxed)
     }
 
     pub fn flush(&self) -> Result<()> {
@@ -536,6 +544,7 @@ pub struct ShardStore {
     /// Held by every write to the shard tree, and by exports, so an export sees the
     /// shard as of one applied sequence.
     writer: Arc<Mutex<()>>,
+    reads: Arc<AtomicU64>,
 }
 
 /// Where a shard's ids are, without a sled key per event: every block's ids are one
@@ -896,6 +905,7 @@ impl ShardStore {
     pub fn read_block_at(&self, id: u64, positions: &[u32]) -> Result<Vec<(u32, Event)>> {
         match self.tree.get(key(BLOCK, &id.to_be_bytes()))? {
             Some(v) => {
+                self.reads.fetch_add(1, Ordering::Relaxed);
                 let frames = self.frames(&v)?;
                 let mut out = Vec::with_capacity(positions.len());
                 by_frame(positions, |n, base, local| {
@@ -914,6 +924,7 @@ impl ShardStore {
     /// decoded without their ids and messages (see [`for_each_lite`]).
     pub fn read_block_lite(&self, id: u64, positions: Option<&[u32]>, f: &mut dyn FnMut(u32, &LiteEvent<'_>)) -> Result<()> {
         let Some(v) = self.tree.get(key(BLOCK, &id.to_be_bytes()))? else { return Ok(()) };
+        self.reads.fetch_add(1, Ordering::Relaxed);
         let frames = self.frames(&v)?;
         match positions {
             None => {
@@ -948,7 +959,10 @@ impl ShardStore {
     /// The events of block `seq` (empty when it is gone, e.g. deleted meanwhile).
     pub fn read_block(&self, seq: u64) -> Result<Vec<Event>> {
         match self.tree.get(key(BLOCK, &seq.to_be_bytes()))? {
-            Some(v) => self.decode_block(&v),
+            Some(v) => {
+                self.reads.fetch_add(1, Ordering::Relaxed);
+                self.decode_block(&v)
+            }
             None => Ok(Vec::new()),
         }
     }

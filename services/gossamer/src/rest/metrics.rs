@@ -170,6 +170,12 @@ pub async fn metrics(node: Node) -> Result<HttpResponse, ApiError> {
     let store = node.store.clone();
     let sled = blocking(move || store.size_on_disk()).await?;
     metric("gossamer_sled_bytes", "gauge", "bytes sled uses on disk", vec![(format!("node=\"{n}\""), sled)]);
+    metric(
+        "gossamer_blocks_read_total",
+        "counter",
+        "stored blocks read for their events (queries, exports, indexing) since the node started",
+        vec![(format!("node=\"{n}\""), node.store.blocks_read())],
+    );
     latency().render(n, &mut out);
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(out))
 }

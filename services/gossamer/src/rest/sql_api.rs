@@ -1,8 +1,8 @@
 //! `POST /api/v1/sql`: a SQL query over the table `logs`, its rows streamed as they
-//! come (JSON, NDJSON or CSV), never built whole in memory.
+//! come (JSON, NDJSON, CSV or the Arrow IPC stream format), never built whole in memory.
 //!
 //! JSON is `{"columns": [...], "rows": [{...}, ...], "partial": bool, "missing_shards":
-//! [...]}`, with `partial` at the end, once every scan is done. NDJSON and CSV have no
+//! [...]}`, with `partial` at the end, once every scan is done. NDJSON, CSV and Arrow have no
 //! place for it: when shards turn out to be missing, their transfer is cut short with
 //! an error rather than end looking complete.
 
@@ -36,6 +36,8 @@ enum Format {
     Json,
     Ndjson,
     Csv,
+    /// The Arrow IPC stream format: the schema, then a message per batch.
+    Arrow,
 }
 
 impl Format {
@@ -44,7 +46,8 @@ impl Format {
             "json" => Ok(Format::Json),
             "ndjson" => Ok(Format::Ndjson),
             "csv" => Ok(Format::Csv),
-            other => Err(ServiceError::BadRequest(format!("`format` must be json, ndjson or csv, got {other:?}"))),
+            "arrow" => Ok(Format::Arrow),
+            other => Err(ServiceError::BadRequest(format!("`format` must be json, ndjson, csv or arrow, got {other:?}"))),
         }
     }
 
@@ -53,6 +56,7 @@ impl Format {
             Format::Json => "application/json",
             Format::Ndjson => "application/x-ndjson",
             Format::Csv => "text/csv; charset=utf-8",
+            Format::Arrow => "application/vnd.apache.arrow.stream",
         }
     }
 }
@@ -61,10 +65,18 @@ fn internal(e: impl std::fmt::Display) -> ServiceError {
     ServiceError::Internal(e.to_string())
 }
 
+type ArrowWriter = datafusion::arrow::ipc::writer::StreamWriter<Vec<u8>>;
+
 /// One batch in the chosen format: `rows_before` says whether rows came before it (a
-/// JSON comma), `header` whether it is the first (CSV's header).
-fn render(batch: &RecordBatch, format: Format, rows_before: bool, header: bool) -> Result<Vec<u8>, ServiceError> {
+/// JSON comma), `header` whether it is the first (CSV's header); Arrow's goes through
+/// the answer's one stream writer.
+fn render(batch: &RecordBatch, format: Format, rows_before: bool, header: bool, arrow: Option<&mut ArrowWriter>) -> Result<Vec<u8>, ServiceError> {
     match format {
+        Format::Arrow => {
+            let w = arrow.ok_or_else(|| internal("no Arrow writer"))?;
+            w.write(batch).map_err(internal)?;
+            Ok(std::mem::take(w.get_mut()))
+        }
         Format::Ndjson => ndjson(batch),
         Format::Json => {
             let lines = ndjson(batch)?;
@@ -88,6 +100,7 @@ fn render(batch: &RecordBatch, format: Format, rows_before: bool, header: bool) 
 struct Rows {
     running: Running,
     format: Format,
+    arrow: Option<ArrowWriter>,
     rows: u64,
     batches: u64,
     started: Instant,
@@ -97,7 +110,7 @@ struct Rows {
 
 impl Rows {
     /// What follows the last row: the JSON's end, with whether shards were missing.
-    fn trailer(&self) -> Result<Vec<u8>, ServiceError> {
+    fn trailer(&mut self) -> Result<Vec<u8>, ServiceError> {
         let missing = self.running.missing.shards();
         match self.format {
             Format::Json => Ok(format!("],\"partial\":{},\"missing_shards\":{}}}\n", !missing.is_empty(), serde_json::json!(missing)).into_bytes()),
@@ -105,6 +118,11 @@ impl Rows {
                 message: format!("shards {missing:?} have no live replica: the answer would lack their events"),
                 shards: missing,
             }),
+            Format::Arrow => {
+                let w = self.arrow.as_mut().ok_or_else(|| internal("no Arrow writer"))?;
+                w.finish().map_err(internal)?;
+                Ok(std::mem::take(w.get_mut()))
+            }
             _ => Ok(Vec::new()),
         }
     }
@@ -115,9 +133,9 @@ impl Rows {
     path = "/api/v1/sql",
     tag = "query",
     summary = "A SQL query over the table `logs`, its rows streamed",
-    request_body(content = serde_json::Value, content_type = "application/json", description = "{\"sql\": \"SELECT level, count(*) FROM logs GROUP BY level\", \"format\": \"json\" (the default), \"ndjson\" or \"csv\"}. Columns of logs: id, ts, stream, level, message, labels (labels['key']), fields (JSON text); match(message, 'words') and phrase(message, 'two words') search the message's tokens"),
+    request_body(content = serde_json::Value, content_type = "application/json", description = "{\"sql\": \"SELECT level, count(*) FROM logs GROUP BY level\", \"format\": \"json\" (the default), \"ndjson\", \"csv\" or \"arrow\" (the Arrow IPC stream format)}. Columns of logs: id, ts, stream, level, message, labels (labels['key']), fields (JSON text); match(message, 'words') and phrase(message, 'two words') search the message's tokens"),
     responses(
-        (status = 200, description = "The rows: JSON {columns, rows, partial, missing_shards}, NDJSON or CSV", body = serde_json::Value),
+        (status = 200, description = "The rows: JSON {columns, rows, partial, missing_shards}, NDJSON, CSV or an Arrow IPC stream", body = serde_json::Value),
         (status = 400, description = "Bad SQL (the error names the position or the column), a statement that is not a query, or a bad body", body = ErrorBody),
         (status = 401, description = "No valid bearer token", body = ErrorBody),
         (status = 503, description = "The query ran past its time limit (query_limits.sql_timeout_secs)", body = ErrorBody),
@@ -131,11 +149,18 @@ pub async fn sql_query(node: Node, body: web::Json<SqlRequest>) -> Result<HttpRe
     let limit = sql::timeout(&node);
     let running = tokio::time::timeout(limit, sql::start(&node, &req.sql)).await.map_err(|_| sql::timed_out(limit))??;
     let columns: Vec<String> = running.stream.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let mut arrow = None;
     let head = match format {
         Format::Json => format!("{{\"columns\":{},\"rows\":[", serde_json::json!(columns)).into_bytes(),
+        Format::Arrow => {
+            let mut w = ArrowWriter::try_new(Vec::new(), running.stream.schema().as_ref()).map_err(internal)?;
+            let schema = std::mem::take(w.get_mut());
+            arrow = Some(w);
+            schema
+        }
         _ => Vec::new(),
     };
-    let rows = Rows { running, format, rows: 0, batches: 0, started, limit, done: false };
+    let rows = Rows { running, format, arrow, rows: 0, batches: 0, started, limit, done: false };
     let body = futures::stream::unfold(rows, |mut st| async move {
         if st.done {
             return None;
@@ -152,13 +177,13 @@ pub async fn sql_query(node: Node, body: web::Json<SqlRequest>) -> Result<HttpRe
         };
         let chunk = match next {
             Some(Ok(batch)) => {
-                // NDJSON and CSV cannot say "partial" at the end: stop at once instead.
+                // NDJSON, CSV and Arrow cannot say "partial" at the end: stop at once instead.
                 let missing = st.running.missing.shards();
                 if st.format != Format::Json && !missing.is_empty() {
                     st.done = true;
                     Err(ServiceError::ShardsMissing { message: format!("shards {missing:?} have no live replica"), shards: missing })
                 } else {
-                    let out = render(&batch, st.format, st.rows > 0, st.batches == 0);
+                    let out = render(&batch, st.format, st.rows > 0, st.batches == 0, st.arrow.as_mut());
                     st.rows += batch.num_rows() as u64;
                     st.batches += 1;
                     out
@@ -183,4 +208,33 @@ pub async fn sql_query(node: Node, body: web::Json<SqlRequest>) -> Result<HttpRe
     });
     let body = futures::stream::once(async move { Ok::<_, actix_web::Error>(Bytes::from(head)) }).chain(body);
     Ok(HttpResponse::Ok().content_type(format.content_type()).streaming(body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use datafusion::arrow::array::{Int64Array, StringArray};
+    use datafusion::arrow::datatypes::{DataType, Field, Schema};
+    use std::sync::Arc;
+
+    /// The bytes the answer is made of, schema, batches and end, read back with Arrow's
+    /// own stream reader.
+    #[test]
+    fn arrow_answers_read_back_as_the_batches_sent() {
+        let schema = Arc::new(Schema::new(vec![Field::new("level", DataType::Utf8, true), Field::new("n", DataType::Int64, false)]));
+        let batches = [
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec![Some("error"), None])), Arc::new(Int64Array::from(vec![3, 4]))]).unwrap(),
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(vec![Some("info")])), Arc::new(Int64Array::from(vec![5]))]).unwrap(),
+        ];
+        let mut w = ArrowWriter::try_new(Vec::new(), &schema).unwrap();
+        let mut bytes = std::mem::take(w.get_mut());
+        for (i, b) in batches.iter().enumerate() {
+            bytes.extend(render(b, Format::Arrow, i > 0, i == 0, Some(&mut w)).unwrap());
+        }
+        w.finish().unwrap();
+        bytes.extend(std::mem::take(w.get_mut()));
+        let read: Vec<RecordBatch> =
+            datafusion::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None).unwrap().collect::<Result<_, _>>().unwrap();
+        assert_eq!(read, batches);
+    }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::StreamExt;
 use gossamer_schemas::api::{AggregateRequest, QueryRequest};
-use gossamer_sql::{Counts, Limits, Missing, Page, Scan, SqlError};
+use gossamer_sql::{Agg, Group, Grouped, Limits, Missing, Page, Scan, SqlError};
 
 use crate::error::ServiceError;
 use crate::handle::NodeHandle;
@@ -55,32 +55,27 @@ impl gossamer_sql::Source for NodeSource {
         Ok(Page { events: page.events, missing: page.missing, next: page.next_cursor })
     }
 
-    async fn counts(&self, scan: &Scan, by: &[String]) -> Result<Counts, String> {
+    async fn aggregate(&self, scan: &Scan, agg: &Agg) -> Result<Grouped, String> {
         let from = scan.from.map(|v| v.to_string());
         let to = scan.to.map(|v| v.to_string());
-        if by.is_empty() {
+        if agg.func == "count" && agg.by.is_empty() && agg.bucket_ns.is_none() {
             // A bare count is the count route's (from the index where it can).
             let req = QueryRequest { q: scan.query.clone(), from, to, limit: None, order: None, cursor: None, sort: None };
             let got = queries::count(&self.0, req).await.map_err(|e| e.to_string())?;
-            return Ok(Counts { groups: vec![(Vec::new(), got.count)], missing: got.missing });
+            let group = Group { key: Vec::new(), bucket: None, value: Some(got.count as f64) };
+            return Ok(Grouped { groups: vec![group], missing: got.missing });
         }
         let req = AggregateRequest {
             q: scan.query.clone(),
             from,
             to,
-            func: "count".into(),
-            field: None,
-            by: Some(by.join(",")),
-            bucket: None,
+            func: agg.func.clone(),
+            field: agg.field.clone(),
+            by: (!agg.by.is_empty()).then(|| agg.by.join(",")),
+            bucket: agg.bucket_ns.map(|ns| format!("{ns}ns")),
         };
         let got = queries::aggregate(&self.0, req).await.map_err(|e| e.to_string())?;
-        let mut groups = Vec::with_capacity(got.groups.len());
-        for g in &got.groups {
-            let key = by.iter().map(|k| g["key"][k.as_str()].as_str().map(str::to_string)).collect();
-            let n = g["value"].as_f64().ok_or_else(|| format!("a count that is not a number: {g}"))?;
-            groups.push((key, n as u64));
-        }
-        Ok(Counts { groups, missing: got.missing })
+        Ok(Grouped { groups: gossamer_sql::groups_of(&got.groups, agg)?, missing: got.missing })
     }
 
     fn shards(&self) -> u32 {

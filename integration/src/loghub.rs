@@ -208,16 +208,17 @@ pub fn count_cases(ds: &Dataset) -> Vec<(String, u64)> {
     out
 }
 
-/// Publishes the datasets' events through the request/reply ingest path of the NATS
-/// server at `url`, 500 to a request, each request answered with every event accepted.
-pub fn publish(url: &str, datasets: &[Dataset]) {
+/// Publishes the datasets' events through the request/reply ingest path of cluster
+/// `cluster` on the NATS server at `url`, 500 to a request, each request answered with
+/// every event accepted.
+pub fn publish<'a>(url: &str, cluster: &str, datasets: impl IntoIterator<Item = &'a Dataset>) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let client = async_nats::connect(url).await.unwrap();
         for ds in datasets {
             for chunk in ds.rows.chunks(500) {
                 let body: String = chunk.iter().map(|r| format!("{}\n", event_json(ds, r))).collect();
-                let reply = client.request(format!("gossamer.default.ingest.{}", ds.stream()), body.into()).await.unwrap();
+                let reply = client.request(format!("gossamer.{cluster}.ingest.{}", ds.stream()), body.into()).await.unwrap();
                 let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
                 assert_eq!(reply["accepted"].as_u64(), Some(chunk.len() as u64), "{reply}");
             }

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
-use gossamer_integration::loghub::{self, event_json, Dataset};
+use gossamer_integration::loghub::{self, Dataset};
 use gossamer_integration::{enc, gossamer_binary, http_post, start_cluster, wait_for, Nats, Node};
 use serde_json::{json, Value};
 
@@ -22,18 +22,7 @@ fn post_json(url: &str, body: Value) -> (u16, Value) {
 /// Publishes datasets through the request/reply path and waits until the node counts
 /// `want` events in all.
 fn publish(nats: &Nats, node: &Node, cluster: &str, datasets: &[&Dataset], want: u64) {
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let client = nats.client().await;
-        for ds in datasets {
-            for chunk in ds.rows.chunks(500) {
-                let body: String = chunk.iter().map(|r| format!("{}\n", event_json(ds, r))).collect();
-                let reply = client.request(format!("gossamer.{cluster}.ingest.{}", ds.stream()), body.into()).await.unwrap();
-                let reply: Value = serde_json::from_slice(&reply.payload).unwrap();
-                assert_eq!(reply["accepted"].as_u64(), Some(chunk.len() as u64), "{reply}");
-            }
-        }
-    });
+    loghub::publish(&nats.url(), cluster, datasets.iter().copied());
     node.wait_count("", want, Duration::from_secs(60));
 }
 

@@ -77,7 +77,7 @@ fn psql_and_psycopg_get_the_rows_post_sql_gives() {
     let data = tempfile::tempdir().unwrap();
     let pg = unused_port();
     let node = Node::start(&nats, data.path(), &["--pg", &format!("127.0.0.1:{pg}")]);
-    loghub::publish(&nats.url(), &datasets);
+    loghub::publish(&nats.url(), "default", &datasets);
     node.wait_count("", total, Duration::from_secs(120));
 
     let stream = datasets[1].stream();

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 /// Publishes datasets through the request/reply path and waits until `node` counts
 /// `want` events in all.
 fn publish(url: &str, node: &Node, datasets: &[Dataset], want: u64) {
-    loghub::publish(url, datasets);
+    loghub::publish(url, "default", datasets);
     node.wait_count("", want, Duration::from_secs(120));
 }
 

@@ -284,20 +284,9 @@ fn answer(running: Running, schema: Arc<Vec<FieldInfo>>, limit: Duration) -> Que
         if st.done {
             return None;
         }
-        let next = match st.running.first.take() {
-            Some(b) => Some(Ok(b)),
-            None => {
-                let left = st.limit.saturating_sub(st.started.elapsed());
-                match tokio::time::timeout(left, st.running.stream.next()).await {
-                    Ok(n) => n.map(|r| r.map_err(|e| pg_error(ServiceError::BadRequest(gossamer_sql::classify(e).to_string())))),
-                    Err(_) => Some(Err(pg_error(sql::timed_out(st.limit)))),
-                }
-            }
-        };
-        let rows = match next {
-            None => return None,
-            Some(Ok(batch)) => rows(&batch, &st.schema),
-            Some(Err(e)) => Err(e),
+        let rows = match st.running.next_batch(st.started, st.limit).await? {
+            Ok(batch) => rows(&batch, &st.schema),
+            Err(e) => Err(pg_error(e)),
         };
         st.done = rows.is_err();
         let items: Vec<PgWireResult<DataRow>> = match rows {

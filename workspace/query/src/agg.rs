@@ -299,10 +299,24 @@ impl Aggregation {
     /// then key. Groups without a numeric value of the field are left out (except for
     /// count).
     pub fn finish(&self, spec: &AggSpec) -> Vec<Value> {
+        self.finish_groups(spec, false)
+    }
+
+    /// [`Aggregation::finish`], keeping the groups without a numeric value (their value
+    /// null): every group that has events, as SQL groups them.
+    pub fn finish_all(&self, spec: &AggSpec) -> Vec<Value> {
+        self.finish_groups(spec, true)
+    }
+
+    fn finish_groups(&self, spec: &AggSpec, keep_empty: bool) -> Vec<Value> {
         self.groups
             .iter()
             .filter_map(|((bucket, key), p)| {
-                let value = p.value(spec.func)?;
+                let value = match p.value(spec.func) {
+                    Some(v) => v,
+                    None if keep_empty => Value::Null,
+                    None => return None,
+                };
                 let key: Map<String, Value> = spec
                     .by
                     .iter()
@@ -398,7 +412,7 @@ fn aggregate_some(shards: &[(usize, &ShardStore)], expr: &Expr, range: TimeRange
 /// spec or the data needs whole events: dotted names, a nested value as a group.
 fn aggregate_lite(store: &ShardStore, plan: &ShardPlan, expr: &Expr, range: TimeRange, spec: &AggSpec) -> Result<Option<Aggregation>, QueryError> {
     // `@series` and `@bytes` need the whole event too.
-    let dotted = |k: &str| (k.contains('.') && k != "stream" && k != "level") || k.starts_with('@');
+    let dotted = |k: &str| (k.contains('.') && !k.starts_with("labels.")) || k.starts_with('@');
     if spec.by.iter().any(|k| dotted(k)) || spec.field.as_deref().is_some_and(dotted) {
         return Ok(None);
     }

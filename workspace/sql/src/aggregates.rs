@@ -9,11 +9,9 @@
 //!
 //! An optimizer rule swaps such an aggregate for a scan of the table `logs_aggregate`
 //! (EXPLAIN shows it), whose rows come from [`Source::aggregate`] when the query runs.
-//! Every group the engine would make is kept: for any aggregate but a count, the
-//! groups come from the native count and the values from the native aggregate, so a
-//! group without a number has a NULL, as in SQL.
+//! Every group the engine would make is kept: a group without a number has a NULL, as
+//! in SQL.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -311,22 +309,10 @@ impl AggregateTable {
         let external = |e: String| DataFusionError::External(e.into());
         let got = self.source.aggregate(&self.scan, &self.agg).await.map_err(external)?;
         self.missing.add(&got.missing);
-        if self.agg.func == "count" {
-            let mut groups = got.groups;
-            // A count with no groups is one row, zero when nothing matched.
-            if self.agg.by.is_empty() && self.agg.bucket_ns.is_none() && groups.is_empty() {
-                groups.push(Group { key: Vec::new(), bucket: None, value: Some(0.0) });
-            }
-            return Ok(groups);
-        }
-        // Every group that has events, with the value where it has one.
-        let count = Agg { func: "count".into(), field: None, ..self.agg.clone() };
-        let all = self.source.aggregate(&self.scan, &count).await.map_err(external)?;
-        self.missing.add(&all.missing);
-        let values: BTreeMap<(Option<i64>, Vec<Option<String>>), Option<f64>> = got.groups.into_iter().map(|g| ((g.bucket, g.key), g.value)).collect();
-        let mut groups: Vec<Group> = all.groups.into_iter().map(|g| Group { value: values.get(&(g.bucket, g.key.clone())).copied().flatten(), ..g }).collect();
+        let mut groups = got.groups;
+        // An aggregate with no groups is one row: a zero count, else NULL.
         if self.agg.by.is_empty() && self.agg.bucket_ns.is_none() && groups.is_empty() {
-            groups.push(Group { key: Vec::new(), bucket: None, value: None });
+            groups.push(Group { key: Vec::new(), bucket: None, value: (self.agg.func == "count").then_some(0.0) });
         }
         Ok(groups)
     }

@@ -63,8 +63,8 @@ pub trait Source: Send + Sync + fmt::Debug + 'static {
     /// The page after `cursor`, of at most `size` events.
     async fn page(&self, scan: &Scan, cursor: Option<String>, size: usize) -> Result<Page, String>;
     /// The native aggregation `agg` of a scan's events (its limit aside), as
-    /// `/api/v1/aggregate` answers it: the groups with events (with no keys and no
-    /// bucket, one group or none), each with its value when it has one.
+    /// `/api/v1/aggregate` answers it, but with every group that has events (with no
+    /// keys and no bucket, one group or none), its value null when it has none.
     async fn aggregate(&self, scan: &Scan, agg: &Agg) -> Result<Grouped, String>;
     /// How many shards the events are spread over (the `shard` column).
     fn shards(&self) -> u32;
@@ -313,7 +313,7 @@ impl TableProvider for LogsTable {
 
 /// Events in a scan's first page; each next page is twice the last, up to
 /// [`LAST_PAGE`].
-const FIRST_PAGE: usize = 250;
+const FIRST_PAGE: usize = 100;
 const LAST_PAGE: usize = 8_000;
 
 /// One scan, read a page at a time as the engine pulls batches.

@@ -59,7 +59,7 @@ impl Source for MemorySource {
         for e in self.events.iter().filter(|e| scan.from.is_none_or(|f| e.ts >= f) && scan.to.is_none_or(|t| e.ts < t) && q.matches(e)) {
             total.add(&spec, e).map_err(|e| e.to_string())?;
         }
-        Ok(Grouped { groups: groups_of(&total.finish(&spec), agg)?, missing: vec![] })
+        Ok(Grouped { groups: groups_of(&total.finish_all(&spec), agg)?, missing: vec![] })
     }
 
     fn shards(&self) -> u32 {

@@ -165,16 +165,7 @@ pub async fn sql_query(node: Node, body: web::Json<SqlRequest>) -> Result<HttpRe
         if st.done {
             return None;
         }
-        let next = match st.running.first.take() {
-            Some(b) => Some(Ok(b)),
-            None => {
-                let left = st.limit.saturating_sub(st.started.elapsed());
-                match tokio::time::timeout(left, st.running.stream.next()).await {
-                    Ok(n) => n,
-                    Err(_) => Some(Err(datafusion::error::DataFusionError::External(sql::timed_out(st.limit).to_string().into()))),
-                }
-            }
-        };
+        let next = st.running.next_batch(st.started, st.limit).await;
         let chunk = match next {
             Some(Ok(batch)) => {
                 // NDJSON, CSV and Arrow cannot say "partial" at the end: stop at once instead.

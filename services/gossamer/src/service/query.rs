@@ -185,6 +185,16 @@ pub async fn count(node: &NodeHandle, req: QueryRequest) -> Result<Counted, Serv
 
 /// An aggregation of the events matching `req`, grouped and bucketed.
 pub async fn aggregate(node: &NodeHandle, req: AggregateRequest) -> Result<Aggregated, ServiceError> {
+    aggregate_groups(node, req, false).await
+}
+
+/// [`aggregate`] with every group that has events, those without a value of the
+/// field included (value null): SQL's groups.
+pub async fn aggregate_all_groups(node: &NodeHandle, req: AggregateRequest) -> Result<Aggregated, ServiceError> {
+    aggregate_groups(node, req, true).await
+}
+
+async fn aggregate_groups(node: &NodeHandle, req: AggregateRequest, keep_empty: bool) -> Result<Aggregated, ServiceError> {
     let started = Instant::now();
     timed("aggregate", async {
         // Checked here, so a bad query fails before any node is asked.
@@ -204,7 +214,8 @@ pub async fn aggregate(node: &NodeHandle, req: AggregateRequest) -> Result<Aggre
             bucket_offset: 0,
         };
         let got = gather(node, &all_shards(node), ask).await?;
-        let groups = merge_aggregates(got.answers).finish(&spec);
+        let merged = merge_aggregates(got.answers);
+        let groups = if keep_empty { merged.finish_all(&spec) } else { merged.finish(&spec) };
         Ok(Aggregated { groups, missing: got.missing, took: started.elapsed() })
     })
     .await

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 
 use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
 use futures::StreamExt;
 use gossamer_schemas::api::{AggregateRequest, QueryRequest};
 use gossamer_sql::{Agg, Group, Grouped, Limits, Missing, Page, Scan, SqlError};
@@ -74,7 +75,7 @@ impl gossamer_sql::Source for NodeSource {
             by: (!agg.by.is_empty()).then(|| agg.by.join(",")),
             bucket: agg.bucket_ns.map(|ns| format!("{ns}ns")),
         };
-        let got = queries::aggregate(&self.0, req).await.map_err(|e| e.to_string())?;
+        let got = queries::aggregate_all_groups(&self.0, req).await.map_err(|e| e.to_string())?;
         Ok(Grouped { groups: gossamer_sql::groups_of(&got.groups, agg)?, missing: got.missing })
     }
 
@@ -134,7 +135,21 @@ pub struct Running {
     pub stream: datafusion::execution::SendableRecordBatchStream,
     pub missing: Missing,
     /// The first batch, read before answering so a query that fails at once is a 400.
-    pub first: Option<datafusion::arrow::array::RecordBatch>,
+    pub first: Option<RecordBatch>,
+}
+
+impl Running {
+    /// The next batch (the first, read at the start, included) within `limit` of
+    /// `started`; past it, the time limit's error.
+    pub async fn next_batch(&mut self, started: std::time::Instant, limit: Duration) -> Option<Result<RecordBatch, ServiceError>> {
+        if let Some(b) = self.first.take() {
+            return Some(Ok(b));
+        }
+        match tokio::time::timeout(limit.saturating_sub(started.elapsed()), self.stream.next()).await {
+            Ok(next) => next.map(|r| r.map_err(|e| service_error(gossamer_sql::classify(e)))),
+            Err(_) => Some(Err(timed_out(limit))),
+        }
+    }
 }
 
 fn service_error(e: SqlError) -> ServiceError {

@@ -52,6 +52,7 @@ pub async fn start(node: Arc<NodeHandle>) -> anyhow::Result<Option<(std::net::So
             let (socket, peer) = match listener.accept().await {
                 Ok(s) => s,
                 Err(e) => {
+                    // Out of file descriptors, say: back off rather than spin.
                     warn!(error = %e, "pg-accept-failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs nats-server and chromium if they are missing and
 # makes a Python environment with nats-py, elasticsearch and opensearch-py (target/pyvenv),
-# installs logger and rsyslog (with its Elasticsearch output) for the syslog tests, builds the `gossamer` binary
+# installs logger and rsyslog (with its Elasticsearch output) for the syslog tests, psql for the
+# PostgreSQL door's, builds the `gossamer` binary
 # the integration tests start (with every test), runs every test with cargo-nextest (or cargo test when
 # nextest is not installed), then a short fuzz run of the decoders and the parser.
 set -euo pipefail

@@ -49,18 +49,6 @@ async fn answer_wait(node: &NodeHandle, payload: &[u8]) -> serde_json::Value {
     }
 }
 
-/// Serves wait requests until the subscription ends.
-pub async fn serve_waits(node: Arc<NodeHandle>, mut sub: async_nats::Subscriber) {
-    use futures::StreamExt;
-    while let Some(msg) = sub.next().await {
-        let Some(reply) = msg.reply.clone() else { continue };
-        let node = node.clone();
-        actix_rt::spawn(async move {
-            let answer = answer_wait(&node, &msg.payload).await;
-            let _ = node.nats.publish(reply, answer.to_string().into()).await;
-        });
-    }
-}
 
 /// NATS carries one message of at most 1 MiB by default: rows beyond this are refused.
 const SQL_ANSWER_BYTES: usize = 900 * 1024;
@@ -82,28 +70,35 @@ async fn answer_sql(node: &Arc<NodeHandle>, payload: &[u8]) -> serde_json::Value
     }
 }
 
-/// Serves SQL requests until the subscription ends.
-pub async fn serve_sql(node: Arc<NodeHandle>, mut sub: async_nats::Subscriber) {
+/// Answers each request on the subscription with `answer`, each in a task of its own,
+/// until the subscription ends.
+async fn serve<F, A>(node: Arc<NodeHandle>, mut sub: async_nats::Subscriber, answer: F)
+where
+    F: Fn(Arc<NodeHandle>, bytes::Bytes) -> A + Copy + 'static,
+    A: std::future::Future<Output = serde_json::Value> + 'static,
+{
     use futures::StreamExt;
     while let Some(msg) = sub.next().await {
         let Some(reply) = msg.reply.clone() else { continue };
         let node = node.clone();
         actix_rt::spawn(async move {
-            let answer = answer_sql(&node, &msg.payload).await;
+            let answer = answer(node.clone(), msg.payload).await;
             let _ = node.nats.publish(reply, answer.to_string().into()).await;
         });
     }
 }
 
-/// Serves the requests on the subscription until it ends.
-pub async fn serve_queries(node: Arc<NodeHandle>, mut sub: async_nats::Subscriber) {
-    use futures::StreamExt;
-    while let Some(msg) = sub.next().await {
-        let Some(reply) = msg.reply.clone() else { continue };
-        let node = node.clone();
-        actix_rt::spawn(async move {
-            let answer = answer(&node, &msg.payload).await;
-            let _ = node.nats.publish(reply, answer.to_string().into()).await;
-        });
-    }
+/// Serves query requests until the subscription ends.
+pub async fn serve_queries(node: Arc<NodeHandle>, sub: async_nats::Subscriber) {
+    serve(node, sub, |node, payload| async move { answer(&node, &payload).await }).await
+}
+
+/// Serves read-your-writes waits until the subscription ends.
+pub async fn serve_waits(node: Arc<NodeHandle>, sub: async_nats::Subscriber) {
+    serve(node, sub, |node, payload| async move { answer_wait(&node, &payload).await }).await
+}
+
+/// Serves SQL requests until the subscription ends.
+pub async fn serve_sql(node: Arc<NodeHandle>, sub: async_nats::Subscriber) {
+    serve(node, sub, |node, payload| async move { answer_sql(&node, &payload).await }).await
 }

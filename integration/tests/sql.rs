@@ -379,6 +379,11 @@ fn a_sql_count_through_each_of_three_nodes_is_the_total_and_partial_with_a_shard
     assert_eq!(body["partial"], true, "{body}");
     assert!(!body["missing_shards"].as_array().unwrap().is_empty(), "{body}");
     assert!(body["rows"][0]["n"].as_u64().unwrap() < total, "{body}");
+    // CSV has no place to say so: a short answer is refused whole, naming the shards.
+    let (status, csv) = raw_sql(&nodes[0], "SELECT count(*) AS n FROM logs", "csv");
+    assert_eq!(status, 503, "{csv}");
+    let error: Value = serde_json::from_str(&csv).unwrap_or_else(|e| panic!("{e}: {csv}"));
+    assert!(error["error"].as_str().unwrap().contains("no live replica"), "{error}");
     // psql prints the rows it got and the warning that shards are missing.
     let out = Command::new("psql")
         .args(["-X", "-w", "--csv", "-h", "127.0.0.1", "-p", &pg.to_string(), "-U", "tester", "-c", "SELECT count(*) AS n FROM logs"])

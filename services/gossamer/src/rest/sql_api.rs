@@ -97,6 +97,9 @@ fn render(batch: &RecordBatch, format: Format, rows_before: bool, header: bool, 
     }
 }
 
+/// The most bytes of an answer sent whole; a longer one streams.
+const WHOLE: usize = 256 * 1024;
+
 struct Rows {
     running: Running,
     format: Format,
@@ -109,6 +112,38 @@ struct Rows {
 }
 
 impl Rows {
+    /// The next piece of the answer: a batch's rows, then the end; `None` once it is all
+    /// out. NDJSON, CSV and Arrow cannot say "partial" at the end, so they stop at the
+    /// first batch read with shards missing.
+    async fn step(&mut self) -> Result<Option<Vec<u8>>, ServiceError> {
+        if self.done {
+            return Ok(None);
+        }
+        let next = self.running.next_batch(self.started, self.limit).await;
+        let out = match next {
+            Some(Ok(batch)) => {
+                let missing = self.running.missing.shards();
+                if self.format != Format::Json && !missing.is_empty() {
+                    Err(ServiceError::ShardsMissing { message: format!("shards {missing:?} have no live replica"), shards: missing })
+                } else {
+                    let out = render(&batch, self.format, self.rows > 0, self.batches == 0, self.arrow.as_mut());
+                    self.rows += batch.num_rows() as u64;
+                    self.batches += 1;
+                    out
+                }
+            }
+            Some(Err(e)) => Err(e),
+            None => {
+                self.done = true;
+                self.trailer()
+            }
+        };
+        if out.is_err() {
+            self.done = true;
+        }
+        out.map(Some)
+    }
+
     /// What follows the last row: the JSON's end, with whether shards were missing.
     fn trailer(&mut self) -> Result<Vec<u8>, ServiceError> {
         let missing = self.running.missing.shards();
@@ -138,7 +173,7 @@ impl Rows {
         (status = 200, description = "The rows: JSON {columns, rows, partial, missing_shards}, NDJSON, CSV or an Arrow IPC stream", body = serde_json::Value),
         (status = 400, description = "Bad SQL (the error names the position or the column), a statement that is not a query, or a bad body", body = ErrorBody),
         (status = 401, description = "No valid bearer token", body = ErrorBody),
-        (status = 503, description = "The query ran past its time limit (query_limits.sql_timeout_secs)", body = ErrorBody),
+        (status = 503, description = "The query ran past its time limit (query_limits.sql_timeout_secs), or shards have no live replica and the format (NDJSON, CSV, Arrow) cannot say the answer is partial", body = ErrorBody),
     ),
 )]
 pub async fn sql_query(node: Node, body: web::Json<SqlRequest>) -> Result<HttpResponse, ApiError> {
@@ -160,44 +195,28 @@ pub async fn sql_query(node: Node, body: web::Json<SqlRequest>) -> Result<HttpRe
         }
         _ => Vec::new(),
     };
-    let rows = Rows { running, format, arrow, rows: 0, batches: 0, started, limit, done: false };
-    let body = futures::stream::unfold(rows, |mut st| async move {
-        if st.done {
-            return None;
+    let mut rows = Rows { running, format, arrow, rows: 0, batches: 0, started, limit, done: false };
+    // An answer that fits in WHOLE bytes goes in one piece, with its length, and an error
+    // found before it is sent is the request's own (a 4xx or 5xx, not a cut transfer).
+    let mut whole = head;
+    while whole.len() < WHOLE {
+        match rows.step().await? {
+            Some(bytes) => whole.extend(bytes),
+            None => return Ok(HttpResponse::Ok().content_type(format.content_type()).body(whole)),
         }
-        let next = st.running.next_batch(st.started, st.limit).await;
-        let chunk = match next {
-            Some(Ok(batch)) => {
-                // NDJSON, CSV and Arrow cannot say "partial" at the end: stop at once instead.
-                let missing = st.running.missing.shards();
-                if st.format != Format::Json && !missing.is_empty() {
-                    st.done = true;
-                    Err(ServiceError::ShardsMissing { message: format!("shards {missing:?} have no live replica"), shards: missing })
-                } else {
-                    let out = render(&batch, st.format, st.rows > 0, st.batches == 0, st.arrow.as_mut());
-                    st.rows += batch.num_rows() as u64;
-                    st.batches += 1;
-                    out
-                }
-            }
-            Some(Err(e)) => {
-                st.done = true;
-                Err(ServiceError::Internal(format!("the SQL query failed after {} rows: {e}", st.rows)))
-            }
-            None => {
-                st.done = true;
-                st.trailer()
-            }
-        };
-        match chunk {
-            Ok(bytes) => Some((Ok::<_, actix_web::Error>(Bytes::from(bytes)), st)),
+    }
+    let body = futures::stream::unfold(rows, |mut st| async move {
+        match st.step().await {
+            Ok(None) => None,
+            Ok(Some(bytes)) => Some((Ok::<_, actix_web::Error>(Bytes::from(bytes)), st)),
             Err(e) => {
-                tracing::warn!(error = %e, "sql-answer-cut-short");
-                Some((Err(actix_web::error::ErrorInternalServerError(e.to_string())), st))
+                st.done = true;
+                tracing::warn!(error = %e, rows = st.rows, "sql-answer-cut-short");
+                Some((Err(actix_web::error::ErrorInternalServerError(format!("the SQL query failed after {} rows: {e}", st.rows))), st))
             }
         }
     });
-    let body = futures::stream::once(async move { Ok::<_, actix_web::Error>(Bytes::from(head)) }).chain(body);
+    let body = futures::stream::once(async move { Ok::<_, actix_web::Error>(Bytes::from(whole)) }).chain(body);
     Ok(HttpResponse::Ok().content_type(format.content_type()).streaming(body))
 }
 

@@ -7,6 +7,7 @@ pub mod backup;
 pub mod chart;
 pub mod cluster;
 pub mod cluster_backup;
+pub mod peers;
 pub mod plot;
 pub mod promises;
 pub mod common;

@@ -39,6 +39,11 @@ pub struct QueryBench {
     /// Run the node without the index role: every query scans (what the index buys).
     #[arg(long)]
     pub no_index: bool,
+    /// Also run the same queries over the same events in embedded ClickHouse (PyPI
+    /// `chdb`) and tantivy (PyPI `tantivy`), from a virtual environment made under
+    /// `target/` (needs python3 with venv and PyPI the first time).
+    #[arg(long)]
+    pub peers: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -246,6 +251,8 @@ pub fn query(a: QueryBench) -> Result<()> {
     node.stop()?;
     let sled_bytes = dir_size(&node_dir.join("sled"));
     drop(server);
+    // The peers after the node has stopped, one at a time, so none shares the machine.
+    let peers = if a.peers { crate::bench::peers::run_all(&ndjson, &tmp.path().join("peers"), a.runs)? } else { Vec::new() };
     println!("{} events, {} shards, {} timed runs per query; index caught up {index_wait_s:.1} s after ingest", a.events, a.shards, a.runs);
     println!(
         "ingest, request/reply to queryable {ingest_rate:.0} events/s; raw JetStream publish {raw_rate:.0} events/s (same messages), {raw_single_rate:.0} events/s (one per message)"
@@ -275,6 +282,10 @@ pub fn query(a: QueryBench) -> Result<()> {
         export_bytes as f64 / 1e6,
         export_bytes as f64 / ndjson_bytes as f64
     );
+    if !peers.is_empty() {
+        let ours: Vec<(&str, f64, String)> = figures.iter().map(|q| (q.name, q.p50_ms, q.answer.to_string())).collect();
+        crate::bench::peers::print_table(&peers, &ours, sled_bytes, peak_rss_kb, a.events as u64, ndjson_bytes);
+    }
     if let Some(path) = &a.png {
         let bars: Vec<crate::bench::plot::Bar> = figures
             .iter()
@@ -303,6 +314,7 @@ pub fn query(a: QueryBench) -> Result<()> {
                 "ingest_events_per_s": ingest_rate,
                 "raw_jetstream_events_per_s": raw_rate,
                 "raw_jetstream_single_events_per_s": raw_single_rate,
+                "peers": peers,
             }))?,
         )?;
     }

@@ -238,6 +238,17 @@ fn push(filter: &Expr) -> Option<Pushed> {
             }
             None
         }
+        // stream LIKE 'loghub.%': the native glob, whose `*` is LIKE's `%` (both anchored
+        // at both ends and case-sensitive). LIKE's `_` and escapes have no glob form.
+        Expr::Like(like) if !like.negated && !like.case_insensitive && like.escape_char.is_none() => {
+            if column_name(&like.expr) != Some("stream") {
+                return None;
+            }
+            let pattern = literal_str(&like.pattern)?;
+            let literal = pattern.split('%').filter(|part| !part.is_empty()).all(|part| plain(part) && !part.contains('_'));
+            // Only `%` is every stream, which needs no filter.
+            (literal && pattern.chars().any(|c| c != '%')).then(|| Pushed::Term(format!("stream:{}", pattern.replace('%', "*"))))
+        }
         Expr::ScalarFunction(f) if matches!(f.func.name(), "match" | "phrase") && f.args.len() == 2 => {
             if column_name(&f.args[0]) != Some("message") {
                 return None;

@@ -49,7 +49,6 @@ async fn answer_wait(node: &NodeHandle, payload: &[u8]) -> serde_json::Value {
     }
 }
 
-
 /// NATS carries one message of at most 1 MiB by default: rows beyond this are refused.
 const SQL_ANSWER_BYTES: usize = 900 * 1024;
 

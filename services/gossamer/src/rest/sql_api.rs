@@ -209,8 +209,8 @@ pub async fn sql_query(node: Node, body: web::Json<SqlRequest>) -> Result<HttpRe
         match st.step().await {
             Ok(None) => None,
             Ok(Some(bytes)) => Some((Ok::<_, actix_web::Error>(Bytes::from(bytes)), st)),
+            // step() has already marked the answer done.
             Err(e) => {
-                st.done = true;
                 tracing::warn!(error = %e, rows = st.rows, "sql-answer-cut-short");
                 Some((Err(actix_web::error::ErrorInternalServerError(format!("the SQL query failed after {} rows: {e}", st.rows))), st))
             }

@@ -9,6 +9,7 @@ use std::cell::RefCell;
 
 use serde::{Deserialize, Serialize};
 
+use crate::columns::{self, Columns};
 use crate::event::Event;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -256,9 +257,19 @@ pub const BLOCK_HEADER: usize = 20;
 /// `events` as a block: the header, the frame count (u16 BE), each frame's length (u32
 /// BE), then the frames ([`encode_events`], [`FRAME_EVENTS`] events each).
 pub fn encode_block(events: &[Event]) -> Result<Vec<u8>, CodecError> {
+    block_of(events, encode_events)
+}
+
+/// [`encode_block`] with frames in the row form stores had before columnar frames
+/// ([`encode_events_rows`]): for tests of stores written then.
+pub fn encode_block_rows(events: &[Event]) -> Result<Vec<u8>, CodecError> {
+    block_of(events, encode_events_rows)
+}
+
+fn block_of(events: &[Event], frame: fn(&[Event], i32) -> Result<Vec<u8>, CodecError>) -> Result<Vec<u8>, CodecError> {
     let min = events.iter().map(|e| e.ts).min().unwrap_or(0);
     let max = events.iter().map(|e| e.ts).max().unwrap_or(0);
-    let frames = events.chunks(FRAME_EVENTS).map(|c| encode_events(c, BLOCK_LEVEL)).collect::<Result<Vec<_>, _>>()?;
+    let frames = events.chunks(FRAME_EVENTS).map(|c| frame(c, BLOCK_LEVEL)).collect::<Result<Vec<_>, _>>()?;
     let body: usize = frames.iter().map(Vec::len).sum();
     let mut v = Vec::with_capacity(BLOCK_HEADER + 2 + 4 * frames.len() + body);
     v.extend_from_slice(&min.to_be_bytes());
@@ -319,10 +330,18 @@ struct Shell<'a> {
 }
 
 /// A list of events as stored in one block frame, in two parts compressed apart: the
-/// events without their messages, then the messages. Aggregations read the first part
-/// alone; messages, the bulk of the bytes, also compress better together.
+/// events without their messages, in columns ([`crate::columns`]), then the messages
+/// (a MessagePack list). Aggregations read the first part alone; messages, the bulk of
+/// the bytes, also compress better together.
 /// Layout: the first part's length (u32 LE), the first part, the second.
 pub fn encode_events(events: &[Event], level: i32) -> Result<Vec<u8>, CodecError> {
+    frame_of(compress(&columns::encode(events)?, level)?, events, level)
+}
+
+/// [`encode_events`] in the form stores had before columnar frames: the first part a
+/// MessagePack list of the events with empty messages. Every reader still reads it, so
+/// a store written before keeps answering; tests write it to check that.
+pub fn encode_events_rows(events: &[Event], level: i32) -> Result<Vec<u8>, CodecError> {
     let shells: Vec<Shell<'_>> = events
         .iter()
         .map(|e| Shell {
@@ -335,7 +354,10 @@ pub fn encode_events(events: &[Event], level: i32) -> Result<Vec<u8>, CodecError
             fields: &e.fields,
         })
         .collect();
-    let meta = compress(&rmp_serde::to_vec(&shells)?, level)?;
+    frame_of(compress(&rmp_serde::to_vec(&shells)?, level)?, events, level)
+}
+
+fn frame_of(meta: Vec<u8>, events: &[Event], level: i32) -> Result<Vec<u8>, CodecError> {
     let messages: Vec<&str> = events.iter().map(|e| e.message.as_str()).collect();
     let messages = compress(&rmp_serde::to_vec(&messages)?, level)?;
     let mut out = Vec::with_capacity(4 + meta.len() + messages.len());
@@ -357,7 +379,14 @@ fn parts(bytes: &[u8]) -> Result<(&[u8], &[u8]), CodecError> {
 
 pub fn decode_events(bytes: &[u8]) -> Result<Vec<Event>, CodecError> {
     let (meta, messages) = parts(bytes)?;
-    let mut events: Vec<Event> = with_decompressed(meta, |raw| Ok(rmp_serde::from_slice(raw)?))?;
+    let mut events: Vec<Event> = with_decompressed(meta, |raw| {
+        if columns::is_columnar(raw) {
+            let c = Columns::read(raw)?;
+            (0..c.len()).map(|i| c.event(i)).collect()
+        } else {
+            Ok(rmp_serde::from_slice(raw)?)
+        }
+    })?;
     let texts: Vec<String> = with_decompressed(messages, |raw| Ok(rmp_serde::from_slice(raw)?))?;
     if texts.len() != events.len() {
         return Err(CodecError::Frame(format!("{} events but {} messages", events.len(), texts.len())));
@@ -372,7 +401,14 @@ pub fn decode_events(bytes: &[u8]) -> Result<Vec<Event>, CodecError> {
 /// with their positions; the others are skipped without being built.
 pub fn decode_events_at(bytes: &[u8], wanted: &[u32]) -> Result<Vec<(u32, Event)>, CodecError> {
     let (meta, messages) = parts(bytes)?;
-    let mut events: Vec<(u32, Event)> = with_decompressed(meta, |raw| pick(raw, wanted))?;
+    let mut events: Vec<(u32, Event)> = with_decompressed(meta, |raw| {
+        if columns::is_columnar(raw) {
+            let c = Columns::read(raw)?;
+            wanted.iter().take_while(|&&i| (i as usize) < c.len()).map(|&i| Ok((i, c.event(i as usize)?))).collect()
+        } else {
+            pick(raw, wanted)
+        }
+    })?;
     let texts: Vec<(u32, String)> = with_decompressed(messages, |raw| pick(raw, wanted))?;
     if texts.len() != events.len() {
         return Err(CodecError::Frame(format!("{} events but {} messages", events.len(), texts.len())));
@@ -631,6 +667,10 @@ pub fn for_each_lite(bytes: &[u8], positions: Option<&[u32]>, f: &mut dyn FnMut(
 
     let (meta, _) = parts(bytes)?;
     with_decompressed(meta, |raw| {
+        if columns::is_columnar(raw) {
+            Columns::read(raw)?.for_each_lite(positions, f);
+            return Ok(());
+        }
         let mut de = rmp_serde::Deserializer::from_read_ref(raw);
         All { positions, f }.deserialize(&mut de)?;
         Ok(())

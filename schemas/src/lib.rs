@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod batch;
+pub mod columns;
 pub mod decode;
 pub mod event;
 pub mod fuzzing;

@@ -225,7 +225,14 @@ impl<'a> Reader<'a> {
         Ok(s)
     }
 
+    #[inline]
     fn varint(&mut self) -> Result<u64, CodecError> {
+        if let Some(&b) = self.raw.get(self.at) {
+            if b < 0x80 {
+                self.at += 1;
+                return Ok(u64::from(b));
+            }
+        }
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
             let b = self.byte()?;
@@ -254,7 +261,11 @@ impl<'a> Reader<'a> {
 
     fn dict(&mut self) -> Result<Vec<&'a str>, CodecError> {
         let k = self.count(1)?;
-        (0..k).map(|_| self.str()).collect()
+        let mut out = Vec::with_capacity(k);
+        for _ in 0..k {
+            out.push(self.str()?);
+        }
+        Ok(out)
     }
 
     /// One index into a dictionary of `size` entries per item.
@@ -262,16 +273,15 @@ impl<'a> Reader<'a> {
         if size <= 1 {
             return if size == 1 || items == 0 { Ok(vec![0; items]) } else { Err(Self::bad("values without a dictionary")) };
         }
-        (0..items)
-            .map(|_| {
-                let i = self.varint()?;
-                if i < size as u64 {
-                    Ok(i as u32)
-                } else {
-                    Err(Self::bad("a dictionary index out of range"))
-                }
-            })
-            .collect()
+        let mut out = Vec::with_capacity(items);
+        for _ in 0..items {
+            let i = self.varint()?;
+            if i >= size as u64 {
+                return Err(Self::bad("a dictionary index out of range"));
+            }
+            out.push(i as u32);
+        }
+        Ok(out)
     }
 
     fn carriers(&mut self, n: usize) -> Result<Vec<u32>, CodecError> {
@@ -388,28 +398,26 @@ impl<'a> Columns<'a> {
             let carriers = r.carriers(n)?;
             let tags = r.bytes(carriers.len())?;
             let strings = r.dict()?;
-            let values = tags
-                .iter()
-                .map(|&t| {
-                    Ok(match t {
-                        ABSENT_NULL => Stored::Null,
-                        FALSE => Stored::Bool(false),
-                        TRUE => Stored::Bool(true),
-                        INT => Stored::Int(unzigzag(r.varint()?)),
-                        UINT => Stored::UInt(r.varint()?),
-                        FLOAT => Stored::Float(f64::from_le_bytes(r.bytes(8)?.try_into().expect("8 bytes"))),
-                        STR => {
-                            let i = r.varint()?;
-                            Stored::Str(strings.get(i as usize).copied().ok_or_else(|| Reader::bad("a dictionary index out of range"))?)
-                        }
-                        NESTED => {
-                            let len = r.count(1)?;
-                            Stored::Nested(r.bytes(len)?)
-                        }
-                        other => return Err(Reader::bad(&format!("field type tag {other}"))),
-                    })
-                })
-                .collect::<Result<Vec<_>, CodecError>>()?;
+            let mut values = Vec::with_capacity(tags.len());
+            for &t in tags {
+                values.push(match t {
+                    ABSENT_NULL => Stored::Null,
+                    FALSE => Stored::Bool(false),
+                    TRUE => Stored::Bool(true),
+                    INT => Stored::Int(unzigzag(r.varint()?)),
+                    UINT => Stored::UInt(r.varint()?),
+                    FLOAT => Stored::Float(f64::from_le_bytes(r.bytes(8)?.try_into().expect("8 bytes"))),
+                    STR => {
+                        let i = r.varint()?;
+                        Stored::Str(strings.get(i as usize).copied().ok_or_else(|| Reader::bad("a dictionary index out of range"))?)
+                    }
+                    NESTED => {
+                        let len = r.count(1)?;
+                        Stored::Nested(r.bytes(len)?)
+                    }
+                    other => return Err(Reader::bad(&format!("field type tag {other}"))),
+                });
+            }
             fields.push(FieldColumn { name, carriers, values });
         }
         if r.at != raw.len() {

@@ -35,7 +35,7 @@ pub const VERSION: u8 = 1;
 /// Events in one columnar part at most: frames hold far fewer.
 const MAX_EVENTS: usize = 1 << 16;
 
-const ABSENT_NULL: u8 = 0;
+const NULL: u8 = 0;
 const FALSE: u8 = 1;
 const TRUE: u8 = 2;
 const INT: u8 = 3;
@@ -44,12 +44,29 @@ const FLOAT: u8 = 5;
 const STR: u8 = 6;
 const NESTED: u8 = 7;
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+/// `v` as a LEB128 varint (7 bits a byte, low first); the index's postings use it too.
+pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         out.push(v as u8 | 0x80);
         v >>= 7;
     }
     out.push(v as u8);
+}
+
+/// The varint at `*at` in `buf`, moving `at` past it; `None` when `buf` ends first or it
+/// runs over 64 bits.
+#[inline]
+pub fn get_varint(buf: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *buf.get(*at)?;
+        *at += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some(v);
+        }
+    }
+    None
 }
 
 fn zigzag(v: i64) -> u64 {
@@ -167,7 +184,7 @@ pub fn encode(events: &[Event]) -> Result<Vec<u8>, CodecError> {
         let mut body = Vec::new();
         for v in values {
             let tag = match v {
-                Value::Null => ABSENT_NULL,
+                Value::Null => NULL,
                 Value::Bool(false) => FALSE,
                 Value::Bool(true) => TRUE,
                 Value::Number(x) => {
@@ -227,21 +244,7 @@ impl<'a> Reader<'a> {
 
     #[inline]
     fn varint(&mut self) -> Result<u64, CodecError> {
-        if let Some(&b) = self.raw.get(self.at) {
-            if b < 0x80 {
-                self.at += 1;
-                return Ok(u64::from(b));
-            }
-        }
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let b = self.byte()?;
-            v |= u64::from(b & 0x7f) << shift;
-            if b < 0x80 {
-                return Ok(v);
-            }
-        }
-        Err(Self::bad("a varint over 64 bits"))
+        get_varint(self.raw, &mut self.at).ok_or_else(|| Self::bad("a varint that ends early or runs over 64 bits"))
     }
 
     /// A count of items each taking at least `min_bytes`: over what is left means damage.
@@ -401,7 +404,7 @@ impl<'a> Columns<'a> {
             let mut values = Vec::with_capacity(tags.len());
             for &t in tags {
                 values.push(match t {
-                    ABSENT_NULL => Stored::Null,
+                    NULL => Stored::Null,
                     FALSE => Stored::Bool(false),
                     TRUE => Stored::Bool(true),
                     INT => Stored::Int(unzigzag(r.varint()?)),

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use gossamer_schemas::batch::{compress, decompress};
+use gossamer_schemas::columns::{get_varint, put_varint};
 use gossamer_schemas::text::each_token;
 use gossamer_schemas::Event;
 use gossamer_storage::{BlockMeta, ShardStore, StorageError};
@@ -931,14 +932,6 @@ pub fn field_terms_for(path: &str, v: &str) -> Vec<Vec<u8>> {
     out
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
 fn encode_docs(docs: &[u32]) -> Vec<u8> {
     let mut out = Vec::with_capacity(docs.len() * 2);
     let mut prev = 0;
@@ -975,16 +968,7 @@ impl<'a> Reader<'a> {
     }
 
     fn varint(&mut self) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..64).step_by(7) {
-            let byte = *self.buf.get(self.at)?;
-            self.at += 1;
-            v |= u64::from(byte & 0x7f) << shift;
-            if byte < 0x80 {
-                return Some(v);
-            }
-        }
-        None
+        get_varint(self.buf, &mut self.at)
     }
 
     fn bytes(&mut self, n: u64) -> Option<&'a [u8]> {

@@ -347,6 +347,22 @@ pub fn aggregate(shards: &[ShardStore], expr: &Expr, range: TimeRange, spec: &Ag
 }
 
 fn aggregate_some(shards: &[(usize, &ShardStore)], expr: &Expr, range: TimeRange, spec: &AggSpec) -> Result<Aggregation, QueryError> {
+    match aggregate_shards(shards, expr, range, spec, true)? {
+        Some(total) => Ok(total),
+        // A group value turned out nested: every shard again, with whole events.
+        None => Ok(aggregate_shards(shards, expr, range, spec, false)?.expect("no lite reads, no retry")),
+    }
+}
+
+/// The aggregate of `shards`; `None` when `lite` was allowed and a group value turned
+/// out to be nested (the lite reads cannot group by it).
+fn aggregate_shards(
+    shards: &[(usize, &ShardStore)],
+    expr: &Expr,
+    range: TimeRange,
+    spec: &AggSpec,
+    lite: bool,
+) -> Result<Option<Aggregation>, QueryError> {
     // A count by stream or by level alone is read from the postings where they are exact.
     let facet = match (spec.func, spec.field.as_deref(), spec.bucket_ns, spec.by.as_slice()) {
         (AggFn::Count, None, None, [by]) if by == "stream" => Some(Facet::Stream),
@@ -354,15 +370,16 @@ fn aggregate_some(shards: &[(usize, &ShardStore)], expr: &Expr, range: TimeRange
         _ => None,
     };
     let mut total = Aggregation::default();
+    // One set of groups for every shard read through lite events: a group's partial
+    // (a sketch, for percentiles) is made once here, not once per shard and merged.
+    let mut lite_groups = LiteGroups::default();
     for (_, s) in shards {
         let mut plan = ShardPlan::new(s, expr, range)?;
-        if facet.is_none() {
-            if let Some(part) = aggregate_lite(s, &plan, expr, range, spec)? {
-                total.merge(part);
-                if total.groups.len() > spec.max_groups {
-                    return Err(too_many_groups(spec.max_groups));
-                }
-                continue;
+        if facet.is_none() && lite {
+            match aggregate_lite(s, &plan, expr, range, spec, &mut lite_groups)? {
+                Lite::Done => continue,
+                Lite::Nested => return Ok(None),
+                Lite::NotLite => {}
             }
         }
         let mut part = Aggregation::default();
@@ -404,26 +421,48 @@ fn aggregate_some(shards: &[(usize, &ShardStore)], expr: &Expr, range: TimeRange
             return Err(too_many_groups(spec.max_groups));
         }
     }
-    Ok(total)
+    total.merge(Aggregation { groups: lite_groups.groups.into_iter().collect() });
+    if total.groups.len() > spec.max_groups {
+        return Err(too_many_groups(spec.max_groups));
+    }
+    Ok(Some(total))
+}
+
+/// Groups being built from lite events, found by a key of bytes (the bucket, then each
+/// group value behind a marker) without formatting anything per event.
+#[derive(Default)]
+struct LiteGroups {
+    groups: Vec<(GroupKey, Partial)>,
+    index: HashMap<Vec<u8>, usize, xxhash_rust::xxh3::Xxh3DefaultBuilder>,
+}
+
+/// What [`aggregate_lite`] did with a shard.
+enum Lite {
+    /// Its events are in the groups.
+    Done,
+    /// It needs whole events (match checks, dotted names); nothing was added.
+    NotLite,
+    /// A group value is nested: lite reads cannot group it, and some of the shard's
+    /// events may be in the groups already.
+    Nested,
 }
 
 /// A shard's aggregate read through [`LiteEvent`]s (no ids, no messages, nothing
 /// allocated per event) when every block it reads needs no match check. `None` when the
 /// spec or the data needs whole events: dotted names, a nested value as a group.
-fn aggregate_lite(store: &ShardStore, plan: &ShardPlan, expr: &Expr, range: TimeRange, spec: &AggSpec) -> Result<Option<Aggregation>, QueryError> {
+fn aggregate_lite(store: &ShardStore, plan: &ShardPlan, expr: &Expr, range: TimeRange, spec: &AggSpec, acc: &mut LiteGroups) -> Result<Lite, QueryError> {
     // `@series` and `@bytes` need the whole event too.
     let dotted = |k: &str| (k.contains('.') && !k.starts_with("labels.")) || k.starts_with('@');
     if spec.by.iter().any(|k| dotted(k)) || spec.field.as_deref().is_some_and(dotted) {
-        return Ok(None);
+        return Ok(Lite::NotLite);
     }
     let blocks = plan.blocks(range);
     let all = matches!(expr, Expr::All);
     if !blocks.iter().all(|w| matches!(w.pick, Pick::Exact(_)) || (all && w.pick == Pick::Scan)) {
-        return Ok(None);
+        return Ok(Lite::NotLite);
     }
-    let mut groups: Vec<(GroupKey, Partial)> = Vec::new();
-    let mut index: HashMap<String, usize, xxhash_rust::xxh3::Xxh3DefaultBuilder> = HashMap::default();
-    let mut key = String::new();
+    let LiteGroups { groups, index } = acc;
+    let mut key: Vec<u8> = Vec::new();
     let mut failed: Option<QueryError> = None;
     let mut nested = false;
     for w in &blocks {
@@ -438,24 +477,24 @@ fn aggregate_lite(store: &ShardStore, plan: &ShardPlan, expr: &Expr, range: Time
             let bucket = spec.bucket_of(e.ts);
             key.clear();
             if let Some(b) = bucket {
-                use std::fmt::Write;
-                let _ = write!(key, "{b}");
+                key.extend_from_slice(&b.to_le_bytes());
             }
             for k in &spec.by {
-                key.push('\u{1}');
                 match lite_group_value(e, k) {
                     Err(()) => {
                         nested = true;
                         return;
                     }
-                    Ok(None) => key.push('\u{0}'),
+                    Ok(None) => key.push(0),
                     Ok(Some(v)) => {
-                        key.push('\u{2}');
-                        key.push_str(&v);
+                        // Its length first, so no two lists of values make the same bytes.
+                        key.push(1);
+                        key.extend_from_slice(&(v.len() as u32).to_le_bytes());
+                        key.extend_from_slice(v.as_bytes());
                     }
                 }
             }
-            let at = match index.get(key.as_str()) {
+            let at = match index.get(key.as_slice()) {
                 Some(&at) => at,
                 None => {
                     if groups.len() >= spec.max_groups {
@@ -476,14 +515,10 @@ fn aggregate_lite(store: &ShardStore, plan: &ShardPlan, expr: &Expr, range: Time
             return Err(e);
         }
         if nested {
-            return Ok(None);
+            return Ok(Lite::Nested);
         }
     }
-    let mut out = Aggregation::default();
-    for (k, p) in groups {
-        out.groups.insert(k, p);
-    }
-    Ok(Some(out))
+    Ok(Lite::Done)
 }
 
 /// [`group_value`] of a lite event; `Err` when the value is nested (its text needs the
@@ -574,6 +609,40 @@ mod tests {
                 .unwrap();
             assert_eq!(v, want, "{f}");
         }
+    }
+
+    /// Shards read through lite events share their groups; a nested group value met in
+    /// a later shard sends every shard through whole events, and nothing is counted twice.
+    #[test]
+    fn a_nested_group_value_in_a_later_shard_counts_every_event_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let shards: Vec<ShardStore> = (0..4).map(|n| store.shard(n).unwrap()).collect();
+        let events: Vec<Event> = (0..600)
+            .map(|i| {
+                let mut e = event(i);
+                let shape = if i >= 500 && i % 7 == 0 { serde_json::json!({"k": i % 2}) } else { Value::from(format!("v{}", i % 5)) };
+                e.fields.insert("shape".into(), shape);
+                e
+            })
+            .collect();
+        // Shard 3 holds the last 150 events, the nested values among them.
+        for (i, chunk) in events.chunks(150).enumerate() {
+            shards[i].apply(vec![(1, ShardCommand::Insert { events: chunk.to_vec() })]).unwrap();
+        }
+        let mut want: BTreeMap<Option<String>, u64> = BTreeMap::new();
+        for e in &events {
+            *want.entry(group_value(e, "shape")).or_default() += 1;
+        }
+        let spec = AggSpec::parse("count", None, Some("shape"), None).unwrap();
+        let got: BTreeMap<Option<String>, u64> = aggregate(&shards, &Expr::All, TimeRange::default(), &spec)
+            .unwrap()
+            .groups
+            .into_iter()
+            .map(|((_, mut key), p)| (key.remove(0), p.events))
+            .collect();
+        assert_eq!(got, want);
+        assert!(want.keys().any(|k| k.as_deref().is_some_and(|k| k.starts_with('{'))), "{want:?}");
     }
 
     #[test]

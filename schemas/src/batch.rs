@@ -329,14 +329,26 @@ struct Shell<'a> {
     fields: &'a serde_json::Map<String, serde_json::Value>,
 }
 
-/// A list of events as stored in one block frame, in two parts compressed apart: the
-/// events without their messages, in columns ([`crate::columns`]), then the messages
-/// (a MessagePack list). Aggregations read the first part alone; messages, the bulk of
-/// the bytes, also compress better together.
-/// Layout: the first part's length (u32 LE), the first part, the second.
+/// A list of events as stored in one block frame, in three parts compressed apart: the
+/// events without their ids and messages, in columns ([`crate::columns`]), their ids,
+/// then the messages (a MessagePack list). Aggregations read the first part alone;
+/// messages, the bulk of the bytes, also compress better together.
+/// Layout: the first part's length (u32 LE) with [`IDS_APART`] set, the first part, the
+/// ids' length (u32 LE), the ids, the messages.
 pub fn encode_events(events: &[Event], level: i32) -> Result<Vec<u8>, CodecError> {
-    frame_of(compress(&columns::encode(events)?, level)?, events, level)
+    let meta = compress(&columns::encode(events)?, level)?;
+    let ids = compress(&columns::encode_ids(events), level)?;
+    let mut head = Vec::with_capacity(8 + meta.len() + ids.len());
+    head.extend_from_slice(&(meta.len() as u32 | IDS_APART).to_le_bytes());
+    head.extend_from_slice(&meta);
+    head.extend_from_slice(&(ids.len() as u32).to_le_bytes());
+    head.extend_from_slice(&ids);
+    frame_of(head, events, level)
 }
+
+/// Set in a frame's first length when its ids are a part of their own (columnar
+/// frames); frames in the row form, with the ids among the events, never set it.
+const IDS_APART: u32 = 1 << 31;
 
 /// [`encode_events`] in the form stores had before columnar frames: the first part a
 /// MessagePack list of the events with empty messages. Every reader still reads it, so
@@ -354,39 +366,75 @@ pub fn encode_events_rows(events: &[Event], level: i32) -> Result<Vec<u8>, Codec
             fields: &e.fields,
         })
         .collect();
-    frame_of(compress(&rmp_serde::to_vec(&shells)?, level)?, events, level)
+    let meta = compress(&rmp_serde::to_vec(&shells)?, level)?;
+    let mut head = Vec::with_capacity(4 + meta.len());
+    head.extend_from_slice(&(meta.len() as u32).to_le_bytes());
+    head.extend_from_slice(&meta);
+    frame_of(head, events, level)
 }
 
-fn frame_of(meta: Vec<u8>, events: &[Event], level: i32) -> Result<Vec<u8>, CodecError> {
+/// `head` (the parts before the messages, with their lengths) and then the messages.
+fn frame_of(mut head: Vec<u8>, events: &[Event], level: i32) -> Result<Vec<u8>, CodecError> {
     let messages: Vec<&str> = events.iter().map(|e| e.message.as_str()).collect();
-    let messages = compress(&rmp_serde::to_vec(&messages)?, level)?;
-    let mut out = Vec::with_capacity(4 + meta.len() + messages.len());
-    out.extend_from_slice(&(meta.len() as u32).to_le_bytes());
-    out.extend_from_slice(&meta);
-    out.extend_from_slice(&messages);
-    Ok(out)
+    head.extend_from_slice(&compress(&rmp_serde::to_vec(&messages)?, level)?);
+    Ok(head)
 }
 
-/// The two parts of a frame made by [`encode_events`].
-fn parts(bytes: &[u8]) -> Result<(&[u8], &[u8]), CodecError> {
-    let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(|| CodecError::Frame("a block frame without its parts".into()))?;
-    let len = u32::from_le_bytes(*len) as usize;
-    if len > rest.len() {
-        return Err(CodecError::Frame(format!("a block frame part of {len} bytes in {} bytes", rest.len())));
+/// A frame's parts: the events (without messages, and without ids when those are
+/// apart), the ids when apart, and the messages.
+struct Parts<'a> {
+    meta: &'a [u8],
+    ids: Option<&'a [u8]>,
+    messages: &'a [u8],
+}
+
+/// The parts of a frame made by [`encode_events`] or [`encode_events_rows`].
+fn parts(bytes: &[u8]) -> Result<Parts<'_>, CodecError> {
+    fn split(bytes: &[u8]) -> Result<(u32, &[u8], &[u8]), CodecError> {
+        let (len, rest) = bytes.split_first_chunk::<4>().ok_or_else(|| CodecError::Frame("a block frame without its parts".into()))?;
+        let len = u32::from_le_bytes(*len);
+        let n = (len & !IDS_APART) as usize;
+        if n > rest.len() {
+            return Err(CodecError::Frame(format!("a block frame part of {n} bytes in {} bytes", rest.len())));
+        }
+        let (part, rest) = rest.split_at(n);
+        Ok((len & IDS_APART, part, rest))
     }
-    Ok(rest.split_at(len))
+    let (apart, meta, rest) = split(bytes)?;
+    if apart == 0 {
+        return Ok(Parts { meta, ids: None, messages: rest });
+    }
+    let (_, ids, messages) = split(rest)?;
+    Ok(Parts { meta, ids: Some(ids), messages })
+}
+
+/// Sets the ids of `events` (at their positions of `n`) from a frame's ids part; a
+/// frame in the row form (no such part) has them set already.
+fn set_ids<'e>(ids: Option<&[u8]>, columnar: bool, n: usize, events: impl Iterator<Item = (u32, &'e mut Event)>) -> Result<(), CodecError> {
+    let ids = match (ids, columnar) {
+        (None, false) => return Ok(()),
+        (Some(ids), true) => ids,
+        _ => return Err(CodecError::Frame("a frame whose parts disagree: ids apart from events in rows, or missing".into())),
+    };
+    with_decompressed(ids, |planes| {
+        for (i, e) in events {
+            e.id = columns::id_at(planes, n, i as usize)?;
+        }
+        Ok(())
+    })
 }
 
 pub fn decode_events(bytes: &[u8]) -> Result<Vec<Event>, CodecError> {
-    let (meta, messages) = parts(bytes)?;
-    let mut events: Vec<Event> = with_decompressed(meta, |raw| {
+    let Parts { meta, ids, messages } = parts(bytes)?;
+    let (columnar, mut events) = with_decompressed(meta, |raw| {
         if columns::is_columnar(raw) {
             let c = Columns::read(raw)?;
-            (0..c.len()).map(|i| c.event(i)).collect()
+            Ok((true, (0..c.len()).map(|i| c.event(i)).collect::<Result<Vec<_>, _>>()?))
         } else {
-            Ok(rmp_serde::from_slice(raw)?)
+            Ok((false, rmp_serde::from_slice::<Vec<Event>>(raw)?))
         }
     })?;
+    set_ids(ids, columnar, events.len(), events.iter_mut().enumerate().map(|(i, e)| (i as u32, e)))?;
     let texts: Vec<String> = with_decompressed(messages, |raw| Ok(rmp_serde::from_slice(raw)?))?;
     if texts.len() != events.len() {
         return Err(CodecError::Frame(format!("{} events but {} messages", events.len(), texts.len())));
@@ -400,15 +448,17 @@ pub fn decode_events(bytes: &[u8]) -> Result<Vec<Event>, CodecError> {
 /// The events at positions `wanted` (ascending) of a block made by [`encode_events`],
 /// with their positions; the others are skipped without being built.
 pub fn decode_events_at(bytes: &[u8], wanted: &[u32]) -> Result<Vec<(u32, Event)>, CodecError> {
-    let (meta, messages) = parts(bytes)?;
-    let mut events: Vec<(u32, Event)> = with_decompressed(meta, |raw| {
+    let Parts { meta, ids, messages } = parts(bytes)?;
+    let (n, mut events) = with_decompressed(meta, |raw| {
         if columns::is_columnar(raw) {
             let c = Columns::read(raw)?;
-            wanted.iter().take_while(|&&i| (i as usize) < c.len()).map(|&i| Ok((i, c.event(i as usize)?))).collect()
+            let events = wanted.iter().take_while(|&&i| (i as usize) < c.len()).map(|&i| Ok((i, c.event(i as usize)?))).collect::<Result<Vec<_>, CodecError>>()?;
+            Ok((Some(c.len()), events))
         } else {
-            pick(raw, wanted)
+            Ok((None, pick(raw, wanted)?))
         }
     })?;
+    set_ids(ids, n.is_some(), n.unwrap_or(0), events.iter_mut().map(|(i, e)| (*i, e)))?;
     let texts: Vec<(u32, String)> = with_decompressed(messages, |raw| pick(raw, wanted))?;
     if texts.len() != events.len() {
         return Err(CodecError::Frame(format!("{} events but {} messages", events.len(), texts.len())));
@@ -665,7 +715,7 @@ pub fn for_each_lite(bytes: &[u8], positions: Option<&[u32]>, f: &mut dyn FnMut(
         }
     }
 
-    let (meta, _) = parts(bytes)?;
+    let meta = parts(bytes)?.meta;
     with_decompressed(meta, |raw| {
         if columns::is_columnar(raw) {
             Columns::read(raw)?.for_each_lite(positions, f);

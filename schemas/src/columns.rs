@@ -4,8 +4,6 @@
 //! Layout (varints are LEB128, signed ones zigzag first):
 //! - [`MAGIC`] (a byte MessagePack never uses, so the row form, a MessagePack list,
 //!   is told apart by its first byte), [`VERSION`], the event count;
-//! - the ids, 16 bytes each, stored byte plane by byte plane (every id's first byte,
-//!   then every second byte, ...), so the time prefix of v7 ids compresses;
 //! - `ts`: the first, then the differences to the previous one;
 //! - `stream` and `level`: a dictionary, then one index per event (none with one entry);
 //! - the labels: for each name used in the frame, its name, which events carry it, a
@@ -14,6 +12,10 @@
 //!   tag per carrier, a dictionary of its string values, then the carriers' values in
 //!   order (integers as varints, floats as 8 bytes, strings as dictionary indexes,
 //!   arrays and objects as MessagePack).
+//!
+//! The ids are not in the part: they are compressed apart ([`encode_ids`]: 16 bytes
+//! each, byte plane by byte plane, every id's first byte, then every second byte, ...,
+//! so the time prefix of v7 ids compresses), and aggregations never decompress them.
 //!
 //! "Which events carry it" is the carrier count, then (when not every event) the
 //! positions as differences. The encoding takes space in proportion to the values
@@ -141,9 +143,6 @@ pub fn encode(events: &[Event]) -> Result<Vec<u8>, CodecError> {
     out.push(MAGIC);
     out.push(VERSION);
     put_varint(&mut out, n as u64);
-    for b in 0..16 {
-        out.extend(events.iter().map(|e| e.id.as_bytes()[b]));
-    }
     let mut prev = 0i64;
     for e in events {
         put_varint(&mut out, zigzag(e.ts.wrapping_sub(prev)));
@@ -216,6 +215,27 @@ pub fn encode(events: &[Event]) -> Result<Vec<u8>, CodecError> {
         out.extend_from_slice(&body);
     }
     Ok(out)
+}
+
+/// The ids of `events`, byte plane by byte plane.
+pub fn encode_ids(events: &[Event]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * events.len());
+    for b in 0..16 {
+        out.extend(events.iter().map(|e| e.id.as_bytes()[b]));
+    }
+    out
+}
+
+/// Id `i` of `n` in planes made by [`encode_ids`].
+pub fn id_at(planes: &[u8], n: usize, i: usize) -> Result<uuid::Uuid, CodecError> {
+    if planes.len() != 16 * n || i >= n {
+        return Err(Reader::bad(&format!("{} bytes of ids for {n} events", planes.len())));
+    }
+    let mut b = [0u8; 16];
+    for (p, byte) in b.iter_mut().enumerate() {
+        *byte = planes[p * n + i];
+    }
+    Ok(uuid::Uuid::from_bytes(b))
 }
 
 /// Reads a columnar part, checking every length against what is left.
@@ -352,7 +372,6 @@ struct FieldColumn<'a> {
 /// A columnar part, read: every column, borrowed from the bytes.
 pub struct Columns<'a> {
     n: usize,
-    ids: &'a [u8],
     ts: Vec<i64>,
     stream: DictColumn<'a>,
     level: DictColumn<'a>,
@@ -375,11 +394,10 @@ impl<'a> Columns<'a> {
         if version != VERSION {
             return Err(Reader::bad(&format!("version {version}, this build reads {VERSION}")));
         }
-        let n = r.count(17)?;
+        let n = r.count(1)?;
         if n > MAX_EVENTS {
             return Err(Reader::bad("over the events a part may hold"));
         }
-        let ids = r.bytes(16 * n)?;
         let mut ts = Vec::with_capacity(n);
         let mut prev = 0i64;
         for _ in 0..n {
@@ -426,7 +444,7 @@ impl<'a> Columns<'a> {
         if r.at != raw.len() {
             return Err(Reader::bad("bytes after the last column"));
         }
-        Ok(Self { n, ids, ts, stream, level, labels, fields })
+        Ok(Self { n, ts, stream, level, labels, fields })
     }
 
     pub fn len(&self) -> usize {
@@ -437,18 +455,10 @@ impl<'a> Columns<'a> {
         self.n == 0
     }
 
-    fn id(&self, i: usize) -> uuid::Uuid {
-        let mut b = [0u8; 16];
-        for (p, byte) in b.iter_mut().enumerate() {
-            *byte = self.ids[p * self.n + i];
-        }
-        uuid::Uuid::from_bytes(b)
-    }
-
-    /// Event `i` with an empty message.
+    /// Event `i` with an empty message and a nil id (the ids are kept apart).
     pub fn event(&self, i: usize) -> Result<Event, CodecError> {
         let mut e = Event {
-            id: self.id(i),
+            id: uuid::Uuid::nil(),
             ts: self.ts[i],
             stream: self.stream.get(i).to_string(),
             level: self.level.get(i).to_string(),
@@ -626,6 +636,25 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_whose_ids_flag_is_lost_is_refused() {
+        let events: Vec<Event> = (0..3)
+            .map(|i| Event {
+                id: uuid::Uuid::from_u128(i + 1),
+                ts: i as i64,
+                stream: "s".into(),
+                level: "info".into(),
+                message: format!("m{i}"),
+                labels: BTreeMap::new(),
+                fields: Map::new(),
+            })
+            .collect();
+        let mut frame = encode_events(&events, 3).unwrap();
+        frame[3] &= 0x7f;
+        assert!(decode_events(&frame).is_err());
+        assert!(decode_events_at(&frame, &[0]).is_err());
+    }
+
+    #[test]
     fn one_field_of_many_names_costs_what_its_values_cost() {
         // 100 events with a name of their own each: no column of 100 absences per name.
         let events: Vec<Event> = (0..100)
@@ -646,7 +675,6 @@ mod tests {
         let raw = encode(&events).unwrap();
         // A dense column per name would take over 100 bytes each.
         assert!(raw.len() < 100 * 40, "{} bytes", raw.len());
-        let c = Columns::read(&raw).unwrap();
-        assert_eq!((0..100).map(|i| c.event(i).unwrap()).collect::<Vec<_>>(), events);
+        assert_eq!(decode_events(&encode_events(&events, 3).unwrap()).unwrap(), events);
     }
 }

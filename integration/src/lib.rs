@@ -481,6 +481,7 @@ impl Node {
         loop {
             let (status, body) = self.get(&format!("/api/v1/search?q={}&limit=10000&cursor={}", enc(q), enc(&cursor)));
             assert_eq!(status, 200, "{body}");
+            assert_eq!(body["partial"], false, "{}: the search for {q:?} lacks shards {}", self.http, body["missing_shards"]);
             for e in body["events"].as_array().unwrap() {
                 seen.push(uuid::Uuid::parse_str(e["id"].as_str().unwrap()).unwrap());
             }
@@ -508,7 +509,35 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.kill9();
+        if std::thread::panicking() {
+            // What a failed test needs to be understood from its output alone.
+            let log = strip_colours(&self.log());
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(LOG_TAIL)..];
+            eprintln!("---- the last {} lines of the log of the node at {} ----\n{}", tail.len(), self.http, tail.join("\n"));
+        }
     }
+}
+
+/// Lines of each node's log a failing test prints.
+const LOG_TAIL: usize = 80;
+
+/// `text` without its terminal colour codes (`ESC [ ... m`).
+fn strip_colours(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Percent-encodes a query-string value.

@@ -665,6 +665,16 @@ impl Backups {
             })
             .await??;
         }
+        // The log was moved past `top`, and no shard has a change before it that the
+        // backup lacks: a shard restored to an older sequence is not behind the log.
+        let shards = self.shards.clone();
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            for s in &shards {
+                s.set_covered(top)?;
+            }
+            Ok(())
+        })
+        .await??;
         if let Some(c) = &self.cluster {
             (c.restored)().await.context("telling the other members to take their shards from the restored copies")?;
         }

@@ -221,6 +221,9 @@ impl Handler<Reload> for ShardActor {
                 st.reload_pending = true;
                 return;
             }
+            // What it holds may be what the log moved past: answer nothing until the
+            // apply loop has looked again.
+            st.caught_up = false;
         }
         if let Some(h) = self.running.take() {
             ctx.cancel_future(h);
@@ -283,16 +286,20 @@ impl Runner {
         let store = self.store.clone();
         let damaged = tokio::task::spawn_blocking(move || store.check()).await?.err();
         let store = self.store.clone();
-        let applied = if damaged.is_some() { 0 } else { tokio::task::spawn_blocking(move || store.applied_seq()).await?? };
+        let (applied, covered) = if damaged.is_some() {
+            (0, 0)
+        } else {
+            tokio::task::spawn_blocking(move || Ok::<_, anyhow::Error>((store.applied_seq()?, store.covered_seq()?))).await??
+        };
         let first = stream.info().await.context("reading the SHARDS stream's state")?.state.first_sequence;
         // Messages after what this replica holds have left the log (some may be its own).
-        let behind_log = applied + 1 < first;
+        let behind_log = covered + 1 < first;
         if damaged.is_none() && !behind_log {
             return Ok(());
         }
         let why = match &damaged {
             Some(e) => format!("its tree is damaged ({e})"),
-            None => format!("it holds up to sequence {applied} and the log starts at {first}"),
+            None => format!("it holds up to sequence {covered} and the log starts at {first}"),
         };
         self.state.lock().unwrap().caught_up = false;
         // A peer answers only for a replica it has caught up on, so its copy holds every
@@ -332,6 +339,9 @@ impl Runner {
                         restoring.record(gossamer_storage::snapshot::Record::Put(k, v))?;
                     }
                     restoring.finish()?;
+                    // The peer was caught up: its copy holds every change of this shard
+                    // that left the log, so the next start does not copy it again.
+                    store.set_covered(first.saturating_sub(1))?;
                     Ok(store.event_count()?)
                 })
                 .await??;
@@ -413,6 +423,7 @@ impl Runner {
             st.caught_up |= applied >= target;
             st.started = true;
             if std::mem::take(&mut st.reload_pending) {
+                st.caught_up = false;
                 info!(shard, "shard-reloaded");
                 return Ok(());
             }
@@ -458,6 +469,13 @@ impl Runner {
                     let _ = m.ack_with(AckKind::Nak(None)).await;
                 }
                 return Err(e);
+            }
+            // A reload asked for while it was catching up: now that it has.
+            let mut st = self.state.lock().unwrap();
+            if st.caught_up && std::mem::take(&mut st.reload_pending) {
+                st.caught_up = false;
+                info!(shard, "shard-reloaded");
+                return Ok(());
             }
         }
         anyhow::bail!("the SHARDS message stream ended")

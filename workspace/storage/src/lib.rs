@@ -41,6 +41,10 @@ use uuid::Uuid;
 
 const APPLIED: &[u8] = b"m:applied";
 const COUNT: &[u8] = b"m:count";
+/// The shard-log sequence up to which the replica holds every change of its shard,
+/// when that is past the last one it applied: it was filled from a peer's copy or a
+/// restore after the log had moved on, and nothing of this shard in between is missing.
+const COVERED: &[u8] = b"m:covered";
 const BLOCK: u8 = b'b';
 /// `k` + block id: the block's ids, sorted, each with its position in the block.
 const IDS: u8 = b'k';
@@ -696,6 +700,26 @@ impl ShardStore {
     /// The last shard-log sequence applied (0 when none).
     pub fn applied_seq(&self) -> Result<u64> {
         Ok(u64_of(self.tree.get(APPLIED)?))
+    }
+
+    /// The shard-log sequence up to which this replica holds every change of its shard:
+    /// its applied sequence, or more when a copy or a restore covered what the log no
+    /// longer holds (see [`ShardStore::set_covered`]).
+    pub fn covered_seq(&self) -> Result<u64> {
+        Ok(self.applied_seq()?.max(u64_of(self.tree.get(COVERED)?)))
+    }
+
+    /// Records that nothing of this shard up to shard-log sequence `seq` is missing here,
+    /// though the last change applied may be older (a replica filled from a caught-up
+    /// peer's copy, or a restore, after the log moved past it). Without it such a replica
+    /// would look behind the log at each start and copy the shard again.
+    pub fn set_covered(&self, seq: u64) -> Result<()> {
+        let _writing = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        if seq > u64_of(self.tree.get(COVERED)?) {
+            self.tree.insert(COVERED, &seq.to_be_bytes())?;
+            self.tree.flush()?;
+        }
+        Ok(())
     }
 
     pub fn event_count(&self) -> Result<u64> {

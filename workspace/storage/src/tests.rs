@@ -467,3 +467,37 @@ fn a_store_written_in_the_row_form_answers_the_same() {
     assert!(old.get(&Uuid::from_u128(3)).unwrap().is_none());
     assert_eq!(old.get(&Uuid::from_u128(4)).unwrap().unwrap(), a[4]);
 }
+
+/// A replica filled from a copy past the log's start says how far it is covered: the
+/// mark outlives a reopen, travels in a full copy, never goes back, is passed by the
+/// sequences applied later, and a wipe drops it with the rest.
+#[test]
+fn the_sequence_a_copy_covers_is_kept_until_the_shard_is_wiped() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(dir.path()).unwrap().shard(1).unwrap();
+    s.apply(vec![(4, ShardCommand::Insert { events: vec![event(1, 10, "a")] })]).unwrap();
+    assert_eq!(s.covered_seq().unwrap(), 4);
+    s.set_covered(9).unwrap();
+    s.set_covered(7).unwrap();
+    assert_eq!((s.applied_seq().unwrap(), s.covered_seq().unwrap()), (4, 9));
+    drop(s);
+    let store = reopen_store(dir.path());
+    let s = store.shard(1).unwrap();
+    assert_eq!(s.covered_seq().unwrap(), 9);
+
+    let copy_dir = tempfile::tempdir().unwrap();
+    let copy = Store::open(copy_dir.path()).unwrap().shard(1).unwrap();
+    let mut r = copy.begin_restore().unwrap();
+    s.export(None, &mut |rec| {
+        r.record(rec).map_err(std::io::Error::other)?;
+        Ok(())
+    })
+    .unwrap();
+    r.finish().unwrap();
+    assert_eq!((copy.applied_seq().unwrap(), copy.covered_seq().unwrap()), (4, 9));
+
+    s.apply(vec![(12, ShardCommand::Insert { events: vec![event(2, 20, "a")] })]).unwrap();
+    assert_eq!(s.covered_seq().unwrap(), 12);
+    s.wipe().unwrap();
+    assert_eq!(s.covered_seq().unwrap(), 0);
+}

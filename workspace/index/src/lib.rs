@@ -24,7 +24,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use gossamer_schemas::batch::{compress, decompress};
 use gossamer_schemas::columns::{get_varint, put_varint};
@@ -65,6 +65,23 @@ pub const MAX_TOKEN: usize = 64;
 const MAX_FIELD_TEXT: usize = 256;
 /// Deepest nested field path indexed.
 const MAX_FIELD_DEPTH: usize = 4;
+/// Decompressed buckets a shard keeps in memory for the queries of one index generation
+/// (a write to the index drops them; 64 shards keep 32 MiB at most).
+const BUCKET_CACHE_BYTES: usize = 512 << 10;
+
+/// What one generation of a shard's index keeps in memory.
+struct Cached {
+    segments: Arc<Vec<Segment>>,
+    buckets: Mutex<BucketCache>,
+}
+
+/// Buckets by segment and number, and their bytes.
+#[derive(Default)]
+struct BucketCache {
+    map: HashMap<(u64, u32), Arc<[u8]>>,
+    bytes: usize,
+}
+
 /// Bits of a document number that hold the position in the block (blocks hold at most
 /// 512 events).
 const POS_BITS: u32 = 9;
@@ -143,7 +160,7 @@ impl Segment {
 pub struct View {
     /// Blocks with ids above this are not indexed yet.
     pub indexed: u64,
-    pub segments: Vec<Segment>,
+    pub segments: Arc<Vec<Segment>>,
     /// Blocks whose postings must not be trusted: scan them.
     pub dirty: BTreeSet<u64>,
     /// The index generation this view is of. Postings read under another generation
@@ -257,11 +274,11 @@ impl ShardIndex {
     pub fn view(&self) -> Result<View> {
         let dirty = self.store.dirty_blocks()?.into_keys().collect();
         if u64_of(self.tree().get(FORMAT_KEY)?) != Some(FORMAT) {
-            return Ok(View { indexed: 0, segments: Vec::new(), dirty, generation: self.generation()? });
+            return Ok(View { indexed: 0, segments: Arc::default(), dirty, generation: self.generation()? });
         }
         match self.consistent() {
-            Ok((generation, indexed, segments)) => Ok(View { indexed, segments: segments.as_ref().clone(), dirty, generation }),
-            Err(IndexError::Damaged { .. }) => Ok(View { indexed: 0, segments: Vec::new(), dirty, generation: self.generation()? }),
+            Ok((generation, indexed, segments)) => Ok(View { indexed, segments, dirty, generation }),
+            Err(IndexError::Damaged { .. }) => Ok(View { indexed: 0, segments: Arc::default(), dirty, generation: self.generation()? }),
             Err(e) => Err(e),
         }
     }
@@ -289,18 +306,49 @@ impl ShardIndex {
 
     /// Every segment, from memory when the index has not changed since they were read.
     fn cached_segments(&self) -> Result<Arc<Vec<Segment>>> {
-        let generation = u64_of(self.tree().get(GENERATION)?).unwrap_or(0);
+        Ok(self.cached()?.1.segments.clone())
+    }
+
+    /// What memory holds of the index's current generation (read now when it holds
+    /// another one), and that generation.
+    fn cached(&self) -> Result<(u64, Arc<Cached>)> {
+        let generation = self.generation()?;
         let slot = self.store.index_cache();
         if let Some((g, any)) = &*slot.lock().unwrap_or_else(|p| p.into_inner()) {
             if *g == generation {
-                if let Ok(segs) = any.clone().downcast::<Vec<Segment>>() {
-                    return Ok(segs);
+                if let Ok(c) = any.clone().downcast::<Cached>() {
+                    return Ok((generation, c));
                 }
             }
         }
-        let segs = Arc::new(self.segments()?);
-        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, segs.clone()));
-        Ok(segs)
+        let c = Arc::new(Cached { segments: Arc::new(self.segments()?), buckets: Mutex::default() });
+        *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, c.clone()));
+        Ok((generation, c))
+    }
+
+    /// The terms of `seg` in `bucket`, decompressed: from memory when a query of this
+    /// generation read them already.
+    fn bucket(&self, seg: &Segment, bucket: u32) -> Result<Option<Arc<[u8]>>> {
+        let (generation, cached) = self.cached()?;
+        if let Some(b) = cached.buckets.lock().unwrap_or_else(|p| p.into_inner()).map.get(&(seg.lo, bucket)) {
+            return Ok(Some(b.clone()));
+        }
+        let Some(data) = self.tree().get(bucket_key(seg.lo, bucket))? else {
+            return Ok(None);
+        };
+        let bytes: Arc<[u8]> = Arc::from(&*self.bucket_bytes(seg, bucket, &data)?);
+        // Kept only if no write came between: the bucket read is then the one of this
+        // generation (a reader that saw another generation plans again anyway).
+        if self.generation()? == generation {
+            let mut kept = cached.buckets.lock().unwrap_or_else(|p| p.into_inner());
+            if kept.bytes + bytes.len() > BUCKET_CACHE_BYTES {
+                kept.map.clear();
+                kept.bytes = 0;
+            }
+            kept.bytes += bytes.len();
+            kept.map.insert((seg.lo, bucket), bytes.clone());
+        }
+        Ok(Some(bytes))
     }
 
     /// Every segment, by block range.
@@ -330,11 +378,10 @@ impl ShardIndex {
     /// A term's document count and (when `list`) its encoded list.
     fn lookup(&self, seg: &Segment, term: &[u8], list: bool) -> Result<Option<(u64, Vec<u8>)>> {
         let bucket = bucket_of(term, seg.buckets);
-        let Some(data) = self.tree().get(bucket_key(seg.lo, bucket))? else {
+        let Some(data) = self.bucket(seg, bucket)? else {
             return Ok(None);
         };
-        let data = self.bucket_bytes(seg, bucket, &data)?;
-        let mut r = Reader { buf: &data, at: 0 };
+        let mut r = Reader { buf: &data[..], at: 0 };
         while !r.done() {
             let (t, n, inline) = r.entry().ok_or_else(|| self.damaged(format!("bucket {bucket} of segment {}", seg.lo)))?;
             if t != term {

@@ -183,44 +183,45 @@ pub fn search(shards: &[ShardStore], p: &SearchParams) -> Result<SearchPage, Que
         Order::Desc => blocks.sort_by_key(|b| std::cmp::Reverse(b.1.max_ts)),
         Order::Asc => blocks.sort_by_key(|b| b.1.min_ts),
     }
-    let mut top = TopK::new(p.order, k);
-    // Blocks are read a few at a time on every core; a wave whose first block cannot
-    // enter the page ends the search.
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let read = |(i, w): &(usize, BlockWork)| -> Result<Vec<Event>, QueryError> {
-        let mut out = Vec::new();
-        read_matches(&shards[*i], w, &p.expr, range, |e| {
-            if past_cursor(p.order, p.cursor, &e) {
-                out.push(e);
+    // Every core takes the next block in that order, unless the page is full and the
+    // block cannot enter it (then no later block can either, and the search ends).
+    let top = std::sync::Mutex::new(TopK::new(p.order, k));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let work = || -> Result<(), QueryError> {
+        loop {
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let Some((shard, w)) = blocks.get(i) else { return Ok(()) };
+            if top.lock().unwrap_or_else(|e| e.into_inner()).excludes(w.min_ts, w.max_ts) {
+                next.store(blocks.len(), std::sync::atomic::Ordering::Relaxed);
+                return Ok(());
             }
-        })?;
-        Ok(out)
-    };
-    for wave in blocks.chunks(threads * 4) {
-        let open: Vec<&(usize, BlockWork)> = wave.iter().filter(|(_, w)| !top.excludes(w.min_ts, w.max_ts)).collect();
-        if open.is_empty() {
-            break;
-        }
-        let found: Vec<Result<Vec<Event>, QueryError>> = if threads == 1 || open.len() == 1 {
-            open.iter().map(|b| read(b)).collect()
-        } else {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..threads.min(open.len()))
-                    .map(|t| {
-                        let mine: Vec<&(usize, BlockWork)> = open.iter().skip(t).step_by(threads).copied().collect();
-                        let read = &read;
-                        scope.spawn(move || mine.into_iter().map(read).collect::<Vec<_>>())
-                    })
-                    .collect();
-                handles.into_iter().flat_map(|h| h.join().expect("a query thread panicked")).collect()
-            })
-        };
-        for events in found {
-            for e in events? {
+            let mut found = Vec::new();
+            let read = read_matches(&shards[*shard], w, &p.expr, range, |e| {
+                if past_cursor(p.order, p.cursor, &e) {
+                    found.push(e);
+                }
+            });
+            if let Err(e) = read {
+                next.store(blocks.len(), std::sync::atomic::Ordering::Relaxed);
+                return Err(e);
+            }
+            let mut top = top.lock().unwrap_or_else(|e| e.into_inner());
+            for e in found {
                 top.push(e);
             }
         }
+    };
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).min(blocks.len());
+    if threads <= 1 {
+        work()?;
+    } else {
+        let done: Vec<Result<(), QueryError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads).map(|_| scope.spawn(&work)).collect();
+            handles.into_iter().map(|h| h.join().expect("a query thread panicked")).collect()
+        });
+        done.into_iter().collect::<Result<(), QueryError>>()?;
     }
+    let top = top.into_inner().unwrap_or_else(|e| e.into_inner());
     // In page order: the newest first for `Desc`, the oldest first for `Asc`.
     let mut events = top.into_sorted();
     let next_cursor = if events.len() > limit {

@@ -80,7 +80,10 @@ pub struct ShardPlan {
     index: ShardIndex,
     /// The index generation every postings read of this plan was made under.
     generation: u64,
-    segments: Vec<(Segment, Hits)>,
+    /// Every segment of the index generation read, and what the query selects of those
+    /// it reads (by position in that list).
+    all: std::sync::Arc<Vec<Segment>>,
+    segments: Vec<(usize, Hits)>,
     dirty: BTreeSet<u64>,
     scan: Vec<BlockMeta>,
 }
@@ -123,20 +126,20 @@ impl ShardPlan {
         }
         scan.retain(|m| overlaps(m.min_ts, m.max_ts, range));
         let mut segments = Vec::new();
-        for seg in view.segments {
+        for (i, seg) in view.segments.iter().enumerate() {
             if !seg.blocks.iter().any(|b| overlaps(b.min_ts, b.max_ts, range)) {
                 continue;
             }
-            let hits = Eval { index: &index, seg: &seg, cache: HashMap::new() }.expr(expr)?;
-            segments.push((seg, hits));
+            let hits = Eval { index: &index, seg, cache: HashMap::new() }.expr(expr)?;
+            segments.push((i, hits));
         }
-        Ok(Self { index, generation, segments, dirty: view.dirty, scan })
+        Ok(Self { index, generation, all: view.segments, segments, dirty: view.dirty, scan })
     }
 
     /// Every block to read, with what to read of it.
     pub fn blocks(&self, range: TimeRange) -> Vec<BlockWork> {
         let mut out = self.scanned();
-        for (seg, hits) in &self.segments {
+        for (seg, hits) in self.segments.iter().map(|(i, h)| (&self.all[*i], h)) {
             out.extend(self.segment_blocks(seg, hits, range));
         }
         out
@@ -189,7 +192,7 @@ impl ShardPlan {
     pub fn count_by(&self, facet: Facet, range: TimeRange) -> Result<(BTreeMap<String, u64>, Vec<BlockWork>), QueryError> {
         let mut counts: BTreeMap<String, u64> = BTreeMap::new();
         let mut rest = self.scanned();
-        for (seg, hits) in &self.segments {
+        for (seg, hits) in self.segments.iter().map(|(i, h)| (&self.all[*i], h)) {
             // Rewritten blocks are in `scan` already.
             let usable = hits.exact
                 && seg.blocks.iter().all(|b| self.dirty.contains(&b.id) || (b.min_ts >= range.from && b.max_ts < range.to));

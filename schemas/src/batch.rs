@@ -306,6 +306,19 @@ pub fn block_frames(v: &[u8]) -> Result<Vec<&[u8]>, CodecError> {
     Ok(out)
 }
 
+/// True when every frame of block `v` is in the layout written now (columnar, ids
+/// apart); false for a block written before, in rows, which [`decode_block`] still
+/// reads and [`encode_block`] writes anew. Reads only the frames' first bytes.
+pub fn block_is_current(v: &[u8]) -> Result<bool, CodecError> {
+    for frame in block_frames(v)? {
+        let len = frame.first_chunk::<4>().ok_or_else(|| CodecError::Frame("a block frame without its parts".into()))?;
+        if u32::from_le_bytes(*len) & IDS_APART == 0 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Every event of a block.
 pub fn decode_block(v: &[u8]) -> Result<Vec<Event>, CodecError> {
     // The count is only a hint: a damaged header must not make a huge allocation.

@@ -179,15 +179,15 @@ impl Handler<Reindex> for IndexActor {
 }
 
 /// Lowers the calling thread's scheduling priority (Linux: a thread's nice value is
-/// its own).
-fn lower_priority() {
+/// its own), for background work that must not slow ingest or queries.
+pub fn lower_priority() {
     // SAFETY: gettid and setpriority take and return plain integers.
     let rc = unsafe {
         let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
         libc::setpriority(libc::PRIO_PROCESS, tid, NICENESS)
     };
     if rc != 0 {
-        warn!(error = %std::io::Error::last_os_error(), "index-priority-not-lowered");
+        warn!(error = %std::io::Error::last_os_error(), "priority-not-lowered");
     }
 }
 

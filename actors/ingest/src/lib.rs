@@ -789,9 +789,19 @@ fn insert_for_wire(shard: u32, events: Vec<Event>, out: &mut Vec<(u32, Vec<u8>, 
     insert_for_wire(shard, tail, out)
 }
 
+/// `GOSSAMER_SEAL_ROW_FRAMES=1`: seal blocks in the row layout of earlier versions, so a
+/// test can make a store as those wrote it and see a node upgrade it.
+fn seal_in_rows() -> bool {
+    static ROWS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ROWS.get_or_init(|| std::env::var("GOSSAMER_SEAL_ROW_FRAMES").is_ok_and(|v| v == "1"))
+}
+
 /// Seals `events` as one block, or as several when one would not fit a NATS message.
 fn seal_for_wire(events: &[Event], out: &mut Vec<SealedBlock>) -> Result<()> {
-    let block = SealedBlock::seal(events).context("sealing a block")?;
+    let mut block = SealedBlock::seal(events).context("sealing a block")?;
+    if seal_in_rows() {
+        block.bytes = gossamer_schemas::batch::encode_block_rows(events).context("sealing a block in rows")?;
+    }
     if block.wire_size() <= MAX_BATCH_BYTES || events.len() <= 1 {
         out.push(block);
         return Ok(());

@@ -38,4 +38,7 @@ pub struct NodeHandle {
     pub settings_revision: tokio::sync::watch::Sender<u64>,
     /// Events the retention timer deleted here (on the shards this node is primary of).
     pub retention_deleted: std::sync::atomic::AtomicU64,
+    /// Blocks still in an earlier version's layout, which the node rewrites after it
+    /// starts (see [`crate::node::upgrade_store`]).
+    pub upgrade_left: Arc<std::sync::atomic::AtomicU64>,
 }

@@ -12,10 +12,10 @@ use gossamer_config::Config;
 use gossamer_index_actor::IndexActor;
 use gossamer_ingest::IngestActor;
 use gossamer_shard::ShardActor;
-use gossamer_storage::Store;
+use gossamer_storage::{ShardStore, Store};
 
 use crate::handle::NodeHandle;
-use tracing::info;
+use tracing::{info, warn};
 
 /// How long a node that restored a backup hands copies of every shard it wrote (held
 /// or not) to the replicas rebuilding from them.
@@ -270,8 +270,19 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         shared,
         settings_revision: tokio::sync::watch::channel(0).0,
         retention_deleted: Default::default(),
+        upgrade_left: Default::default(),
     });
     handle_tx.send_replace(Some(Arc::downgrade(&handle)));
+    {
+        let (shards, left, alive) = (handle.shards.clone(), handle.upgrade_left.clone(), Arc::downgrade(&handle));
+        std::thread::Builder::new()
+            .name("store-upgrade".into())
+            .spawn(move || {
+                gossamer_index_actor::lower_priority();
+                upgrade_store(&shards, &left, || alive.strong_count() > 0)
+            })
+            .context("starting the store upgrade")?;
+    }
     // Ready means producers can be answered: wait for ingest to subscribe and pull.
     if let Some(ingest) = &handle.ingest {
         let start = std::time::Instant::now();
@@ -377,6 +388,51 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
 }
 
 /// Keeps `pressure` up to date with how far the shard actors and the index are behind.
+/// Blocks gone through per write while upgrading (each write waits for the shard's).
+const UPGRADE_BATCH: usize = 64;
+
+/// Rewrites the blocks an earlier version wrote in rows in today's layout, shard by
+/// shard, while the node serves (readers see either form whole; both answer the same),
+/// saying how far it got in the log and in `gossamer_store_upgrade_blocks_left`. Stops
+/// early when `running` turns false.
+pub fn upgrade_store(shards: &[ShardStore], left: &std::sync::atomic::AtomicU64, running: impl Fn() -> bool) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let total: u64 = shards.iter().map(|s| s.blocks_to_upgrade().unwrap_or(0)).sum();
+    left.store(total, Relaxed);
+    if total == 0 {
+        return;
+    }
+    info!(blocks = total, "store-upgrade-started: rewriting blocks of an earlier version in today's layout");
+    let (started, mut said) = (std::time::Instant::now(), std::time::Instant::now());
+    let mut done = 0u64;
+    for s in shards {
+        let mut from = s.upgraded_to().unwrap_or(0).saturating_add(1);
+        while running() {
+            match s.upgrade_blocks(from, UPGRADE_BATCH) {
+                Ok((n, next)) => {
+                    done += n as u64;
+                    left.store(total.saturating_sub(done), Relaxed);
+                    if said.elapsed() > Duration::from_secs(5) {
+                        info!(done, total, "store-upgrade-progress");
+                        said = std::time::Instant::now();
+                    }
+                    match next {
+                        Some(id) => from = id,
+                        None => break,
+                    }
+                }
+                Err(e) => {
+                    warn!(shard = s.shard(), error = %e, "store-upgrade-failed: the shard's blocks stay as they are, and are still read");
+                    break;
+                }
+            }
+        }
+    }
+    if running() {
+        info!(blocks = done, secs = started.elapsed().as_secs_f64(), "store-upgrade-done");
+    }
+}
+
 async fn measure_pressure(node: Arc<NodeHandle>, pressure: Arc<gossamer_bus::Pressure>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

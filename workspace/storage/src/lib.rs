@@ -45,6 +45,8 @@ const COUNT: &[u8] = b"m:count";
 /// when that is past the last one it applied: it was filled from a peer's copy or a
 /// restore after the log had moved on, and nothing of this shard in between is missing.
 const COVERED: &[u8] = b"m:covered";
+/// The highest block id up to which every block is in the layout written now.
+const UPGRADED: &[u8] = b"m:upgraded";
 const BLOCK: u8 = b'b';
 /// `k` + block id: the block's ids, sorted, each with its position in the block.
 const IDS: u8 = b'k';
@@ -904,6 +906,63 @@ impl ShardStore {
     pub fn clear_dirty(&self, id: u64, stamp: u64) -> Result<()> {
         let _ = self.tree.compare_and_swap(key(DIRTY, &id.to_be_bytes()), Some(&stamp.to_be_bytes()[..]), None::<&[u8]>)?;
         Ok(())
+    }
+
+    /// The highest block id up to which every block is known to be in the layout
+    /// written now (0: none checked yet). A full copy carries it with the blocks.
+    pub fn upgraded_to(&self) -> Result<u64> {
+        Ok(u64_of(self.tree.get(UPGRADED)?))
+    }
+
+    /// How many blocks past [`ShardStore::upgraded_to`] are in a layout written by an
+    /// earlier version (rows), which [`ShardStore::upgrade_blocks`] rewrites. Blocks
+    /// that cannot be read are not counted.
+    pub fn blocks_to_upgrade(&self) -> Result<u64> {
+        let from = self.upgraded_to()?.saturating_add(1);
+        let mut n = 0;
+        for kv in self.tree.range(key(BLOCK, &from.to_be_bytes())..key(BLOCK + 1, &[])) {
+            let (_, v) = kv?;
+            n += u64::from(matches!(gossamer_schemas::batch::block_is_current(&v), Ok(false)));
+        }
+        Ok(n)
+    }
+
+    /// Rewrites in the layout written now the blocks in an earlier one, going through
+    /// at most `max` blocks from id `from` on, in one write that waits for the
+    /// shard's writes. A block keeps its events in their order, so its id list and the
+    /// index's postings still hold, and a reader sees it whole before or after. Returns
+    /// how many it rewrote and the id to go on from; `None` when it went through the
+    /// last block, and then every block so far is recorded as upgraded. A block that
+    /// cannot be read is left as it is (queries report it).
+    pub fn upgrade_blocks(&self, from: u64, max: usize) -> Result<(usize, Option<u64>)> {
+        let _writing = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut batch = sled::Batch::default();
+        let (mut seen, mut done, mut last) = (0, 0, None);
+        for kv in self.tree.range(key(BLOCK, &from.to_be_bytes())..key(BLOCK + 1, &[])) {
+            let (k, v) = kv?;
+            let id = k.get(1..9).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+            let Some(id) = id else { return Err(self.corrupt("short block key".into())) };
+            if seen == max {
+                self.tree.apply_batch(batch)?;
+                return Ok((done, Some(id)));
+            }
+            seen += 1;
+            last = Some(id);
+            if !matches!(gossamer_schemas::batch::block_is_current(&v), Ok(false)) {
+                continue;
+            }
+            if let Ok(events) = decode_block(&v) {
+                batch.insert(k, encode_block(&events)?);
+                done += 1;
+            }
+        }
+        if let Some(id) = last {
+            if id > self.upgraded_to()? {
+                batch.insert(UPGRADED, &id.to_be_bytes());
+            }
+        }
+        self.tree.apply_batch(batch)?;
+        Ok((done, None))
     }
 
     /// The headers of the blocks with ids in `[lo, hi]`, in id order.

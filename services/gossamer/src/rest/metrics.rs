@@ -167,6 +167,12 @@ pub async fn metrics(node: Node) -> Result<HttpResponse, ApiError> {
         "events the retention timer deleted on the shards this node is the primary of",
         vec![(format!("node=\"{n}\""), node.retention_deleted.load(std::sync::atomic::Ordering::Relaxed))],
     );
+    metric(
+        "gossamer_store_upgrade_blocks_left",
+        "gauge",
+        "blocks in an earlier version's layout the node has still to rewrite in today's",
+        vec![(format!("node=\"{n}\""), node.upgrade_left.load(std::sync::atomic::Ordering::Relaxed))],
+    );
     let store = node.store.clone();
     let sled = blocking(move || store.size_on_disk()).await?;
     metric("gossamer_sled_bytes", "gauge", "bytes sled uses on disk", vec![(format!("node=\"{n}\""), sled)]);

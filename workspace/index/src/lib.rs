@@ -65,21 +65,36 @@ pub const MAX_TOKEN: usize = 64;
 const MAX_FIELD_TEXT: usize = 256;
 /// Deepest nested field path indexed.
 const MAX_FIELD_DEPTH: usize = 4;
-/// Decompressed buckets a shard keeps in memory for the queries of one index generation
-/// (a write to the index drops them; 64 shards keep 32 MiB at most).
-const BUCKET_CACHE_BYTES: usize = 512 << 10;
+/// What a shard keeps in memory for the queries of one index generation (a write to
+/// the index drops it): decompressed buckets and decoded long posting lists, 1 MiB per
+/// shard at most (64 MiB for 64 shards).
+const KEPT_BYTES: usize = 1 << 20;
 
 /// What one generation of a shard's index keeps in memory.
 struct Cached {
     segments: Arc<Vec<Segment>>,
-    buckets: Mutex<BucketCache>,
+    kept: Mutex<Kept>,
 }
 
-/// Buckets by segment and number, and their bytes.
+/// Buckets by segment and number; long lists by segment and the term's hash (with the
+/// term, to tell two terms of one hash apart); and their bytes.
 #[derive(Default)]
-struct BucketCache {
-    map: HashMap<(u64, u32), Arc<[u8]>>,
+struct Kept {
+    buckets: HashMap<(u64, u32), Arc<[u8]>>,
+    lists: HashMap<(u64, u64), (Box<[u8]>, Arc<Vec<u64>>)>,
     bytes: usize,
+}
+
+impl Kept {
+    /// Makes room for `bytes` more, forgetting everything when full.
+    fn room(&mut self, bytes: usize) {
+        if self.bytes + bytes > KEPT_BYTES {
+            self.buckets.clear();
+            self.lists.clear();
+            self.bytes = 0;
+        }
+        self.bytes += bytes;
+    }
 }
 
 /// Bits of a document number that hold the position in the block (blocks hold at most
@@ -321,7 +336,7 @@ impl ShardIndex {
                 }
             }
         }
-        let c = Arc::new(Cached { segments: Arc::new(self.segments()?), buckets: Mutex::default() });
+        let c = Arc::new(Cached { segments: Arc::new(self.segments()?), kept: Mutex::default() });
         *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((generation, c.clone()));
         Ok((generation, c))
     }
@@ -330,7 +345,7 @@ impl ShardIndex {
     /// generation read them already.
     fn bucket(&self, seg: &Segment, bucket: u32) -> Result<Option<Arc<[u8]>>> {
         let (generation, cached) = self.cached()?;
-        if let Some(b) = cached.buckets.lock().unwrap_or_else(|p| p.into_inner()).map.get(&(seg.lo, bucket)) {
+        if let Some(b) = cached.kept.lock().unwrap_or_else(|p| p.into_inner()).buckets.get(&(seg.lo, bucket)) {
             return Ok(Some(b.clone()));
         }
         let Some(data) = self.tree().get(bucket_key(seg.lo, bucket))? else {
@@ -340,13 +355,9 @@ impl ShardIndex {
         // Kept only if no write came between: the bucket read is then the one of this
         // generation (a reader that saw another generation plans again anyway).
         if self.generation()? == generation {
-            let mut kept = cached.buckets.lock().unwrap_or_else(|p| p.into_inner());
-            if kept.bytes + bytes.len() > BUCKET_CACHE_BYTES {
-                kept.map.clear();
-                kept.bytes = 0;
-            }
-            kept.bytes += bytes.len();
-            kept.map.insert((seg.lo, bucket), bytes.clone());
+            let mut kept = cached.kept.lock().unwrap_or_else(|p| p.into_inner());
+            kept.room(bytes.len());
+            kept.buckets.insert((seg.lo, bucket), bytes.clone());
         }
         Ok(Some(bytes))
     }
@@ -365,7 +376,8 @@ impl ShardIndex {
     /// The documents of `seg` holding `term`, ascending.
     pub fn postings(&self, seg: &Segment, term: &[u8]) -> Result<Vec<u64>> {
         match self.lookup(seg, term, true)? {
-            Some((n, bytes)) => decode_docs(n, &bytes).ok_or_else(|| self.damaged("posting list")),
+            Some((n, Some(bytes))) => decode_docs(n, &bytes).ok_or_else(|| self.damaged("posting list")),
+            Some((n, None)) => Ok(self.long_list(seg, term, n)?.to_vec()),
             None => Ok(Vec::new()),
         }
     }
@@ -375,8 +387,9 @@ impl ShardIndex {
         Ok(self.lookup(seg, term, false)?.map_or(0, |(n, _)| n))
     }
 
-    /// A term's document count and (when `list`) its encoded list.
-    fn lookup(&self, seg: &Segment, term: &[u8], list: bool) -> Result<Option<(u64, Vec<u8>)>> {
+    /// A term's document count and (when `list`) its encoded list, or `None` for a
+    /// long list kept under its own key ([`ShardIndex::long_list`]).
+    fn lookup(&self, seg: &Segment, term: &[u8], list: bool) -> Result<Option<(u64, Option<Vec<u8>>)>> {
         let bucket = bucket_of(term, seg.buckets);
         let Some(data) = self.bucket(seg, bucket)? else {
             return Ok(None);
@@ -388,17 +401,34 @@ impl ShardIndex {
                 continue;
             }
             if !list {
-                return Ok(Some((n, Vec::new())));
+                return Ok(Some((n, Some(Vec::new()))));
             }
-            return match inline {
-                Some(bytes) => Ok(Some((n, bytes.to_vec()))),
-                None => match self.tree().get(external_key(seg.lo, term))? {
-                    Some(v) => Ok(Some((n, v.to_vec()))),
-                    None => Err(self.damaged(format!("segment {}: a long posting list is missing", seg.lo))),
-                },
-            };
+            return Ok(Some((n, inline.map(<[u8]>::to_vec))));
         }
         Ok(None)
+    }
+
+    /// The `n` documents of a long list, decoded: from memory when a query of this
+    /// generation read them already.
+    fn long_list(&self, seg: &Segment, term: &[u8], n: u64) -> Result<Arc<Vec<u64>>> {
+        let (generation, cached) = self.cached()?;
+        let slot = (seg.lo, xxhash_rust::xxh3::xxh3_64(term));
+        if let Some((t, list)) = cached.kept.lock().unwrap_or_else(|p| p.into_inner()).lists.get(&slot) {
+            if **t == *term {
+                return Ok(list.clone());
+            }
+        }
+        let Some(v) = self.tree().get(external_key(seg.lo, term))? else {
+            return Err(self.damaged(format!("segment {}: a long posting list is missing", seg.lo)));
+        };
+        let list = Arc::new(decode_docs(n, &v).ok_or_else(|| self.damaged("posting list"))?);
+        // As for buckets: kept only if no write came between.
+        if self.generation()? == generation {
+            let mut kept = cached.kept.lock().unwrap_or_else(|p| p.into_inner());
+            kept.room(list.len() * 8 + term.len());
+            kept.lists.insert(slot, (term.into(), list.clone()));
+        }
+        Ok(list)
     }
 
     /// Terms and their bytes (term text plus inline postings, before compression) by

@@ -414,11 +414,19 @@ fn intersect(a: &[u64], b: &[u64]) -> Vec<u64> {
     let mut out = Vec::with_capacity(small.len());
     let mut j = 0;
     for &x in small {
-        // Galloping would help skewed lists; a linear merge is enough at these sizes.
-        while j < large.len() && large[j] < x {
-            j += 1;
+        // Galloping: steps that double until past `x`, then a binary search in the
+        // last step, so a rare term costs little against a common one.
+        let mut step = 1;
+        while j + step < large.len() && large[j + step] < x {
+            j += step;
+            step *= 2;
         }
-        if j < large.len() && large[j] == x {
+        let end = (j + step + 1).min(large.len());
+        j += large[j..end].partition_point(|&y| y < x);
+        if j == large.len() {
+            break;
+        }
+        if large[j] == x {
             out.push(x);
         }
     }
@@ -662,6 +670,26 @@ mod tests {
         }
         check_all(&shards, "with the index caught up");
     }
+    /// Intersections of sorted lists of every proportion, the empty ones among them,
+    /// are the documents in both.
+    #[test]
+    fn intersections_of_lists_of_any_sizes_hold_the_documents_in_both() {
+        let mut rng = Rng(0x2545f4914f6cdd1d);
+        for round in 0..2000 {
+            let list = |rng: &mut Rng, n: u64, spread: u64| -> Vec<u64> {
+                let mut v: Vec<u64> = (0..n).map(|_| rng.below(spread)).collect();
+                v.sort_unstable();
+                v.dedup();
+                v
+            };
+            let spread = 1 + rng.below(5000);
+            let (na, nb) = (rng.below(if round % 2 == 0 { 8 } else { 3000 }), rng.below(3000));
+            let (a, b) = (list(&mut rng, na, spread), list(&mut rng, nb, spread));
+            let want: Vec<u64> = a.iter().copied().filter(|x| b.binary_search(x).is_ok()).collect();
+            assert_eq!(intersect(&a, &b), want, "round {round}");
+            assert_eq!(intersect(&b, &a), want, "round {round}");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -738,4 +766,5 @@ mod race {
         }
         indexer.join().unwrap();
     }
+
 }

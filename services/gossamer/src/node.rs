@@ -387,7 +387,6 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     Ok(())
 }
 
-/// Keeps `pressure` up to date with how far the shard actors and the index are behind.
 /// Blocks gone through per write while upgrading (each write waits for the shard's).
 const UPGRADE_BATCH: usize = 64;
 
@@ -433,6 +432,7 @@ pub fn upgrade_store(shards: &[ShardStore], left: &std::sync::atomic::AtomicU64,
     }
 }
 
+/// Keeps `pressure` up to date with how far the shard actors and the index are behind.
 async fn measure_pressure(node: Arc<NodeHandle>, pressure: Arc<gossamer_bus::Pressure>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -29,10 +29,11 @@ use tracing::{info, warn};
 /// default), so bigger batches are split.
 const MAX_BATCH_BYTES: usize = 768 * 1024;
 const PURGE_EVERY: Duration = Duration::from_secs(5);
-/// Bytes of LOGS messages pulled ahead of the ingest rounds at most. Must exceed the
-/// largest message NATS accepts (1 MiB by default, 64 MiB at most), or such a message
-/// would never come.
-const PULL_BYTES: usize = 64 << 20;
+/// Bytes of LOGS messages pulled ahead of the ingest rounds at least, whatever the
+/// memory budget: more than the largest message NATS accepts by default (1 MiB), or
+/// such a message would never come. A server that takes larger messages needs a budget
+/// whose share (an eighth) exceeds them.
+const MIN_PULL_BYTES: usize = 4 << 20;
 
 /// Events a door of this node has read and checked (the Loki and Elasticsearch doors),
 /// handed to ingest in process instead of as JSON over NATS: they join the request
@@ -153,6 +154,8 @@ impl IngestActor {
                 default_level: self.cfg.default_level.as_deref().map(gossamer_schemas::normalize_level).filter(|l| !l.is_empty()),
             }),
             batch: self.cfg.ingest_batch.max(1),
+            round_bytes: self.cfg.memory_budget().ingest_round_bytes(),
+            pull_bytes: self.cfg.memory_budget().logs_pull_bytes().max(MIN_PULL_BYTES),
             names: self.names.clone(),
             counters: self.counters.clone(),
             pressure: self.pressure.clone(),
@@ -217,6 +220,10 @@ struct Runner {
     shards: u32,
     rules: Arc<Rules>,
     batch: usize,
+    /// Payload bytes one round takes at most (one request or message may exceed it).
+    round_bytes: usize,
+    /// Bytes of LOGS messages pulled ahead at most.
+    pull_bytes: usize,
     names: StreamNames,
     counters: Arc<Counters>,
     pressure: Arc<gossamer_bus::Pressure>,
@@ -253,7 +260,7 @@ impl Runner {
             .stream()
             .max_messages_per_batch(self.batch)
             // What is pulled ahead waits in memory: cap it by bytes as well.
-            .max_bytes_per_batch(PULL_BYTES)
+            .max_bytes_per_batch(self.pull_bytes)
             .messages()
             .await
             .context("pulling from LOGS")?
@@ -261,25 +268,29 @@ impl Runner {
         self.counters.pulling_logs.store(true, Ordering::SeqCst);
         let mut last_purge = Instant::now();
         while let Some(chunk) = messages.next().await {
-            let chunk = linger(&mut messages, chunk, |m| m.as_ref().map(|m| m.payload.len()).unwrap_or(0)).await;
+            let chunk = linger(&mut messages, chunk, |m| m.as_ref().map(|m| m.payload.len()).unwrap_or(0), self.round_bytes).await;
             let msgs = chunk.into_iter().collect::<Result<Vec<_>, _>>().context("receiving from LOGS")?;
-            // Behind: hold these (telling the bus they are being worked on, so they are
-            // not sent again) and pull nothing more until the node catches up.
-            let _ = self
-                .pressure
-                .wait(None, || {
-                    for m in &msgs {
-                        let m = m.clone();
-                        tokio::spawn(async move { m.ack_with(AckKind::Progress).await });
+            let rounds = split_rounds(msgs, |m| m.payload.len(), self.round_bytes);
+            for (i, msgs) in rounds.iter().enumerate() {
+                let waiting = || rounds[i..].iter().flatten();
+                // Behind: hold these (telling the bus they are being worked on, so they
+                // are not sent again) and pull nothing more until the node catches up.
+                let _ = self
+                    .pressure
+                    .wait(None, || {
+                        for m in waiting() {
+                            let m = m.clone();
+                            tokio::spawn(async move { m.ack_with(AckKind::Progress).await });
+                        }
+                    })
+                    .await;
+                if let Err(e) = self.round(msgs).await {
+                    // Let them come back at once rather than after the ack wait.
+                    for m in waiting() {
+                        let _ = m.ack_with(AckKind::Nak(None)).await;
                     }
-                })
-                .await;
-            if let Err(e) = self.round(&msgs).await {
-                // Let them come back at once rather than after the ack wait.
-                for m in &msgs {
-                    let _ = m.ack_with(AckKind::Nak(None)).await;
+                    return Err(e);
                 }
-                return Err(e);
             }
             if last_purge.elapsed() > PURGE_EVERY {
                 last_purge = Instant::now();
@@ -390,16 +401,20 @@ impl Runner {
         info!(subject = %subject, "ingest-requests-served");
         let rounds = Arc::new(tokio::sync::Semaphore::new(ROUNDS_AT_ONCE));
         while let Some(msgs) = sub.next().await {
-            let msgs = linger(&mut sub, msgs, Request::bytes).await;
-            let permit = rounds.clone().acquire_owned().await.context("the round limiter closed")?;
-            let (me, client) = (self.clone(), client.clone());
-            tokio::spawn(async move {
-                if let Err(e) = me.request_round(&client, msgs, prefix_len).await {
-                    // The producers not answered time out and retry.
-                    warn!(error = format!("{e:#}"), "ingest-request-round-failed");
-                }
-                drop(permit);
-            });
+            let msgs = linger(&mut sub, msgs, Request::bytes, self.round_bytes).await;
+            // What arrived at once may be far more than a round: the rest waits as bytes,
+            // not as decoded events.
+            for msgs in split_rounds(msgs, Request::bytes, self.round_bytes) {
+                let permit = rounds.clone().acquire_owned().await.context("the round limiter closed")?;
+                let (me, client) = (self.clone(), client.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = me.request_round(&client, msgs, prefix_len).await {
+                        // The producers not answered time out and retry.
+                        warn!(error = format!("{e:#}"), "ingest-request-round-failed");
+                    }
+                    drop(permit);
+                });
+            }
         }
         anyhow::bail!("the ingest request subscription ended")
     }
@@ -570,19 +585,17 @@ pub async fn wait_queryable(client: &async_nats::Client, subjects: &Subjects, po
 
 /// How long a round waits for more input once some has arrived.
 const LINGER: Duration = Duration::from_millis(5);
-/// A round stops gathering at this many payload bytes.
-const ROUND_BYTES: usize = 8 << 20;
 
-/// Gathers more of what is arriving, for up to [`LINGER`] or [`ROUND_BYTES`]: one
-/// round then carries more events per shard, and each shard batch costs the bus, the
-/// shard actor and sled the same whatever its size.
-async fn linger<S, T>(stream: &mut S, mut first: Vec<T>, bytes: impl Fn(&T) -> usize) -> Vec<T>
+/// Gathers more of what is arriving, for up to [`LINGER`] or `round_bytes`: one round
+/// then carries more events per shard, and each shard batch costs the bus, the shard
+/// actor and sled the same whatever its size.
+async fn linger<S, T>(stream: &mut S, mut first: Vec<T>, bytes: impl Fn(&T) -> usize, round_bytes: usize) -> Vec<T>
 where
     S: futures::Stream<Item = Vec<T>> + Unpin,
 {
     let deadline = tokio::time::Instant::now() + LINGER;
     let mut size: usize = first.iter().map(&bytes).sum();
-    while size < ROUND_BYTES {
+    while size < round_bytes {
         match tokio::time::timeout_at(deadline, stream.next()).await {
             Ok(Some(more)) => {
                 size += more.iter().map(&bytes).sum::<usize>();
@@ -592,6 +605,26 @@ where
         }
     }
     first
+}
+
+/// Cuts `items` into rounds of at most `round_bytes` each, in order; an item larger
+/// than that is a round of its own.
+fn split_rounds<T>(items: Vec<T>, bytes: impl Fn(&T) -> usize, round_bytes: usize) -> Vec<Vec<T>> {
+    let mut rounds = Vec::new();
+    let (mut round, mut size) = (Vec::new(), 0);
+    for item in items {
+        let b = bytes(&item);
+        if !round.is_empty() && size + b > round_bytes {
+            rounds.push(std::mem::take(&mut round));
+            size = 0;
+        }
+        size += b;
+        round.push(item);
+    }
+    if !round.is_empty() {
+        rounds.push(round);
+    }
+    rounds
 }
 
 /// One payload to ingest, from LOGS or from a request.
@@ -851,6 +884,15 @@ mod tests {
             labels: Default::default(),
             fields: Default::default(),
         }
+    }
+
+    #[test]
+    fn rounds_keep_order_and_stay_under_their_bytes_unless_one_item_is_bigger() {
+        let sizes = vec![3, 4, 2, 9, 1, 1, 12, 5];
+        let rounds = split_rounds(sizes.clone(), |b| *b, 8);
+        assert_eq!(rounds, vec![vec![3, 4], vec![2], vec![9], vec![1, 1], vec![12], vec![5]]);
+        assert_eq!(rounds.concat(), sizes, "every item once, in order");
+        assert!(split_rounds(Vec::<usize>::new(), |b| *b, 8).is_empty());
     }
 
     /// Highly compressible events make blocks far smaller than their ids on the wire:

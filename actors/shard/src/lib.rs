@@ -23,8 +23,9 @@ const SNAPSHOT_ATTEMPTS: u32 = 5;
 
 /// Shard-log messages applied in one sled write.
 const APPLY_BATCH: usize = 256;
-/// Bytes of shard-log messages one shard pulls ahead at most. Must exceed the largest
-/// shard batch (ingest splits them below 768 KiB), or such a batch would never come.
+/// Bytes of shard-log messages one shard pulls ahead at most, unless told otherwise
+/// ([`ShardActor::with_pull_bytes`]). Must exceed the largest shard batch (ingest
+/// splits them below 768 KiB), or such a batch would never come.
 const PULL_BYTES: usize = 2 << 20;
 
 /// What a shard actor reports.
@@ -72,6 +73,7 @@ pub struct ShardActor {
     state: Arc<Mutex<ShardState>>,
     pressure: Arc<gossamer_bus::Pressure>,
     snapshots: Option<SnapshotSource>,
+    pull_bytes: usize,
     /// The apply loop now running.
     running: Option<SpawnHandle>,
 }
@@ -118,6 +120,13 @@ impl ShardActor {
         self
     }
 
+    /// Bytes of shard-log messages this shard pulls ahead at most (the node's memory
+    /// budget carves it); never under 1 MiB, so the largest batch still comes.
+    pub fn with_pull_bytes(mut self, bytes: usize) -> Self {
+        self.pull_bytes = bytes.max(1 << 20);
+        self
+    }
+
     /// `stream` is the SHARDS stream's name; `node` names the durable consumer, so every
     /// replica of a shard has its own.
     /// Every message applied is counted in `pressure.applied`.
@@ -144,6 +153,7 @@ impl ShardActor {
             state: Arc::new(Mutex::new(state)),
             pressure,
             snapshots: None,
+            pull_bytes: PULL_BYTES,
             running: None,
         }
     }
@@ -158,6 +168,7 @@ impl ShardActor {
             state: self.state.clone(),
             pressure: self.pressure.clone(),
             snapshots: self.snapshots.clone(),
+            pull_bytes: self.pull_bytes,
         };
         let state = self.state.clone();
         self.running = Some(ctx.spawn(
@@ -275,6 +286,7 @@ struct Runner {
     state: Arc<Mutex<ShardState>>,
     pressure: Arc<gossamer_bus::Pressure>,
     snapshots: Option<SnapshotSource>,
+    pull_bytes: usize,
 }
 
 impl Runner {
@@ -432,7 +444,7 @@ impl Runner {
             .stream()
             .max_messages_per_batch(APPLY_BATCH)
             // Sixty-four shards pull ahead at once: cap each by bytes too.
-            .max_bytes_per_batch(PULL_BYTES)
+            .max_bytes_per_batch(self.pull_bytes)
             .messages()
             .await
             .context("pulling from SHARDS")?

@@ -41,4 +41,6 @@ pub struct NodeHandle {
     /// Blocks still in an earlier version's layout, which the node rewrites after it
     /// starts (see [`crate::node::upgrade_store`]).
     pub upgrade_left: Arc<std::sync::atomic::AtomicU64>,
+    /// Times the node found itself over its memory budget and gave back what it could.
+    pub memory_releases: std::sync::atomic::AtomicU64,
 }

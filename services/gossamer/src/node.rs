@@ -21,13 +21,19 @@ use tracing::{info, warn};
 /// or not) to the replicas rebuilding from them.
 const RESTORED_COPIES_KEPT: Duration = Duration::from_secs(600);
 
+/// How often at most a node over its memory budget gives freed memory back.
+const RELEASE_EVERY: Duration = Duration::from_secs(5);
+
 /// How long a node waits for NATS at start.
 const NATS_WAIT: Duration = Duration::from_secs(120);
 
 /// Runs a node inside the current actix system until `shutdown` resolves. `on_ready`
 /// gets the bound HTTP address once the API is listening.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl FnOnce(SocketAddr)) -> Result<()> {
+pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl FnOnce(SocketAddr)) -> Result<()> {
     cfg.validate()?;
+    let budget = cfg.memory_budget();
+    cfg.query_limits.sql_memory_bytes = budget.sql_bytes(cfg.query_limits.sql_memory_bytes);
+    gossamer_index::keep_at_most(budget.index_kept_bytes());
     // Bound first: the address goes into the node's identity in the cluster.
     let listener = std::net::TcpListener::bind(&cfg.http).with_context(|| format!("binding the HTTP API on {}", cfg.http))?;
     let http_addr = listener.local_addr()?;
@@ -37,7 +43,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
     let names = gossamer_bus::ensure_streams(&js, &cfg).await?;
 
     let sled_dir = cfg.data.join("sled");
-    let cache = cfg.sled_cache_mb << 20;
+    let cache = budget.sled_cache_bytes();
     let store = tokio::task::spawn_blocking(move || Store::open_with_cache(&sled_dir, cache))
         .await?
         .context("opening sled (the data directory may be in use by another node)")?;
@@ -53,7 +59,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         cfg.max_index_lag,
         // Set once the shards are placed: only a node holding them all counts this way.
         false,
-    ));
+    )
+    .with_memory_budget(budget.bytes));
     let scheme = if cfg.http_tls_cert.is_some() { "https" } else { "http" };
     let me = gossamer_gossip::NodeId {
         name: cfg.node_id.clone(),
@@ -116,6 +123,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         Box::new(move |n| {
             ShardActor::new(js.clone(), stream.clone(), &cluster_name, &node_id, shards[n as usize].clone(), pressure.clone())
                 .with_snapshots(snapshots.clone())
+                .with_pull_bytes(budget.shard_pull_bytes())
                 .start()
         })
     };
@@ -271,6 +279,7 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>, on_ready: impl
         settings_revision: tokio::sync::watch::channel(0).0,
         retention_deleted: Default::default(),
         upgrade_left: Default::default(),
+        memory_releases: Default::default(),
     });
     handle_tx.send_replace(Some(Arc::downgrade(&handle)));
     {
@@ -432,8 +441,43 @@ pub fn upgrade_store(shards: &[ShardStore], left: &std::sync::atomic::AtomicU64,
     }
 }
 
-/// Keeps `pressure` up to date with how far the shard actors and the index are behind.
+/// What this process holds resident now, in bytes (0 where `/proc` does not say).
+pub fn resident_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|p| p.parse::<u64>().ok()))
+        .unwrap_or(0);
+    // SAFETY: sysconf only reads a constant of the system.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * page.max(4096) as u64
+}
+
+/// Over the memory budget: the memory the allocator holds freed (kept for reuse) goes
+/// back to the system. The caches are already carved from the budget, so they stay:
+/// dropping them would only slow queries.
+fn release_memory(node: &NodeHandle) {
+    #[cfg(feature = "mimalloc")]
+    // SAFETY: mi_collect only returns free memory of the allocator to the system.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
+    }
+    #[cfg(all(not(feature = "mimalloc"), target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory of the allocator to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+    node.memory_releases.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Keeps `pressure` up to date with how far the shard actors and the index are behind,
+/// and with what the node holds resident. Over its whole memory budget, the node gives
+/// freed memory back: at most every [`RELEASE_EVERY`], and less often (up to once a
+/// minute) while that frees little, since then the memory is in use (sled's pages of a
+/// large store), and each release makes the next allocations fault pages in again.
 async fn measure_pressure(node: Arc<NodeHandle>, pressure: Arc<gossamer_bus::Pressure>) {
+    let budget = node.cfg.memory_budget().bytes;
+    let mut next_release = tokio::time::Instant::now();
+    let mut backoff = RELEASE_EVERY;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut index_lag = 0;
@@ -456,5 +500,17 @@ async fn measure_pressure(node: Arc<NodeHandle>, pressure: Arc<gossamer_bus::Pre
         }
         n += 1;
         pressure.set(backlog, index_lag);
+        let resident = resident_bytes();
+        pressure.set_resident(resident);
+        if resident <= budget {
+            backoff = RELEASE_EVERY;
+        } else if tokio::time::Instant::now() >= next_release {
+            let node = node.clone();
+            let _ = tokio::task::spawn_blocking(move || release_memory(&node)).await;
+            let after = resident_bytes();
+            pressure.set_resident(after);
+            backoff = if after < resident - resident / 20 { RELEASE_EVERY } else { (backoff * 2).min(Duration::from_secs(60)) };
+            next_release = tokio::time::Instant::now() + backoff;
+        }
     }
 }

@@ -233,6 +233,13 @@ pub async fn ack_all(msgs: &[jetstream::Message]) -> Result<()> {
     Ok(())
 }
 
+/// The share of its memory budget (in percent) past which a node stops taking more:
+/// what is already in flight when it stops needs the rest.
+pub const MEMORY_HIGH_WATER: u64 = 85;
+/// The share of its memory budget (in percent) that what ingest has in flight may add to
+/// what the node holds with nothing in flight, however large that is.
+pub const MEMORY_IN_FLIGHT: u64 = 25;
+
 /// How far the node's writers are behind, and how far they may fall before ingest stops
 /// taking more: the shard actors' unapplied shard-log messages and the index's
 /// unindexed events. The node updates it; ingest waits while it is over a limit, so a
@@ -252,6 +259,11 @@ pub struct Pressure {
     /// when one node runs both, known at once rather than at the next measurement.
     pub published: std::sync::atomic::AtomicU64,
     pub applied: std::sync::atomic::AtomicU64,
+    /// The node's memory budget in bytes (0: none), what it last held resident, and
+    /// what it held when last seen with no shard-log message waiting to be applied.
+    memory_budget: std::sync::atomic::AtomicU64,
+    resident: std::sync::atomic::AtomicU64,
+    resident_idle: std::sync::atomic::AtomicU64,
     /// Times ingest stopped to wait.
     pub paused_total: std::sync::atomic::AtomicU64,
     /// Ingest is waiting now.
@@ -269,6 +281,9 @@ impl Pressure {
             local_shards: local_shards.into(),
             published: Default::default(),
             applied: Default::default(),
+            memory_budget: Default::default(),
+            resident: Default::default(),
+            resident_idle: Default::default(),
             paused_total: Default::default(),
             paused: Default::default(),
         }
@@ -298,16 +313,59 @@ impl Pressure {
         self.index_lag.store(index_lag, Relaxed);
     }
 
+    /// With a memory budget (bytes): while the node holds more than
+    /// [`MEMORY_HIGH_WATER`] of it, ingest waits until the shards have applied what it
+    /// sent, so no more arrives than the node works on. What the store itself holds
+    /// (sled's pages grow with it) is not in flight and no wait brings it down: a node
+    /// already that full waits only once what is in flight adds [`MEMORY_IN_FLIGHT`] of
+    /// the budget to it.
+    pub fn with_memory_budget(self, bytes: u64) -> Self {
+        self.memory_budget.store(bytes, std::sync::atomic::Ordering::Relaxed);
+        self
+    }
+
+    /// What the node holds resident now, in bytes.
+    pub fn set_resident(&self, bytes: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.resident.store(bytes, Relaxed);
+        if self.backlog() == 0 {
+            self.resident_idle.store(bytes, Relaxed);
+        }
+    }
+
+    /// Shard-log messages waiting to be applied, as far as this node knows.
+    fn backlog(&self) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let here = if self.local_shards.load(Relaxed) { self.published.load(Relaxed).saturating_sub(self.applied.load(Relaxed)) } else { 0 };
+        self.shard_backlog.load(Relaxed).max(here)
+    }
+
+    /// The resident bytes past which ingest waits for the shards (none without a budget).
+    fn memory_limit(&self) -> Option<u64> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let budget = self.memory_budget.load(Relaxed);
+        (budget > 0).then(|| (budget.saturating_mul(MEMORY_HIGH_WATER) / 100).max(self.resident_idle.load(Relaxed) + budget.saturating_mul(MEMORY_IN_FLIGHT) / 100))
+    }
+
     /// Why ingest should wait, if it should.
     pub fn over(&self) -> Option<String> {
         use std::sync::atomic::Ordering::Relaxed;
-        let here = if self.local_shards.load(Relaxed) { self.published.load(Relaxed).saturating_sub(self.applied.load(Relaxed)) } else { 0 };
-        let (backlog, lag) = (self.shard_backlog.load(Relaxed).max(here), self.index_lag.load(Relaxed));
+        let (backlog, lag) = (self.backlog(), self.index_lag.load(Relaxed));
         if backlog > self.max_shard_backlog {
             return Some(format!("{backlog} shard-log messages wait to be applied (max_shard_backlog {})", self.max_shard_backlog));
         }
         if lag > self.max_index_lag {
             return Some(format!("{lag} events wait to be indexed (max_index_lag {})", self.max_index_lag));
+        }
+        let resident = self.resident.load(Relaxed);
+        if let Some(limit) = self.memory_limit().filter(|l| resident > *l && backlog > 0) {
+            let mib = |b: u64| b >> 20;
+            return Some(format!(
+                "the node holds {} MiB, over the {} MiB its memory budget of {} MiB allows now, while {backlog} shard-log messages wait to be applied",
+                mib(resident),
+                mib(limit),
+                mib(self.memory_budget.load(Relaxed))
+            ));
         }
         None
     }
@@ -360,5 +418,34 @@ mod tests {
         assert!(ingest_only.over().is_some(), "the measured backlog still counts");
         ingest_only.set(0, 101);
         assert!(ingest_only.over().is_some_and(|r| r.contains("max_index_lag")));
+    }
+
+    #[test]
+    fn over_its_memory_budget_ingest_waits_only_while_work_is_left() {
+        let mib = |m: u64| m << 20;
+        let p = Pressure::new(1000, 1000, true).with_memory_budget(mib(256));
+        p.set_resident(mib(40));
+        p.published.store(5, Relaxed);
+        p.set_resident(mib(200));
+        assert_eq!(p.over(), None, "under the budget a small backlog is fine");
+        p.set_resident(mib(230));
+        assert!(p.over().is_some_and(|r| r.contains("230 MiB") && r.contains("256 MiB")), "past 85% of it, ingest waits");
+        // Nothing left to apply: waiting would not bring the memory down.
+        p.applied.store(5, Relaxed);
+        assert_eq!(p.over(), None);
+        p.set(0, 7);
+        assert_eq!(p.over(), None, "the index reads from the store: its lag holds no memory");
+        // A store that alone holds the node over: what is in flight may add a quarter.
+        p.set(0, 0);
+        p.set_resident(mib(300));
+        p.published.store(6, Relaxed);
+        p.set_resident(mib(350));
+        assert_eq!(p.over(), None);
+        p.set_resident(mib(370));
+        assert!(p.over().is_some_and(|r| r.contains("364 MiB")), "{:?}", p.over());
+        let none = Pressure::new(1000, 1000, true);
+        none.published.store(5, Relaxed);
+        none.set_resident(mib(4096));
+        assert_eq!(none.over(), None, "no budget, never over");
     }
 }

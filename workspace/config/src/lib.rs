@@ -80,9 +80,16 @@ pub struct Config {
     pub default_level: Option<String>,
     /// What one query, one answer and one request body may hold.
     pub query_limits: QueryLimits,
-    /// sled's page cache, in MiB. sled's resident memory runs several times this when
-    /// much of the store is read (its in-memory pages are bigger than their count).
-    pub sled_cache_mb: u64,
+    /// What the node may hold resident, in MiB (512 by default; `--memory-budget`).
+    /// sled's cache, what ingest and the shards pull ahead, an ingest round, the
+    /// postings the index keeps and SQL's working memory are carved from it (see
+    /// [`MemoryBudget`]), and while the node is over it ingest waits for the shards and
+    /// the index to catch up, and the index drops what it keeps.
+    pub memory_budget_mb: u64,
+    /// sled's page cache, in MiB: by default an eighth of the memory budget. sled's
+    /// resident memory runs several times this when much of the store is read (its
+    /// in-memory pages are bigger than their count).
+    pub sled_cache_mb: Option<u64>,
     /// Bearer token for every API route (reads and changes). With neither token set,
     /// the API is open (a warning says so at start).
     pub admin_token: Option<Secret>,
@@ -150,6 +157,67 @@ impl NatsAuth {
         }
         Ok(())
     }
+}
+
+/// The smallest memory budget a node takes: what it holds with nothing stored.
+pub const MIN_MEMORY_BUDGET_MB: u64 = 64;
+
+/// How a node's memory budget is shared out. Each part is a fixed share of the budget,
+/// held between a floor the node needs to work and the size past which it gains
+/// nothing; what is left is the node's own working memory (decoding, answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBudget {
+    /// The whole budget, in bytes.
+    pub bytes: u64,
+    /// The shards this node may hold.
+    pub shards: u32,
+    sled_cache_mb: Option<u64>,
+}
+
+impl MemoryBudget {
+    /// sled's page cache: as set, else an eighth of the budget.
+    pub fn sled_cache_bytes(&self) -> u64 {
+        self.sled_cache_mb.map(|mb| mb << 20).unwrap_or(self.bytes / 8)
+    }
+
+    /// Payload bytes one ingest round decodes and seals at most (two run at once).
+    pub fn ingest_round_bytes(&self) -> usize {
+        (self.bytes / 64).clamp(1 << 20, 8 << 20) as usize
+    }
+
+    /// Bytes of LOGS messages ingest pulls ahead. More than the largest message.
+    pub fn logs_pull_bytes(&self) -> usize {
+        (self.bytes / 8).clamp(4 << 20, 64 << 20) as usize
+    }
+
+    /// Bytes of shard-log messages each shard pulls ahead. More than the largest shard
+    /// batch (ingest splits them below 768 KiB), or such a batch would never come.
+    pub fn shard_pull_bytes(&self) -> usize {
+        (self.bytes / 8 / u64::from(self.shards.max(1))).clamp(1 << 20, 2 << 20) as usize
+    }
+
+    /// Decoded postings the index keeps for each shard's queries.
+    pub fn index_kept_bytes(&self) -> usize {
+        (self.bytes / 8 / u64::from(self.shards.max(1))).clamp(64 << 10, 1 << 20) as usize
+    }
+
+    /// Working memory of one SQL query: as set, at most half the budget.
+    pub fn sql_bytes(&self, configured: usize) -> usize {
+        configured.min((self.bytes / 2) as usize)
+    }
+}
+
+/// A size in MiB: `512`, `512M`, `512MiB`, `2G` or `2GiB`.
+pub fn parse_mib(s: &str) -> anyhow::Result<u64> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..digits].parse().with_context(|| format!("{s:?} is not a size such as 512, 512MiB or 2GiB"))?;
+    let scale = match t[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "m" | "mb" | "mib" => 1,
+        "g" | "gb" | "gib" => 1024,
+        other => bail!("{s:?}: unknown unit {other:?} (use MiB or GiB)"),
+    };
+    Ok(n * scale)
 }
 
 /// Limits on what the API takes and gives; each answers a 4xx naming it.
@@ -241,7 +309,8 @@ impl Default for Config {
             retention_every_secs: 60,
             limits: Default::default(),
             query_limits: Default::default(),
-            sled_cache_mb: 64,
+            memory_budget_mb: 512,
+            sled_cache_mb: None,
             admin_token: None,
             read_token: None,
             backup_store: None,
@@ -257,6 +326,11 @@ impl Default for Config {
 }
 
 impl Config {
+    /// The node's memory budget and how it is shared out.
+    pub fn memory_budget(&self) -> MemoryBudget {
+        MemoryBudget { bytes: self.memory_budget_mb << 20, shards: self.shards, sled_cache_mb: self.sled_cache_mb }
+    }
+
     /// A node for tests: everything local, few shards, data in `data`.
     pub fn for_test(nats: &str, data: PathBuf) -> Self {
         Self {
@@ -358,7 +432,10 @@ impl Config {
             self.backup_store = Some(v);
         }
         if let Some(v) = get("GOSSAMER_SLED_CACHE_MB") {
-            self.sled_cache_mb = v.parse().context("GOSSAMER_SLED_CACHE_MB must be a number of MiB")?;
+            self.sled_cache_mb = Some(v.parse().context("GOSSAMER_SLED_CACHE_MB must be a number of MiB")?);
+        }
+        if let Some(v) = get("GOSSAMER_MEMORY_BUDGET") {
+            self.memory_budget_mb = parse_mib(&v).context("GOSSAMER_MEMORY_BUDGET")?;
         }
         Ok(())
     }
@@ -377,6 +454,9 @@ impl Config {
         }
         if self.default_level.as_deref().is_some_and(|l| gossamer_schemas::normalize_level(l).is_empty()) {
             bail!("default_level must be a level name such as info, or left unset so events without a level keep none");
+        }
+        if self.memory_budget_mb < MIN_MEMORY_BUDGET_MB {
+            bail!("memory_budget_mb must be at least {MIN_MEMORY_BUDGET_MB} MiB, got {}", self.memory_budget_mb);
         }
         if !(1..=5).contains(&self.stream_replicas) {
             bail!("stream_replicas must be between 1 and 5 (JetStream's limit), got {}", self.stream_replicas);
@@ -502,6 +582,25 @@ mod tests {
         let err = format!("{:#}", Config::load(Some(&bad)).unwrap_err());
         assert!(err.contains("shardz"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_memory_budget_is_shared_out_within_its_floors() {
+        assert_eq!(parse_mib("512").unwrap(), 512);
+        assert_eq!(parse_mib("256MiB").unwrap(), 256);
+        assert_eq!(parse_mib("2G").unwrap(), 2048);
+        assert!(parse_mib("lots").is_err() && parse_mib("5TB").is_err());
+        let b = Config::default().memory_budget();
+        assert_eq!((b.sled_cache_bytes(), b.ingest_round_bytes(), b.logs_pull_bytes()), (64 << 20, 8 << 20, 64 << 20));
+        assert_eq!((b.shard_pull_bytes(), b.index_kept_bytes(), b.sql_bytes(256 << 20)), (1 << 20, 1 << 20, 256 << 20));
+        let small = Config { memory_budget_mb: 128, shards: 8, sled_cache_mb: Some(4), ..Config::default() }.memory_budget();
+        assert_eq!((small.sled_cache_bytes(), small.ingest_round_bytes(), small.logs_pull_bytes()), (4 << 20, 2 << 20, 16 << 20));
+        assert_eq!((small.shard_pull_bytes(), small.index_kept_bytes(), small.sql_bytes(256 << 20)), (2 << 20, 1 << 20, 64 << 20));
+        // Whatever the budget, a shard can still pull its largest batch.
+        let tiny = Config { memory_budget_mb: 64, shards: 4096, ..Config::default() }.memory_budget();
+        assert!(tiny.shard_pull_bytes() > 768 << 10 && tiny.logs_pull_bytes() > 1 << 20);
+        let err = Config { memory_budget_mb: 32, ..Config::default() }.validate().unwrap_err().to_string();
+        assert!(err.contains("memory_budget_mb") && err.contains("32"), "{err}");
     }
 
     #[test]

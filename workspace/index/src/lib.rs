@@ -66,9 +66,16 @@ const MAX_FIELD_TEXT: usize = 256;
 /// Deepest nested field path indexed.
 const MAX_FIELD_DEPTH: usize = 4;
 /// What a shard keeps in memory for the queries of one index generation (a write to
-/// the index drops it): decompressed buckets and decoded long posting lists, 1 MiB per
-/// shard at most (64 MiB for 64 shards).
-const KEPT_BYTES: usize = 1 << 20;
+/// the index drops it): decompressed buckets and decoded long posting lists, at most
+/// this many bytes per shard (1 MiB unless the node's memory budget says less; see
+/// [`keep_at_most`]).
+static KEPT_BYTES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1 << 20);
+
+/// Sets how many bytes of decoded postings each shard keeps for its queries (the
+/// node's memory budget carves it).
+pub fn keep_at_most(bytes: usize) {
+    KEPT_BYTES.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// What one generation of a shard's index keeps in memory.
 struct Cached {
@@ -88,7 +95,7 @@ struct Kept {
 impl Kept {
     /// Makes room for `bytes` more, forgetting everything when full.
     fn room(&mut self, bytes: usize) {
-        if self.bytes + bytes > KEPT_BYTES {
+        if self.bytes + bytes > KEPT_BYTES.load(std::sync::atomic::Ordering::Relaxed) {
             self.buckets.clear();
             self.lists.clear();
             self.bytes = 0;

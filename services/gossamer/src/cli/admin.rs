@@ -50,7 +50,7 @@ pub fn admin(a: AdminCmd) -> Result<()> {
             if !sled.exists() {
                 bail!("{} holds no node data (no sled directory)", data.display());
             }
-            let cache = gossamer_config::Config::load(None)?.sled_cache_mb << 20;
+            let cache = gossamer_config::Config::load(None)?.memory_budget().sled_cache_bytes();
             let store = gossamer_storage::Store::open_with_cache(&sled, cache).context("opening sled (is the node still running?)")?;
             let usage = store.usage()?;
             let total: u64 = usage.values().map(|u| u.1).sum();

@@ -43,6 +43,11 @@ pub struct UpArgs {
     /// Number of logical shards (fixed when the data directory is created).
     #[arg(long)]
     pub shards: Option<u32>,
+    /// What the node may hold resident: 512 (MiB) by default, or such as 256MiB or
+    /// 2GiB. sled's cache, what it pulls ahead and what its queries keep are carved from
+    /// it, and while the node is over it ingest waits for it to catch up.
+    #[arg(long, value_parser = parse_budget)]
+    pub memory_budget: Option<u64>,
     /// Stream caps. Those not given are the defaults, lowered in proportion when the
     /// disk under DATA has too little room for them on the nats-server `up` starts.
     #[command(flatten)]
@@ -95,6 +100,11 @@ pub struct NodeArgs {
     /// The level given to events that arrive without one (by default they keep none).
     #[arg(long)]
     pub default_level: Option<String>,
+    /// What the node may hold resident: 512 (MiB) by default, or such as 256MiB or
+    /// 2GiB. sled's cache, what it pulls ahead and what its queries keep are carved from
+    /// it, and while the node is over it ingest waits for it to catch up.
+    #[arg(long, value_parser = parse_budget)]
+    pub memory_budget: Option<u64>,
     /// Comma-separated roles: ingest,shard,index,backup,queue,admin (all by default).
     #[arg(long, value_delimiter = ',')]
     pub roles: Option<Vec<String>>,
@@ -127,6 +137,10 @@ pub struct NodeArgs {
     pub backup: BackupArgs,
     #[command(flatten)]
     pub nats_auth: NatsArgs,
+}
+
+fn parse_budget(s: &str) -> Result<u64, String> {
+    gossamer_config::parse_mib(s).map_err(|e| format!("{e:#}"))
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -217,6 +231,9 @@ pub fn node(a: NodeArgs) -> Result<()> {
     if let Some(level) = a.default_level {
         cfg.default_level = Some(level);
     }
+    if let Some(mb) = a.memory_budget {
+        cfg.memory_budget_mb = mb;
+    }
     a.caps.apply(&mut cfg);
     if let Some(v) = a.retention_every_secs {
         cfg.retention_every_secs = v.max(1);
@@ -267,6 +284,9 @@ pub fn up(a: UpArgs) -> Result<()> {
     }
     if let Some(r) = a.replicas {
         cfg.replicas = r;
+    }
+    if let Some(mb) = a.memory_budget {
+        cfg.memory_budget_mb = mb;
     }
     if a.syslog_udp.is_some() {
         cfg.syslog_udp = a.syslog_udp.clone();

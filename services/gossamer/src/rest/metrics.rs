@@ -173,6 +173,24 @@ pub async fn metrics(node: Node) -> Result<HttpResponse, ApiError> {
         "blocks in an earlier version's layout the node has still to rewrite in today's",
         vec![(format!("node=\"{n}\""), node.upgrade_left.load(std::sync::atomic::Ordering::Relaxed))],
     );
+    metric(
+        "gossamer_resident_bytes",
+        "gauge",
+        "what the node holds resident in memory",
+        vec![(format!("node=\"{n}\""), crate::node::resident_bytes())],
+    );
+    metric(
+        "gossamer_memory_budget_bytes",
+        "gauge",
+        "the node's memory budget (--memory-budget)",
+        vec![(format!("node=\"{n}\""), node.cfg.memory_budget().bytes)],
+    );
+    metric(
+        "gossamer_memory_releases_total",
+        "counter",
+        "times the node held more than its memory budget and gave the allocator's free memory back",
+        vec![(format!("node=\"{n}\""), node.memory_releases.load(std::sync::atomic::Ordering::Relaxed))],
+    );
     let store = node.store.clone();
     let sled = blocking(move || store.size_on_disk()).await?;
     metric("gossamer_sled_bytes", "gauge", "bytes sled uses on disk", vec![(format!("node=\"{n}\""), sled)]);

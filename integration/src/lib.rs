@@ -393,6 +393,11 @@ impl Node {
         self.spawn();
     }
 
+    /// The running node's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("node running").id()
+    }
+
     /// Sends `signal` (SIGSTOP, SIGCONT, ...) to the running node.
     pub fn signal(&self, signal: i32) {
         let c = self.child.as_ref().expect("node running");

@@ -29,11 +29,6 @@ use tracing::{info, warn};
 /// default), so bigger batches are split.
 const MAX_BATCH_BYTES: usize = 768 * 1024;
 const PURGE_EVERY: Duration = Duration::from_secs(5);
-/// Bytes of LOGS messages pulled ahead of the ingest rounds at least, whatever the
-/// memory budget: more than the largest message NATS accepts by default (1 MiB), or
-/// such a message would never come. A server that takes larger messages needs a budget
-/// whose share (an eighth) exceeds them.
-const MIN_PULL_BYTES: usize = 4 << 20;
 
 /// Events a door of this node has read and checked (the Loki and Elasticsearch doors),
 /// handed to ingest in process instead of as JSON over NATS: they join the request
@@ -155,7 +150,7 @@ impl IngestActor {
             }),
             batch: self.cfg.ingest_batch.max(1),
             round_bytes: self.cfg.memory_budget().ingest_round_bytes(),
-            pull_bytes: self.cfg.memory_budget().logs_pull_bytes().max(MIN_PULL_BYTES),
+            pull_bytes: self.cfg.memory_budget().logs_pull_bytes(),
             names: self.names.clone(),
             counters: self.counters.clone(),
             pressure: self.pressure.clone(),

@@ -282,6 +282,9 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>, on_ready: 
         memory_releases: Default::default(),
     });
     handle_tx.send_replace(Some(Arc::downgrade(&handle)));
+    // Measured from here on, not from ready: ingest already pulls what waits on `logs.>`
+    // while the shards are being placed. Stopped with the node, or if it fails to start.
+    let measuring = AbortOnDrop(actix_rt::spawn(measure_pressure(handle.clone(), pressure)));
     {
         let (shards, left, alive) = (handle.shards.clone(), handle.upgrade_left.clone(), Arc::downgrade(&handle));
         std::thread::Builder::new()
@@ -359,7 +362,6 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>, on_ready: 
     on_ready(addr);
     let retention = actix_rt::spawn(crate::service::commands::retention_loop(handle.clone()));
     let mirror = actix_rt::spawn(crate::service::commands::mirror_settings(handle.clone()));
-    let measuring = actix_rt::spawn(measure_pressure(handle.clone(), pressure));
     let nats_queries = actix_rt::spawn(crate::nats_api::serve_queries(handle.clone(), query_sub));
     let nats_waits = actix_rt::spawn(crate::nats_api::serve_waits(handle.clone(), wait_sub));
     let nats_sql = actix_rt::spawn(crate::nats_api::serve_sql(handle.clone(), sql_sub));
@@ -376,7 +378,7 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>, on_ready: 
     retention.abort();
     mirror.abort();
     restarts.abort();
-    measuring.abort();
+    drop(measuring);
     nats_queries.abort();
     nats_waits.abort();
     nats_sql.abort();
@@ -467,6 +469,15 @@ fn release_memory(node: &NodeHandle) {
         libc::malloc_trim(0);
     }
     node.memory_releases.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A task that stops when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Keeps `pressure` up to date with how far the shard actors and the index are behind,

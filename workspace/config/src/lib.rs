@@ -185,7 +185,9 @@ impl MemoryBudget {
         (self.bytes / 64).clamp(1 << 20, 8 << 20) as usize
     }
 
-    /// Bytes of LOGS messages ingest pulls ahead. More than the largest message.
+    /// Bytes of LOGS messages ingest pulls ahead: 4 MiB at least, more than the largest
+    /// message NATS takes by default (1 MiB), or such a message would never come. A
+    /// server that takes larger messages needs a budget whose eighth exceeds them.
     pub fn logs_pull_bytes(&self) -> usize {
         (self.bytes / 8).clamp(4 << 20, 64 << 20) as usize
     }

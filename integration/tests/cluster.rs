@@ -779,3 +779,66 @@ impl Xorshift {
         self.0
     }
 }
+
+/// A node that was the only member when it stopped places its shards as soon as it
+/// starts again, without waiting for others to answer. A member that started while it
+/// was down still gets its share of the map, and nothing is lost or counted twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_alone_when_it_stopped_starts_at_once_and_still_shares_with_a_member_started_meanwhile() {
+    let nats = Nats::start();
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let url = nats.url();
+    let n1 = start_node(&url, dirs[0].path(), "n1", &[]);
+    let js = async_nats::jetstream::new(nats.client().await);
+    let ids = publish_acked(&js, "alone", 10, 200).await;
+    let total = ids.len() as u64;
+    let mut n1 = tokio::task::spawn_blocking(move || {
+        wait_complete(&n1, &[&n1], "", total, Duration::from_secs(60));
+        n1
+    })
+    .await
+    .unwrap();
+
+    n1.kill9();
+    let n2 = start_node(&url, dirs[1].path(), "n2", &[]);
+    let restarted_at = n1.log().len();
+    n1.restart();
+    let (n1, n2) = tokio::task::spawn_blocking(move || {
+        // Its first placement is its own, made before it heard of n2 (within a gossip
+        // probe), then the map of both follows.
+        let log = without_colours(&n1.log()[restarted_at..]);
+        let first = log.lines().find(|l| l.contains("shards-placed")).unwrap_or_default().to_string();
+        assert!(first.contains("members=1") && first.contains("held=8"), "n1 waited before placing: {first:?}");
+        for n in [&n1, &n2] {
+            n.wait_members(&["n1", "n2"], Duration::from_secs(20));
+        }
+        let both = ShardMap::compute(8, 2, &["n1", "n2"]);
+        for n in [&n1, &n2] {
+            wait_for("the map of both members", Duration::from_secs(20), || (n.shard_map() == both.replicas).then_some(()));
+        }
+        for n in [&n1, &n2] {
+            wait_complete(n, &[&n1, &n2], "", total, Duration::from_secs(60));
+        }
+        assert_exactly_once(&n2, "", &ids);
+        assert_exactly_once(&n1, "", &ids);
+        (n1, n2)
+    })
+    .await
+    .unwrap();
+    drop((n1, n2));
+}
+
+/// A log without its terminal colour codes.
+fn without_colours(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut in_code = false;
+    for c in log.chars() {
+        match (in_code, c) {
+            (false, '\u{1b}') => in_code = true,
+            (true, 'm') => in_code = false,
+            (false, c) => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}

@@ -5,10 +5,10 @@
 //! reports the budget and what the node holds; every event is stored once, and the node
 //! answers queries over them.
 //!
-//! Measured with this test's debug build: 201-231 MiB with the budget, 254-255 MiB with
-//! one of 4 GiB (what it pulls ahead and decodes at once is what the budget carves
-//! down), and 341-386 MiB with the budget when mimalloc may use transparent huge pages
-//! (`MIMALLOC_ALLOW_THP=1`; the binary turns them off by default).
+//! Measured with this test's debug build: 221-235 MiB with the budget (206-232 with
+//! freed pages given back at once, also beside two busy loops on this 2-core machine). With mimalloc as it comes: 341-386 MiB with
+//! transparent huge pages (`MIMALLOC_ALLOW_THP=1`), 277-357 MiB with its purge delay
+//! (`MIMALLOC_PURGE_DELAY=10`); the binary changes both.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -13,25 +13,44 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     #[cfg(all(not(feature = "mimalloc"), target_os = "linux", target_env = "gnu"))]
     limit_malloc_arenas();
-    #[cfg(all(feature = "mimalloc", target_os = "linux"))]
-    no_transparent_huge_pages();
+    #[cfg(feature = "mimalloc")]
+    tune_mimalloc();
     gossamer::cli::main()
 }
 
-/// mimalloc asks the kernel for transparent huge pages (2 MiB) over its arenas, and a
-/// huge page stays resident while any 4 KiB of it is in use, so what mimalloc frees
-/// mostly stays resident. With them, a node with a 200 MiB memory budget peaked at
-/// 284-343 MiB taking a 280 MB burst; without them at 185-200 MiB (the
-/// `memory_budget` test). The process opts out here, before its threads start;
-/// `MIMALLOC_ALLOW_THP=1` in the environment keeps them.
-#[cfg(all(feature = "mimalloc", target_os = "linux"))]
-fn no_transparent_huge_pages() {
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_some() {
-        return;
+/// mimalloc's index of its `purge_delay` option (`mi_option_purge_delay` in mimalloc.h,
+/// the same in its versions 2 and 3; the Rust bindings do not name it).
+#[cfg(feature = "mimalloc")]
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+/// Half of mimalloc's own; measured in docs/benchmarks.md.
+#[cfg(feature = "mimalloc")]
+const PURGE_DELAY_MS: std::os::raw::c_long = 5;
+
+/// Two mimalloc settings kept what it freed resident; both were measured with the
+/// `memory_budget` test (a 280 MB burst into a node with a 256 MiB budget):
+/// - Transparent huge pages: mimalloc asks the kernel for them over its arenas, and a
+///   2 MiB page stays resident while any 4 KiB of it is in use (341-386 MiB with them).
+///   The process opts out, before its threads start; `MIMALLOC_ALLOW_THP=1` keeps them.
+/// - The purge delay: mimalloc gives freed pages back to the system 10 ms after they
+///   are freed (ten times that for whole arenas), and a node storing a burst, which
+///   frees all the time, held 277-357 MiB. With [`PURGE_DELAY_MS`] it held 221-235 MiB.
+///   Giving them back at once (0) held as well, but made the 10M-event counts about 7
+///   times slower, as freed pages were faulted in again. `MIMALLOC_PURGE_DELAY` in the
+///   environment wins.
+#[cfg(feature = "mimalloc")]
+fn tune_mimalloc() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process's address space.
+        unsafe {
+            libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+        }
     }
-    // SAFETY: PR_SET_THP_DISABLE only sets a flag on this process's address space.
-    unsafe {
-        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets one of mimalloc's options; it reads them at each purge.
+        unsafe {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
+        }
     }
 }
 

@@ -26,6 +26,8 @@ const RELEASE_EVERY: Duration = Duration::from_secs(5);
 
 /// How long a node waits for NATS at start.
 const NATS_WAIT: Duration = Duration::from_secs(120);
+/// The `meta` key of the shard members of this node's latest shard map, one per line.
+const LAST_MEMBERS_KEY: &str = "shard-members";
 
 /// Runs a node inside the current actix system until `shutdown` resolves. `on_ready`
 /// gets the bound HTTP address once the API is listening.
@@ -134,6 +136,19 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>, on_ready: 
             Box::pin(async move { gossamer_shard::forget(&js, &stream, n, &node_id).await })
         })
     };
+    // A node starting alone waits for others to answer before it places the shards, so
+    // as not to take every shard only to hand most back. One that was alone when it
+    // stopped places them at once (a member that turns up takes its shards over as at
+    // any join): a restart is that much faster.
+    let was_alone = store.meta(LAST_MEMBERS_KEY)?.is_some_and(|m| m == cfg.node_id.as_bytes());
+    let remember: crate::cluster::ownership::RememberMembers = {
+        let store = store.clone();
+        Box::new(move |members| {
+            if let Err(e) = store.set_meta(LAST_MEMBERS_KEY, Some(members.join("\n").as_bytes())) {
+                warn!(error = %e, "shard-members-not-recorded");
+            }
+        })
+    };
     let ownership = crate::cluster::ownership::OwnershipActor::new(
         cluster.clone(),
         start_shard,
@@ -141,7 +156,8 @@ pub async fn run(mut cfg: Config, shutdown: impl Future<Output = ()>, on_ready: 
         served_by,
         pressure.clone(),
         cfg.has_role("shard"),
-        probe * 2,
+        if was_alone { Duration::ZERO } else { probe * 2 },
+        remember,
     )
     .start();
     let index = cfg.has_role("index").then(|| IndexActor::new(shards.clone()).start());

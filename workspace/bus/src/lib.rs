@@ -264,6 +264,8 @@ pub struct Pressure {
     memory_budget: std::sync::atomic::AtomicU64,
     resident: std::sync::atomic::AtomicU64,
     resident_idle: std::sync::atomic::AtomicU64,
+    /// `published` at the last measurement of resident memory.
+    published_seen: std::sync::atomic::AtomicU64,
     /// Times ingest stopped to wait.
     pub paused_total: std::sync::atomic::AtomicU64,
     /// Ingest is waiting now.
@@ -284,6 +286,7 @@ impl Pressure {
             memory_budget: Default::default(),
             resident: Default::default(),
             resident_idle: Default::default(),
+            published_seen: Default::default(),
             paused_total: Default::default(),
             paused: Default::default(),
         }
@@ -324,11 +327,15 @@ impl Pressure {
         self
     }
 
-    /// What the node holds resident now, in bytes.
+    /// What the node holds resident now, in bytes. It counts as what the node holds
+    /// with nothing in flight when no shard-log message waits and ingest has published
+    /// nothing since the last measurement.
     pub fn set_resident(&self, bytes: u64) {
         use std::sync::atomic::Ordering::Relaxed;
         self.resident.store(bytes, Relaxed);
-        if self.backlog() == 0 {
+        let published = self.published.load(Relaxed);
+        let quiet = self.published_seen.swap(published, Relaxed) == published;
+        if quiet && self.backlog() == 0 {
             self.resident_idle.store(bytes, Relaxed);
         }
     }
@@ -441,6 +448,13 @@ mod tests {
         p.published.store(6, Relaxed);
         p.set_resident(mib(350));
         assert_eq!(p.over(), None);
+        // Measured while ingest publishes, even with no backlog, it is not what the
+        // store holds: the limit stays where it was.
+        p.published.store(7, Relaxed);
+        p.applied.store(7, Relaxed);
+        p.set_resident(mib(380));
+        p.published.store(8, Relaxed);
+        p.set_resident(mib(370));
         p.set_resident(mib(370));
         assert!(p.over().is_some_and(|r| r.contains("364 MiB")), "{:?}", p.over());
         let none = Pressure::new(1000, 1000, true);

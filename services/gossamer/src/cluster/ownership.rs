@@ -21,6 +21,10 @@ pub type ForgetShard = Arc<dyn Fn(u32) -> futures::future::BoxFuture<'static, an
 /// True when every one of these members serves the shard (holds it, caught up).
 pub type ServedBy = Arc<dyn Fn(u32, Vec<String>) -> futures::future::BoxFuture<'static, bool> + Send + Sync>;
 
+/// Keeps the shard members of the latest map (this node's own record, read at its next
+/// start).
+pub type RememberMembers = Box<dyn Fn(&[String]) + Send + Sync>;
+
 /// How often a member handing a shard over asks whether the new replicas serve it.
 const HANDOVER_POLL: Duration = Duration::from_millis(250);
 
@@ -36,6 +40,9 @@ pub struct OwnershipActor {
     shard_role: bool,
     /// Wait this long at start for the others to make themselves known.
     settle: Duration,
+    remember: RememberMembers,
+    /// The members last given to `remember`.
+    remembered: Vec<String>,
 }
 
 impl OwnershipActor {
@@ -47,13 +54,18 @@ impl OwnershipActor {
         pressure: Arc<gossamer_bus::Pressure>,
         shard_role: bool,
         settle: Duration,
+        remember: RememberMembers,
     ) -> Self {
-        Self { cluster, start_shard, forget, served_by, pressure, shard_role, settle }
+        Self { cluster, start_shard, forget, served_by, pressure, shard_role, settle, remember, remembered: Vec::new() }
     }
 
     fn place(&mut self, ctx: &mut Context<Self>) {
         let view = self.cluster.membership.borrow().clone();
         let live = view.shard_nodes();
+        if live.iter().ne(self.remembered.iter()) {
+            self.remembered = live.iter().map(|m| m.to_string()).collect();
+            (self.remember)(&self.remembered);
+        }
         let map = ShardMap::compute(self.cluster.shard_count, self.cluster.replicas, &live);
         let before = self.cluster.map();
         if map == before && *self.cluster.placed.borrow() {
